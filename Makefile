@@ -1,0 +1,48 @@
+# Long runs are make targets whose outputs are committed (models/, docs/); tests never train at this scale.
+# `make -j2 demo` builds both demo bundles at the cpu preset on a 2-core machine (about 45 minutes) and
+# evaluates them; every step is a file target, so an interrupted build resumes where it stopped.
+VENV    ?= .venv
+DEDE    ?= $(VENV)/bin/dede
+PY      ?= $(VENV)/bin/python
+PRESET  ?= cpu
+RUNS    ?= runs/demo-$(PRESET)
+BAD     := models/demo-cifar10-badencoder
+CLEAN   := models/demo-cifar10-clean
+# one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
+ONE     := OMP_NUM_THREADS=1
+
+.PHONY: demo evaluate examples test lint
+.DELETE_ON_ERROR:
+
+$(RUNS)/clean-encoder/encoder.json:
+	$(DEDE) pretrain --preset $(PRESET) --out $(RUNS)/clean-encoder
+
+$(RUNS)/badencoder/encoder.json: $(RUNS)/clean-encoder/encoder.json
+	$(ONE) $(DEDE) attack badencoder --encoder $(RUNS)/clean-encoder --preset $(PRESET) --out $(RUNS)/badencoder
+
+$(RUNS)/dede-badencoder/run.json: $(RUNS)/badencoder/encoder.json
+	$(ONE) $(DEDE) train --encoder $(RUNS)/badencoder --preset $(PRESET) --out $(RUNS)/dede-badencoder
+
+$(RUNS)/dede-clean/run.json: $(RUNS)/clean-encoder/encoder.json
+	$(ONE) $(DEDE) train --encoder $(RUNS)/clean-encoder --preset $(PRESET) --out $(RUNS)/dede-clean
+
+$(BAD)/manifest.json: $(RUNS)/dede-badencoder/run.json
+	$(DEDE) export --run $(RUNS)/dede-badencoder --name demo-cifar10-badencoder
+
+$(CLEAN)/manifest.json: $(RUNS)/dede-clean/run.json
+	$(DEDE) export --run $(RUNS)/dede-clean --name demo-cifar10-clean
+
+examples: $(BAD)/manifest.json
+	$(PY) -m training.examples --bundle $(BAD) --out examples
+
+evaluate: $(BAD)/manifest.json $(CLEAN)/manifest.json
+	$(DEDE) evaluate --bundle $(BAD) --control-bundle $(CLEAN) --preset $(PRESET) --command-line "make evaluate"
+
+demo: $(BAD)/manifest.json $(CLEAN)/manifest.json
+	$(MAKE) examples evaluate
+
+test:
+	$(VENV)/bin/pytest -q
+
+lint:
+	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy service training

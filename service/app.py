@@ -1,0 +1,85 @@
+"""App factory: ``uvicorn service.app:create_app --factory`` (or ``dede serve``).
+
+The bundle is loaded and warmed up once at start-up; a bundle that fails validation stops the start with
+a ``BundleError`` naming the problem. No endpoint loads, fetches or replaces a model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.errors import BundleError, DedeError
+from service.imaging import Image
+from service.limits import BodySizeLimit
+from service.metrics import Metrics
+from service.routers import health, metrics, score
+from service.scoring import Scorer
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("dede.service")
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    scorer = Scorer.from_bundle(settings.bundle, settings.provider_list, settings.intra_op_threads)
+    if settings.require_gpu and scorer.provider != "CUDAExecutionProvider":
+        raise BundleError(f"DEDE_REQUIRE_GPU is set but ONNX Runtime runs on {scorer.provider} "
+                          "(CUDA libraries missing or onnxruntime-gpu not installed)")
+    size = scorer.manifest.encoder.input_size
+    scorer.score(np.zeros((1, size, size, 3), dtype=np.uint8))  # warm-up
+    return scorer
+
+
+def _error_response(exc: DedeError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status_code, headers=headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.scorer = load_scorer(settings)
+        m = app.state.scorer.manifest
+        app.state.metrics.model_info.labels(m.name, m.version, app.state.scorer.provider).set(1)
+        app.state.ready = True
+        log.info("loaded bundle %s v%s on %s", m.name, m.version, app.state.scorer.provider)
+        yield
+        app.state.ready = False
+
+    app = FastAPI(title="DeDe backdoor alarm", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.ready = False
+    app.state.scorer = None
+
+    @app.exception_handler(DedeError)
+    async def dede_error(request: Request, exc: DedeError) -> JSONResponse:
+        request.app.state.metrics.errors.labels(exc.code).inc()
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.app.state.metrics.errors.labels("bad_request").inc()
+        return JSONResponse({"error": {"code": "bad_request", "message": str(exc.errors())}}, 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        if exc.status_code >= 400 and exc.status_code not in (404, 405):
+            request.app.state.metrics.errors.labels(code).inc()
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, exc.status_code)
+
+    app.include_router(health.router)
+    app.include_router(score.router)
+    app.include_router(metrics.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    return app

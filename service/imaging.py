@@ -1,0 +1,86 @@
+"""Image decoding and preprocessing: the one place where pixels are turned into model inputs.
+
+Training (``training.data``) and the service both call these functions, so an image is resized and
+normalised the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from service.errors import BadImage, ImageTooLarge, UnsupportedFormat
+
+# Decode-time guards. ``MAX_IMAGE_PIXELS`` makes Pillow raise on decompression bombs; the service lowers it
+# further from its settings. Truncated files must fail, not decode half an image.
+Image.MAX_IMAGE_PIXELS = 40_000_000
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "PPM"})
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (L, LA, P with transparency, CMYK, I;16, F, RGBA...) to RGB.
+
+    Transparent pixels are composited onto black, as a viewer would drop the alpha channel."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGB", img.size, (0, 0, 0))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> uint8 array (size, size, 3). The whole image is resized (no crop), bicubic."""
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8).reshape(size, size, 3)
+
+
+def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Encoded bytes -> uint8 array (size, size, 3), or a ``BadImage`` subclass with a clear message.
+
+    Only the first frame of animated/multi-frame files is used."""
+    if not data:
+        raise BadImage("empty upload: the body holds no image bytes")
+    limit: int = max_pixels or Image.MAX_IMAGE_PIXELS or 40_000_000
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in ALLOWED_FORMATS:
+                raise UnsupportedFormat(
+                    f"image format {img.format!r} is not accepted; use one of {sorted(ALLOWED_FORMATS)}"
+                )
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise BadImage(f"image has no pixels ({w}x{h})")
+            if w * h > limit:
+                raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {limit}")
+            img.seek(0)
+            img.load()
+            return resize_rgb(to_rgb(img), size)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, Image.DecompressionBombError):
+            raise ImageTooLarge(f"image exceeds the pixel limit: {exc}") from exc
+        raise BadImage("the upload is not a readable image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"the image could not be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W), (x / 255 - mean) / std."""
+    x = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return (x - m) / s

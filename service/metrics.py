@@ -1,0 +1,40 @@
+"""Prometheus metrics (one prefix, base units, counters end in ``_total``, low-cardinality labels).
+
+Each app owns its registry, so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.images_scored = Counter("dede_images_scored", "Images scored", ["model"], registry=r)
+        self.alerts = Counter("dede_backdoor_alerts", "Images flagged as backdoor activations", ["model"],
+                              registry=r)
+        self.score_ratio = Histogram("dede_score_ratio", "Score divided by the threshold (>1 = alert)",
+                                     ["model"], buckets=RATIO_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("dede_inference_seconds", "Time per stage of a scored batch",
+                                           ["model", "stage"], buckets=SECONDS_BUCKETS, registry=r)
+        self.batch_size = Histogram("dede_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.errors = Counter("dede_request_errors", "Rejected or failed requests", ["reason"], registry=r)
+        self.queue_depth = Gauge("dede_queue_depth", "Images waiting for or in scoring", registry=r)
+        self.model_info = Gauge("dede_model_info", "The loaded bundle (value 1)",
+                                ["model", "version", "provider"], registry=r)
+
+    def observe(self, model: str, scores: list[float], flags: list[bool], threshold: float,
+                seconds: dict[str, float]) -> None:
+        self.images_scored.labels(model).inc(len(scores))
+        self.alerts.labels(model).inc(sum(flags))
+        for s in scores:
+            self.score_ratio.labels(model).observe(s / threshold)
+        for stage, sec in seconds.items():
+            self.inference_seconds.labels(model, stage).observe(sec)
+        self.batch_size.observe(len(scores))

@@ -1,0 +1,110 @@
+"""Scoring through ONNX Runtime: uint8 images -> paper scores and backdoor flags. No torch here.
+
+    x = normalise(images)                        (B, 3, H, W)
+    e = encoder(x)                               (B, E)
+    keep = kept patch ids                        (B, K), K = int(N * (1 - alpha_test))
+    score = detector(x, e, keep)                 (B,)  squared error summed over masked pixels
+    flag = score > threshold
+
+Kept patches are drawn per image from a generator seeded by the image's own pixels, so the same image
+always gets the same score (for 32x32 bundles at alpha_test = 0.99, K = 0 and nothing is random).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import BundleError
+from service.imaging import normalize
+from service.manifest import Manifest, load_manifest
+
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass
+class ScoreResult:
+    scores: np.ndarray  # (B,) float32
+    flags: np.ndarray  # (B,) bool
+    threshold: float
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage: encoder, detector
+
+
+def _session(path: Path, providers: tuple[str, ...], threads: int) -> ort.InferenceSession:
+    available = ort.get_available_providers()
+    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt models
+        raise BundleError(f"{path} could not be loaded by ONNX Runtime: {exc}") from exc
+
+
+class Scorer:
+    def __init__(self, manifest: Manifest, bundle_dir: str | Path,
+                 providers: tuple[str, ...] = DEFAULT_PROVIDERS, threads: int = 0) -> None:
+        self.manifest = manifest
+        bundle = Path(bundle_dir)
+        self.encoder = _session(bundle / manifest.encoder.file, providers, threads)
+        self.detector = _session(bundle / manifest.detector.file, providers, threads)
+        self.threshold = float(manifest.threshold.value)
+        self.size = manifest.encoder.input_size
+        self._enc_in = self.encoder.get_inputs()[0].name
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+                    threads: int = 0) -> Scorer:
+        return cls(load_manifest(bundle_dir), bundle_dir, providers, threads)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider actually running the detector (ORT falls back silently)."""
+        return self.detector.get_providers()[0]
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) -> float32 (B, 3, H, W)."""
+        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images of shape (B, {self.size}, {self.size}, 3), "
+                             f"got {images.dtype} {images.shape}")
+        enc = self.manifest.encoder
+        return normalize(images, enc.mean, enc.std)
+
+    def keep_ids(self, images: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) -> (B, K) int64 kept patch ids, seeded by each image's content."""
+        det = self.manifest.detector
+        K, N = det.kept_patches, det.num_patches
+        out = np.zeros((len(images), K), dtype=np.int64)
+        if K:
+            for i, img in enumerate(images):
+                seed = int.from_bytes(hashlib.sha256(img.tobytes()).digest()[:8], "little")
+                out[i] = np.random.default_rng(seed).choice(N, K, replace=False)
+        return out
+
+    def score(self, images: np.ndarray) -> ScoreResult:
+        x = self.preprocess(images)
+        t0 = time.perf_counter()
+        (e,) = self.encoder.run(None, {self._enc_in: x})
+        t1 = time.perf_counter()
+        score, _, _ = self.detector.run(None, {"image": x, "embedding": e.astype(np.float32),
+                                               "keep": self.keep_ids(images)})
+        t2 = time.perf_counter()
+        scores = score.astype(np.float32)
+        return ScoreResult(scores, scores > self.threshold, self.threshold,
+                           {"encoder": t1 - t0, "detector": t2 - t1})
+
+    def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Scores of any number of images, in batches -> (N,)."""
+        out = [self.score(images[i : i + batch_size]).scores for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def embed_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        out = [self.encoder.run(None, {self._enc_in: self.preprocess(images[i : i + batch_size])})[0]
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out)

@@ -1,0 +1,24 @@
+import subprocess
+import sys
+
+import pytest
+
+from training.cli import build_parser, main
+
+
+def test_every_subcommand_exists() -> None:
+    sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(sub) == {"pretrain", "attack", "train", "calibrate", "export", "evaluate", "scan", "serve"}
+
+
+def test_bad_config_exits_2_with_message(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert main(["train", "--encoder", "x", "--out", str(tmp_path), "--set", "nope=1"]) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path / "missing"), "--name", "x"]) == 2
+
+
+def test_serve_does_not_import_torch() -> None:
+    code = ("import sys, training.cli, service.app; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

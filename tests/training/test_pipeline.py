@@ -1,0 +1,107 @@
+"""The whole offline pipeline at the ``tiny`` preset on real CIFAR-10: pretrain -> BadEncoder -> DeDe
+(clean and 1%-poisoned auxiliary sets) -> calibrate -> export (self-verifying) -> evaluate -> scan."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from service.manifest import load_manifest
+from tests.conftest import EXAMPLES, needs_cifar
+from training.cli import main
+
+pytestmark = needs_cifar
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    assert main(["pretrain", "--preset", "tiny", "--out", str(root / "clean")]) == 0
+    assert main(["attack", "badencoder", "--encoder", str(root / "clean"), "--preset", "tiny",
+                 "--set", "lr=0.05", "--out", str(root / "bad")]) == 0
+    assert main(["train", "--encoder", str(root / "bad"), "--preset", "tiny", "--set", "epochs=3",
+                 "--out", str(root / "run")]) == 0
+    assert main(["export", "--run", str(root / "run"), "--name", "tiny-bad", "--out", str(root / "models")]) == 0
+    return root
+
+
+def test_encoder_history_records_attack(pipeline: Path) -> None:
+    spec = json.loads((pipeline / "bad" / "encoder.json").read_text())
+    stages = [h["stage"] for h in spec["history"]]
+    assert stages == ["pretrain-simclr", "attack-badencoder"]
+    attack = spec["history"][1]
+    for key in ("attack_success_rate", "clean_accuracy", "clean_accuracy_before", "asr_before"):
+        assert 0.0 <= attack[key] <= 1.0
+
+
+def test_training_loss_decreases_and_run_is_recorded(pipeline: Path) -> None:
+    run = json.loads((pipeline / "run" / "run.json").read_text())
+    assert run["loss_history"][-1] < run["loss_history"][0]
+    assert run["test_mask_ratio"] == pytest.approx(0.99)
+    assert run["aux"]["name"] == "cifar10-clean" and run["aux"]["poison_rate"] == 0
+    config = json.loads((pipeline / "run" / "config.json").read_text())
+    assert config["epochs"] == 3 and "code_version" in config
+
+
+def test_bundle_manifest(pipeline: Path) -> None:
+    m = load_manifest(pipeline / "models" / "tiny-bad")
+    assert m.provenance.victim["attack"] == "badencoder"
+    assert m.threshold.rule == "fpr@0.01"
+    assert m.threshold.mask_ratio == m.detector.test_mask_ratio == pytest.approx(0.99)
+    assert m.detector.kept_patches == 0
+    assert set(m.threshold.alternatives) == {"paper-1.5x", "fpr@0.01"}
+
+
+def test_recalibrate_switches_rule(pipeline: Path) -> None:
+    assert main(["calibrate", "--run", str(pipeline / "run"), "--rule", "paper-1.5x"]) == 0
+    calib = json.loads((pipeline / "run" / "calibration.json").read_text())
+    assert calib["rule"] == "paper-1.5x" and calib["value"] == calib["alternatives"]["paper-1.5x"]
+    assert main(["calibrate", "--run", str(pipeline / "run"), "--rule", "bogus"]) == 2
+
+
+def test_poisoned_aux_set(tmp_path: Path, pipeline: Path) -> None:
+    assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "poison_rate=0.05",
+                 "--set", "epochs=1", "--out", str(tmp_path / "p")]) == 0
+    run = json.loads((tmp_path / "p" / "run.json").read_text())
+    assert run["aux"]["name"] == "cifar10-id-5%"
+    assert run["aux"]["n_poisoned"] == round(0.05 * run["aux"]["n_train"])
+
+
+def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> None:
+    bundle = str(pipeline / "models" / "tiny-bad")
+    results, report = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    assert main(["evaluate", "--bundle", bundle, "--control-bundle", bundle, "--max-images", "300",
+                 "--results", str(results), "--report", str(report), "--preset", "tiny"]) == 0
+    records = json.loads(results.read_text())
+    assert {r["attack"] for r in records} == {"badencoder", "none"}
+    assert {r["test"] for r in records} == {"balanced", "unbalanced-1%"}
+    bal = next(r for r in records if r["test"] == "balanced" and r["deployed"] and r["attack"] == "badencoder")
+    assert bal["n_clean"] == bal["n_triggered"] == 300
+    for key in ("auc", "tpr", "fpr", "attack_asr", "encoder_clean_acc", "hardware", "wall_s", "command"):
+        assert key in bal
+    text = report.read_text()
+    assert "| badencoder |" in text and "| none |" in text and "0.981" in text
+    assert (tmp_path / "figures" / "tiny-bad-roc.png").stat().st_size > 0
+    # a second run replaces its records instead of appending duplicates
+    assert main(["evaluate", "--bundle", bundle, "--max-images", "300", "--results", str(results),
+                 "--report", str(report), "--preset", "tiny"]) == 0
+    again = json.loads(results.read_text())
+    assert len(again) == len(records)
+
+
+def test_scan_folder(pipeline: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for f in EXAMPLES.glob("*.png"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "scan.csv"
+    assert main(["scan", "--bundle", str(pipeline / "models" / "tiny-bad"), str(folder), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 7
+    broken = next(r for r in rows if r["file"] == "broken.png")
+    assert broken["error"] and not broken["score"]
+    assert all(float(r["score"]) > 0 for r in rows if r["file"] != "broken.png")

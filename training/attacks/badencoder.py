@@ -1,0 +1,165 @@
+"""BadEncoder (Jia et al., S&P 2022): fine-tune a clean encoder so that triggered inputs embed like
+reference images of a target class, while clean inputs keep their clean embeddings.
+
+On L2-normalised embeddings, with f' the encoder being backdoored and f a frozen clean copy:
+    L0 = -mean cos(f'(x + t), f'(ref))          triggered shadow images -> references
+    L1 = -mean cos(f'(aug(ref)), f(ref))        references keep their clean embedding
+    L2 = -mean cos(f'(x), f(x))                 clean shadow images keep their clean embedding
+    loss = L0 + lambda1 * L1 + lambda2 * L2
+BatchNorm statistics are frozen; SGD with momentum 0.9, weight decay 5e-4; shadow set = 20% of train.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from training.attacks.triggers import make_trigger
+from training.augment import simclr_augment
+from training.config import check_finite, pick_device, save_config
+from training.data import load_images
+from training.encoders import embed, load_encoder, save_encoder, to_input
+from training.knn import knn_accuracy, knn_predict
+from training.ssl import normalise
+
+
+@dataclass
+class BadEncoderConfig:
+    preset: str = "custom"
+    dataset: str = "cifar10"
+    target_class: str = "truck"
+    trigger: str = "badencoder"
+    shadow_fraction: float = 0.2
+    n_references: int = 3
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    knn_images: int = 10000
+    seed: int = 0
+    device: str = "auto"
+
+
+# cpu: DRUPE's learning rate for BadEncoder (the DeDe paper ran DRUPE's implementation), few epochs.
+BADENCODER_PRESETS = {
+    "tiny": dict(epochs=1, shadow_fraction=0.01, batch_size=64, knn_images=256),
+    "cpu": dict(epochs=8, lr=0.05),
+    "paper": dict(epochs=200, lr=0.001),
+}
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+
+@torch.no_grad()
+def attack_success(model: nn.Module, spec: Any, dataset: str, trigger_name: str, target: int,
+                   n: int, device: str) -> dict[str, float]:
+    """ASR: share of triggered non-target test images whose kNN class (on clean train embeddings) is the
+    target; clean accuracy by the same kNN; target rate of clean non-target images for reference."""
+    rng = np.random.default_rng(0)
+    train = load_images(dataset, "train", spec.input_size)
+    test = load_images(dataset, "test", spec.input_size)
+    tr = rng.permutation(len(train))[:n]
+    te = rng.permutation(len(test))[:n]
+    bank = embed(model, train.images[tr], spec, device=device)
+    bank_labels = torch.from_numpy(train.labels[tr])
+    clean = embed(model, test.images[te], spec, device=device)
+    labels = torch.from_numpy(test.labels[te])
+    nontarget = labels != target
+    trig = embed(model, make_trigger(trigger_name, spec.input_size).apply(test.images[te]), spec,
+                 device=device)
+    pred_trig = knn_predict(bank, bank_labels, trig[nontarget])
+    pred_clean = knn_predict(bank, bank_labels, clean[nontarget])
+    return {
+        "clean_accuracy": knn_accuracy(bank, bank_labels, clean, labels),
+        "attack_success_rate": float((pred_trig == target).float().mean()),
+        "clean_target_rate": float((pred_clean == target).float().mean()),
+    }
+
+
+def badencoder(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    save_config(cfg, out)
+    clean, spec = load_encoder(encoder_dir)
+    clean = clean.to(device).eval()
+    for p in clean.parameters():
+        p.requires_grad_(False)
+    model = copy.deepcopy(clean)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    train = load_images(cfg.dataset, "train", spec.input_size)
+    if cfg.target_class not in train.classes:
+        raise ValueError(f"target class {cfg.target_class!r} not in {train.classes}")
+    target = train.classes.index(cfg.target_class)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(train))
+    shadow_idx = order[: int(cfg.shadow_fraction * len(train))]
+    ref_idx = [i for i in order[len(shadow_idx):] if train.labels[i] == target][: cfg.n_references]
+    trigger = make_trigger(cfg.trigger, spec.input_size)
+    shadow = torch.from_numpy(train.images[shadow_idx]).to(device)  # (S, H, W, 3) uint8
+    shadow_trig = torch.from_numpy(trigger.apply(train.images[shadow_idx])).to(device)
+    refs = torch.from_numpy(train.images[ref_idx]).to(device)  # (R, H, W, 3)
+    before = attack_success(clean, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
+    print(f"before attack: {before}")
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps = max(1, len(shadow) // cfg.batch_size)
+    start, step = time.time(), 0
+    with torch.no_grad():
+        ref_clean = clean(to_input(refs, spec))  # (R, E)
+    for epoch in range(cfg.epochs):
+        model.train()
+        freeze_batchnorm(model)
+        perm = torch.randperm(len(shadow), device=device)
+        totals = np.zeros(3)
+        for i in tqdm(range(steps), desc=f"badencoder epoch {epoch + 1}/{cfg.epochs}", leave=False):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, xt = to_input(shadow[idx], spec), to_input(shadow_trig[idx], spec)
+            with torch.no_grad():
+                e_clean = clean(x)
+            e, et = model(x), model(xt)
+            e_ref = model(to_input(refs, spec))
+            ref_aug = normalise(simclr_augment(refs.permute(0, 3, 1, 2).float() / 255), spec)
+            l0 = -cos(et.unsqueeze(1), e_ref.unsqueeze(0)).mean()
+            l1 = -cos(model(ref_aug), ref_clean).mean()
+            l2 = -cos(e, e_clean).mean()
+            loss = l0 + cfg.lambda1 * l1 + cfg.lambda2 * l2
+            check_finite(loss, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            totals += [l0.item(), l1.item(), l2.item()]
+        t = totals / steps
+        print(f"badencoder epoch {epoch + 1}/{cfg.epochs} L0 {t[0]:.3f} L1 {t[1]:.3f} L2 {t[2]:.3f} "
+              f"({time.time() - start:.0f}s)")
+    model.eval()
+    after = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
+    print(f"after attack: {after}")
+    metrics = {"attack": "badencoder", "target_class": cfg.target_class, "trigger": cfg.trigger,
+               "clean_accuracy_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"],
+               "clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"],
+               "clean_target_rate": after["clean_target_rate"], "epochs": cfg.epochs,
+               "wall_s": round(time.time() - start, 1), "device": device, "preset": cfg.preset}
+    spec.history.append({"stage": "attack-badencoder", **metrics})
+    save_encoder(model.cpu(), spec, out)
+    return metrics

@@ -1,0 +1,97 @@
+"""Thresholds from data available before deployment, at the SAME mask ratio the service scores with.
+
+Rules:
+- ``paper-1.5x``: 1.5 x the mean score of the auxiliary training images (the paper's tau);
+- ``fpr@<q>``: the (1 - q) quantile of the scores of held-out clean images (target false-positive rate q).
+Both are computed and recorded; ``rule`` picks the deployed one. Scores are kept in
+``calibration_scores.npz`` so ``dede calibrate --rule ...`` can switch rules without rescoring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.dede import DeDe, paper_score
+from training.encoders import EncoderSpec, embed, to_input
+
+
+def parse_rule(rule: str) -> tuple[str, float]:
+    if rule == "paper-1.5x":
+        return "paper", 1.5
+    if rule.startswith("fpr@"):
+        try:
+            q = float(rule[4:])
+        except ValueError:
+            q = -1.0
+        if 0 < q < 1:
+            return "fpr", q
+    raise ValueError(f"unknown threshold rule {rule!r}; use 'paper-1.5x' or 'fpr@<q>' with 0 < q < 1")
+
+
+def threshold_for(rule: str, aux_scores: np.ndarray, holdout_scores: np.ndarray) -> float:
+    kind, q = parse_rule(rule)
+    if kind == "paper":
+        return float(q * aux_scores.mean())
+    return float(np.quantile(holdout_scores, 1 - q))
+
+
+def stats(scores: np.ndarray) -> dict[str, Any]:
+    qs = [0.5, 0.9, 0.95, 0.99, 0.999]
+    return {"count": int(len(scores)), "mean": float(scores.mean()), "std": float(scores.std()),
+            "quantiles": {str(q): float(np.quantile(scores, q)) for q in qs}}
+
+
+@torch.no_grad()
+def score_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray, mask_ratio: float,
+                 device: str = "cpu", seed: int = 0, batch_size: int = 512) -> np.ndarray:
+    """Paper scores of uint8 (N, H, W, 3) images with PyTorch (used before export) -> (N,)."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    emb_device = "cpu" if spec.name == "onnx" else device
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        e = embed(victim, chunk, spec, device=emb_device).to(device)
+        x = to_input(torch.from_numpy(chunk).to(device), spec)
+        ids_keep = model.random_masking(len(chunk), mask_ratio, device, generator=gen)
+        pred = model.forward_decoder(model.forward_encoder(x, e, ids_keep), ids_keep)
+        out.append(paper_score(model.patch_errors(x, pred, ids_keep)).cpu())
+    return torch.cat(out).numpy()
+
+
+def calibration_record(rule: str, aux_scores: np.ndarray, holdout_scores: np.ndarray,
+                       mask_ratio: float) -> dict[str, Any]:
+    parse_rule(rule)
+    alternatives = {r: threshold_for(r, aux_scores, holdout_scores) for r in ("paper-1.5x", "fpr@0.01")}
+    return {"rule": rule, "value": threshold_for(rule, aux_scores, holdout_scores), "mask_ratio": mask_ratio,
+            "alternatives": alternatives, "aux_train": stats(aux_scores), "holdout": stats(holdout_scores)}
+
+
+def calibrate(model: DeDe, victim: nn.Module, spec: EncoderSpec, aux_images: np.ndarray,
+              holdout_images: np.ndarray, mask_ratio: float, rule: str, device: str = "cpu",
+              seed: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+    aux = score_images(model, victim, spec, aux_images, mask_ratio, device, seed)
+    hold = score_images(model, victim, spec, holdout_images, mask_ratio, device, seed + 1)
+    if out is not None:
+        np.savez(Path(out) / "calibration_scores.npz", aux=aux, holdout=hold)
+    return calibration_record(rule, aux, hold, mask_ratio)
+
+
+def calibrate_run(run_dir: str | Path, rule: str) -> dict[str, Any]:
+    """Switch a trained run's deployed rule, from its stored calibration scores."""
+    run_dir = Path(run_dir)
+    scores_file = run_dir / "calibration_scores.npz"
+    if not scores_file.exists():
+        raise FileNotFoundError(f"{scores_file} is missing: train the run first (dede train)")
+    with np.load(scores_file, allow_pickle=False) as z:
+        aux, hold = z["aux"], z["holdout"]
+    old = json.loads((run_dir / "calibration.json").read_text())
+    record = calibration_record(rule, aux, hold, old["mask_ratio"])
+    (run_dir / "calibration.json").write_text(json.dumps(record, indent=2))
+    return record

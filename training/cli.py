@@ -1,0 +1,148 @@
+"""``dede``: one command with subcommands. Heavy imports (torch) happen inside each subcommand, so
+``dede serve`` works on a runtime-only install."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+
+def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
+    p.add_argument("--preset", choices=presets, default=None, help="size preset")
+    p.add_argument("--config", default=None, help="JSON file of config keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from training.config import resolve_config
+    from training.ssl import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
+
+    cfg = resolve_config(PretrainConfig, PRETRAIN_PRESETS, a.preset, a.config, a.overrides)
+    print(json.dumps(pretrain_simclr(cfg, a.out)))
+
+
+def cmd_attack(a: argparse.Namespace) -> None:
+    from training.attacks import run_attack
+
+    print(json.dumps(run_attack(a.method, a.encoder, a.out, a.preset, a.config, a.overrides)))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from training.config import resolve_config
+    from training.train_dede import TRAIN_PRESETS, TrainConfig, train_dede
+
+    cfg = resolve_config(TrainConfig, TRAIN_PRESETS, a.preset, a.config, a.overrides)
+    print(json.dumps(train_dede(cfg, a.encoder, a.out)))
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from training.calibrate import calibrate_run
+
+    print(json.dumps(calibrate_run(a.run, a.rule)))
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from training.export import export_bundle
+
+    print(export_bundle(a.run, a.out, a.name))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from training.evaluate import evaluate_cli
+
+    evaluate_cli(a)
+
+
+def cmd_scan(a: argparse.Namespace) -> None:
+    from training.scan import scan
+
+    scan(a.bundle, a.source, a.output, a.batch_size)
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    if a.bundle:
+        os.environ["DEDE_BUNDLE"] = a.bundle
+    uvicorn.run("service.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dede", description="DeDe backdoor alarm for image encoders")
+    sub = parser.add_subparsers(dest="command", required=True)
+    presets = ["tiny", "cpu", "paper"]
+
+    p = sub.add_parser("pretrain", help="SimCLR pre-training of a clean encoder")
+    _config_args(p, presets)
+    p.add_argument("--out", required=True, help="output directory for the encoder")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("attack", help="backdoor an encoder")
+    p.add_argument("method", choices=["badencoder"], help="attack")
+    p.add_argument("--encoder", required=True, help="clean encoder directory")
+    _config_args(p, presets)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("train", help="train the DeDe decoder on an auxiliary set (Algorithm 1)")
+    p.add_argument("--encoder", required=True, help="victim encoder directory or .onnx file")
+    _config_args(p, presets)
+    p.add_argument("--out", required=True, help="run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="(re)compute the threshold of a trained run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--rule", default="fpr@0.01", help="'paper-1.5x' or 'fpr@<q>'")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="write an ONNX bundle into models/<name>")
+    p.add_argument("--run", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", default="models")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="AUC/TPR/FPR of a bundle on clean vs triggered images")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--control-bundle", default=None, help="the clean encoder's bundle (the control)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--max-images", type=int, default=0, help="limit the clean test images (0 = all)")
+    p.add_argument("--results", default="docs/results.json")
+    p.add_argument("--report", default="docs/RESULTS.md")
+    p.add_argument("--preset", default="cpu", help="recorded in the results")
+    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("scan", help="score a folder or zip of images offline")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("source")
+    p.add_argument("--output", default="-", help="CSV file, '-' for stdout")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("serve", help="run the scoring service")
+    p.add_argument("--bundle", default=None, help="bundle directory (else $DEDE_BUNDLE)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dede {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""``dede evaluate``: detection of a bundle on clean vs triggered test images, with the clean-encoder
+control, through ONNX Runtime (the product's own scoring path).
+
+Test sets (the paper's): balanced = every clean test image + its triggered copy; unbalanced = every clean
+test image + triggered copies of 1% of them. Thresholds: the bundle's deployed rule and the other rule
+recorded in its calibration. The attack's own success is measured first, by kNN on the bundle encoder's
+embeddings of clean train images (an attack that did not implant a backdoor cannot test a detector).
+Records go to ``docs/results.json`` (merged by key); ``docs/RESULTS.md`` is regenerated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.scoring import Scorer
+from training.attacks.triggers import make_trigger
+from training.data import load_images
+from training.knn import knn_accuracy, knn_predict
+from training.metrics import detection_metrics, tpr_at_fpr
+from training.report import write_figures, write_report
+
+RECORD_KEY = ("attack", "detector", "aux", "test", "threshold_rule", "preset", "encoder", "bundle")
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core CPU ({cpu}), no GPU"
+
+
+def encoder_utility(scorer: Scorer, dataset: str, images: np.ndarray, labels: np.ndarray,
+                    triggered: np.ndarray, target: int | None, n_bank: int = 10000) -> dict[str, float]:
+    """kNN clean accuracy of the bundle's encoder on ``images`` (uint8 test images with ``labels``) and,
+    with a target, the attack success rate of their ``triggered`` copies (non-target images only)."""
+    train = load_images(dataset, "train", scorer.size)
+    idx = np.random.default_rng(0).permutation(len(train))[:n_bank]
+    bank = torch.from_numpy(scorer.embed_many(train.images[idx]))
+    bank_labels = torch.from_numpy(train.labels[idx])
+    clean_emb = torch.from_numpy(scorer.embed_many(images))
+    out = {"clean_accuracy": knn_accuracy(bank, bank_labels, clean_emb, torch.from_numpy(labels))}
+    if target is not None:
+        keep = labels != target
+        trig = torch.from_numpy(scorer.embed_many(triggered[keep]))
+        out["attack_success_rate"] = float((knn_predict(bank, bank_labels, trig) == target).float().mean())
+        out["clean_target_rate"] = float(
+            (knn_predict(bank, bank_labels, clean_emb[torch.from_numpy(keep)]) == target).float().mean())
+    return out
+
+
+def evaluate_bundle(bundle: str, dataset: str, attack: str, trigger: str, target_class: str | None,
+                    max_images: int = 0, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Records for one bundle (the attack name labels it; 'none' for a clean-encoder control)."""
+    scorer = Scorer.from_bundle(bundle, threads=0)
+    m = scorer.manifest
+    test = load_images(dataset, "test", scorer.size)
+    images, labels = test.images, test.labels
+    if max_images:
+        sel = np.random.default_rng(seed).permutation(len(images))[:max_images]
+        images, labels = images[sel], labels[sel]
+    triggered = make_trigger(trigger, scorer.size).apply(images)
+    target = test.classes.index(target_class) if target_class else None
+    utility = encoder_utility(scorer, dataset, images, labels, triggered, target)
+    s_clean, s_trig = scorer.score_many(images), scorer.score_many(triggered)
+    rng = np.random.default_rng(seed)
+    one_pct = rng.choice(len(images), max(1, len(images) // 100), replace=False)
+    thresholds = {m.threshold.rule: m.threshold.value} | dict(m.threshold.alternatives)
+    records = []
+    for test_name, trig_scores in (("balanced", s_trig), ("unbalanced-1%", s_trig[one_pct])):
+        for rule, value in thresholds.items():
+            rec = {"attack": attack, "detector": "dede", "aux": m.provenance.aux_dataset, "test": test_name,
+                   "threshold_rule": rule, "threshold": value, "deployed": rule == m.threshold.rule,
+                   **detection_metrics(s_clean, trig_scores, value),
+                   "tpr_at_1pct_fpr": tpr_at_fpr(s_clean, trig_scores, 0.01),
+                   "trigger": trigger, "attack_asr": utility.get("attack_success_rate"),
+                   "clean_target_rate": utility.get("clean_target_rate"),
+                   "encoder_clean_acc": utility["clean_accuracy"], "encoder": m.encoder.architecture,
+                   "bundle": m.name, "poison_rate": m.provenance.poison_rate}
+            records.append(rec)
+    return records, {"clean": s_clean, "triggered": s_trig, "threshold": np.array(m.threshold.value)}
+
+
+def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    old = json.loads(path.read_text()) if path.exists() else []
+    keys = {tuple(r.get(k) for k in RECORD_KEY) for r in new}
+    kept = [r for r in old if tuple(r.get(k) for k in RECORD_KEY) not in keys]
+    merged = kept + new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1))
+    return merged
+
+
+def evaluate_cli(a: argparse.Namespace) -> None:
+    start = time.time()
+    from service.manifest import load_manifest
+
+    manifest = load_manifest(a.bundle)
+    victim = manifest.provenance.victim
+    attack = victim.get("attack") or "none"
+    trigger = victim.get("trigger") or "badencoder"
+    target = victim.get("target_class")
+    runs = [(a.bundle, attack)]
+    if a.control_bundle:
+        runs.append((a.control_bundle, "none"))
+    records, scores = [], {}
+    for bundle, name in runs:
+        print(f"evaluating {bundle} ({name}) on {a.dataset} test")
+        recs, sc = evaluate_bundle(bundle, a.dataset, name, trigger, target, a.max_images)
+        records += recs
+        scores[name] = sc
+    wall = round(time.time() - start, 1)
+    command = a.command_line or "dede " + " ".join(sys.argv[1:])
+    for r in records:
+        r.update({"preset": a.preset, "hardware": hardware(), "wall_s": wall, "command": command})
+    merged = merge_records(Path(a.results), records)
+    figures = write_figures(scores, Path(a.report).parent / "figures", prefix=manifest.name)
+    write_report(merged, Path(a.report), figures)
+    for r in records:
+        if r["deployed"]:
+            print(f"{r['attack']:>10} {r['test']:>14} {r['threshold_rule']:>10}  AUC {r['auc']:.3f}  "
+                  f"TPR {r['tpr']:.3f}  FPR {r['fpr']:.3f}")
+    print(f"wrote {a.results} and {a.report} ({wall}s)")

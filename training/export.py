@@ -1,0 +1,140 @@
+"""``dede export``: write a trained run as a bundle ``models/<name>/`` and verify it.
+
+encoder.onnx: normalised image (B, 3, H, W) -> embedding (B, E).
+detector.onnx: (image, embedding, keep (B, K) int64) -> (score (B,), reconstruction (B, 3, H, W),
+patch_error (B, N)). Both have a dynamic batch axis. The export checks itself: onnx.checker, then ONNX
+Runtime vs PyTorch on real held-out images (scores within ``SCORE_RTOL`` relative tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from service.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from service.scoring import Scorer
+from training.data import load_images
+from training.dede import DeDe, DeDeConfig, DetectorGraph, kept_count
+from training.encoders import EncoderSpec, load_encoder
+
+OPSET = 17
+SCORE_RTOL = 1e-3  # ORT vs PyTorch, relative to the threshold; the embedding path adds float noise
+
+
+def load_run(run_dir: str | Path) -> tuple[DeDe, nn.Module, EncoderSpec, dict[str, Any], dict[str, Any]]:
+    run_dir = Path(run_dir)
+    for name in ("run.json", "calibration.json", "dede.safetensors"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir} is not a finished DeDe run: {name} is missing")
+    run = json.loads((run_dir / "run.json").read_text())
+    calib = json.loads((run_dir / "calibration.json").read_text())
+    model = DeDe(DeDeConfig(**run["model"]))
+    model.load_state_dict(load_file(run_dir / "dede.safetensors"))
+    victim, spec = load_encoder(run["encoder"])
+    return model.eval(), victim, spec, run, calib
+
+
+def export_encoder(victim: nn.Module, spec: EncoderSpec, path: Path) -> None:
+    if spec.name == "onnx":
+        shutil.copyfile(spec.kwargs["path"], path)
+        return
+    dummy = torch.zeros(2, 3, spec.input_size, spec.input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(victim.eval(), (dummy,), str(path), input_names=["image"], output_names=["embedding"],
+                          dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+
+
+def export_detector(model: DeDe, keep: int, path: Path) -> None:
+    cfg = model.cfg
+    image = torch.zeros(2, 3, cfg.img_size, cfg.img_size)
+    embedding = torch.zeros(2, cfg.victim_dim)
+    ids = torch.arange(keep, dtype=torch.long).unsqueeze(0).repeat(2, 1)  # (2, K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(DetectorGraph(model.eval()), (image, embedding, ids), str(path),
+                          input_names=["image", "embedding", "keep"],
+                          output_names=["score", "reconstruction", "patch_error"],
+                          dynamic_axes={n: {0: "batch"} for n in
+                                        ("image", "embedding", "keep", "score", "reconstruction", "patch_error")},
+                          opset_version=OPSET, dynamo=False)
+
+
+def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run: dict[str, Any],
+                   calib: dict[str, Any], bundle: Path) -> Manifest:
+    cfg = model.cfg
+    victim = next((h for h in reversed(spec.history) if h.get("stage", "").startswith("attack")), None)
+    victim_info = {"attack": victim.get("attack"), "target_class": victim.get("target_class"),
+                   "trigger": victim.get("trigger"),
+                   "attack_success_rate": victim.get("attack_success_rate")} if victim else {"attack": "none"}
+    return Manifest(
+        name=name, version=version,
+        encoder={"sha256": sha256_file(bundle / "encoder.onnx"), "input_size": spec.input_size,
+                 "mean": spec.mean, "std": spec.std, "embed_dim": spec.embed_dim,
+                 "architecture": spec.name + (f"(width={spec.kwargs['width']})" if "width" in spec.kwargs else "")},
+        detector={"sha256": sha256_file(bundle / "detector.onnx"), "patch_size": cfg.patch_size,
+                  "num_patches": cfg.num_patches, "train_mask_ratio": run["train_mask_ratio"],
+                  "test_mask_ratio": run["test_mask_ratio"],
+                  "kept_patches": kept_count(cfg.num_patches, run["test_mask_ratio"]),
+                  "width": cfg.width, "depth": cfg.depth, "dec_width": cfg.dec_width,
+                  "dec_depth": cfg.dec_depth},
+        threshold=calib,
+        provenance={"aux_dataset": run["aux"]["name"], "aux_fingerprint": run["aux"]["fingerprint"],
+                    "aux_images": run["aux"]["n_train"], "poison_rate": run["aux"]["poison_rate"],
+                    "epochs": run["epochs"], "final_loss": run["final_loss"], "preset": run["preset"],
+                    "code_version": run["code_version"], "created": run["created"],
+                    "train_wall_s": run["train_wall_s"], "device": run["device"], "victim": victim_info},
+    )
+
+
+@torch.no_grad()
+def verify_bundle(bundle: Path, model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray,
+                  threshold: float) -> float:
+    """ORT vs PyTorch paper scores on real images, with the same kept patches; returns the worst
+    |difference| / threshold and raises when it exceeds ``SCORE_RTOL``."""
+    for f in ("encoder.onnx", "detector.onnx"):
+        onnx.checker.check_model(str(bundle / f))
+    scorer = Scorer.from_bundle(bundle)
+    ort_scores = scorer.score(images).scores
+    x = torch.from_numpy(scorer.preprocess(images))
+    keep = torch.from_numpy(scorer.keep_ids(images))
+    torch_scores = DetectorGraph(model)(x, victim(x), keep)[0].numpy()
+    err = float(np.max(np.abs(ort_scores - torch_scores)) / threshold)
+    if err > SCORE_RTOL:
+        raise RuntimeError(f"ONNX Runtime and PyTorch disagree: max |diff| / threshold = {err:.2e} "
+                           f"> {SCORE_RTOL:.0e}")
+    return err
+
+
+def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version: str = "1") -> Path:
+    model, victim, spec, run, calib = load_run(run_dir)
+    out = Path(out_root) / name
+    with tempfile.TemporaryDirectory(dir=Path(out_root).resolve().parent if Path(out_root).exists() else None) as tmp:
+        stage = Path(tmp) / name
+        stage.mkdir()
+        export_encoder(victim, spec, stage / "encoder.onnx")
+        export_detector(model, kept_count(model.cfg.num_patches, run["test_mask_ratio"]), stage / "detector.onnx")
+        manifest = build_manifest(name, version, spec, model, run, calib, stage)
+        (stage / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        aux = run["aux"]
+        images = load_images(aux["source"], aux["split"] or None, spec.input_size,
+                             labelled=bool(aux["split"])).images[:256]
+        err = verify_bundle(stage, model, victim, spec, images, calib["value"])
+        print(f"verified: ORT vs PyTorch max |score diff| / threshold = {err:.2e} on {len(images)} real images")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage), out)
+    load_manifest(out)
+    return out

@@ -1,0 +1,29 @@
+"""kNN classification on L2-normalised embeddings: the label-free quality probe of an encoder and the
+judge of whether a backdoor fired (the nearest class of a triggered image is the target class)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor, k: int = 20,
+                temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+    """bank: (M, E), bank_labels: (M,), query: (Q, E) -> predicted labels (Q,) by weighted cosine kNN."""
+    bank = F.normalize(bank.float(), dim=1)
+    n_classes = int(bank_labels.max()) + 1
+    preds = []
+    for i in range(0, len(query), chunk):
+        q = F.normalize(query[i : i + chunk].float(), dim=1)
+        sim = q @ bank.T  # (q, M)
+        top, idx = sim.topk(min(k, len(bank)), dim=1)
+        weights = (top / temperature).exp()
+        votes = torch.zeros(len(q), n_classes).scatter_add_(1, bank_labels[idx], weights)
+        preds.append(votes.argmax(1))
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor,
+                 query_labels: torch.Tensor, k: int = 20) -> float:
+    return float((knn_predict(bank, bank_labels, query, k) == query_labels).float().mean())
