@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples test lint
+.PHONY: demo evaluate examples study test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -40,6 +40,11 @@ evaluate: $(BAD)/manifest.json $(CLEAN)/manifest.json
 
 demo: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(MAKE) examples evaluate
+
+# the scale and poisoning study (docs/STUDY.md); needs the demo encoders from `make demo`
+study: $(RUNS)/badencoder/encoder.json $(RUNS)/clean-encoder/encoder.json
+	$(DEDE) study --bad-encoder $(RUNS)/badencoder --clean-encoder $(RUNS)/clean-encoder \
+		--axis poison --axis decoder --axis epochs --axis aux --axis differential
 
 test:
 	$(VENV)/bin/pytest -q

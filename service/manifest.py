@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import BundleError
+from service.scores import SCORE_PATTERN
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,7 +47,7 @@ class DetectorInfo(_Strict):
     depth: int = Field(gt=0)
     dec_width: int = Field(gt=0)
     dec_depth: int = Field(gt=0)
-    score: Literal["paper"] = "paper"
+    score: str = Field("paper", pattern=SCORE_PATTERN)  # see service.scores
 
     @model_validator(mode="after")
     def _kept_fits(self) -> DetectorInfo:

@@ -3,7 +3,8 @@
     x = normalise(images)                        (B, 3, H, W)
     e = encoder(x)                               (B, E)
     keep = kept patch ids                        (B, K), K = int(N * (1 - alpha_test))
-    score = detector(x, e, keep)                 (B,)  squared error summed over masked pixels
+    patch_error = detector(x, e, keep)           (B, N) squared error per masked patch
+    score = compute_score(patch_error, kind)     (B,)  kind from the manifest: 'paper' = the sum
     flag = score > threshold
 
 Kept patches are drawn per image from a generator seeded by the image's own pixels, so the same image
@@ -23,6 +24,7 @@ import onnxruntime as ort
 from service.errors import BundleError
 from service.imaging import normalize
 from service.manifest import Manifest, load_manifest
+from service.scores import compute_score
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -87,17 +89,24 @@ class Scorer:
                 out[i] = np.random.default_rng(seed).choice(N, K, replace=False)
         return out
 
-    def score(self, images: np.ndarray) -> ScoreResult:
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Everything the models give for uint8 (B, H, W, 3) images: the normalised input ``x``,
+        ``embedding`` (B, E), ``patch_error`` (B, N), ``reconstruction`` (B, 3, H, W), and stage timings."""
         x = self.preprocess(images)
         t0 = time.perf_counter()
         (e,) = self.encoder.run(None, {self._enc_in: x})
         t1 = time.perf_counter()
-        score, _, _ = self.detector.run(None, {"image": x, "embedding": e.astype(np.float32),
-                                               "keep": self.keep_ids(images)})
+        _, recon, patch_error = self.detector.run(
+            None, {"image": x, "embedding": e.astype(np.float32), "keep": self.keep_ids(images)})
         t2 = time.perf_counter()
-        scores = score.astype(np.float32)
+        return {"x": x, "embedding": e, "patch_error": patch_error, "reconstruction": recon,
+                "encoder_s": np.array(t1 - t0), "detector_s": np.array(t2 - t1)}
+
+    def score(self, images: np.ndarray) -> ScoreResult:
+        out = self.run(images)
+        scores = compute_score(out["patch_error"], self.manifest.detector.score)
         return ScoreResult(scores, scores > self.threshold, self.threshold,
-                           {"encoder": t1 - t0, "detector": t2 - t1})
+                           {"encoder": float(out["encoder_s"]), "detector": float(out["detector_s"])})
 
     def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores of any number of images, in batches -> (N,)."""

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.dede import DeDe, paper_score
+from service.scores import compute_score
+from training.dede import DeDe
 from training.encoders import EncoderSpec, embed, to_input
 
 
@@ -48,9 +49,12 @@ def stats(scores: np.ndarray) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def score_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray, mask_ratio: float,
-                 device: str = "cpu", seed: int = 0, batch_size: int = 512) -> np.ndarray:
-    """Paper scores of uint8 (N, H, W, 3) images with PyTorch (used before export) -> (N,)."""
+def patch_error_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray, mask_ratio: float,
+                       device: str = "cpu", seed: int = 0, batch_size: int = 512,
+                       null_embedding: bool = False) -> np.ndarray:
+    """Per-patch squared errors of uint8 (N, H, W, 3) images with PyTorch -> (N, num_patches).
+
+    ``null_embedding`` replaces the victim embedding by zeros (the differential score's reference)."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     emb_device = "cpu" if spec.name == "onnx" else device
@@ -58,11 +62,19 @@ def score_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.n
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
         e = embed(victim, chunk, spec, device=emb_device).to(device)
+        if null_embedding:
+            e = torch.zeros_like(e)
         x = to_input(torch.from_numpy(chunk).to(device), spec)
         ids_keep = model.random_masking(len(chunk), mask_ratio, device, generator=gen)
         pred = model.forward_decoder(model.forward_encoder(x, e, ids_keep), ids_keep)
-        out.append(paper_score(model.patch_errors(x, pred, ids_keep)).cpu())
-    return torch.cat(out).numpy()
+        out.append(model.patch_errors(x, pred, ids_keep).cpu().numpy())
+    return np.concatenate(out)
+
+
+def score_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray, mask_ratio: float,
+                 device: str = "cpu", seed: int = 0, score: str = "paper") -> np.ndarray:
+    """Scores (``service.scores`` kind) of uint8 (N, H, W, 3) images with PyTorch, before export -> (N,)."""
+    return compute_score(patch_error_images(model, victim, spec, images, mask_ratio, device, seed), score)
 
 
 def calibration_record(rule: str, aux_scores: np.ndarray, holdout_scores: np.ndarray,
@@ -75,9 +87,9 @@ def calibration_record(rule: str, aux_scores: np.ndarray, holdout_scores: np.nda
 
 def calibrate(model: DeDe, victim: nn.Module, spec: EncoderSpec, aux_images: np.ndarray,
               holdout_images: np.ndarray, mask_ratio: float, rule: str, device: str = "cpu",
-              seed: int = 0, out: str | Path | None = None) -> dict[str, Any]:
-    aux = score_images(model, victim, spec, aux_images, mask_ratio, device, seed)
-    hold = score_images(model, victim, spec, holdout_images, mask_ratio, device, seed + 1)
+              seed: int = 0, out: str | Path | None = None, score: str = "paper") -> dict[str, Any]:
+    aux = score_images(model, victim, spec, aux_images, mask_ratio, device, seed, score=score)
+    hold = score_images(model, victim, spec, holdout_images, mask_ratio, device, seed + 1, score=score)
     if out is not None:
         np.savez(Path(out) / "calibration_scores.npz", aux=aux, holdout=hold)
     return calibration_record(rule, aux, hold, mask_ratio)

@@ -56,6 +56,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     evaluate_cli(a)
 
 
+def cmd_study(a: argparse.Namespace) -> None:
+    from training.study import run_study
+
+    run_study(a.axis, a.bad_encoder, a.clean_encoder, a.out, a.results, a.report, a.n_test)
+
+
 def cmd_scan(a: argparse.Namespace) -> None:
     from training.scan import scan
 
@@ -114,8 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="docs/results.json")
     p.add_argument("--report", default="docs/RESULTS.md")
     p.add_argument("--preset", default="cpu", help="recorded in the results")
+    p.add_argument("--honesty-images", type=int, default=2000,
+                   help="clean test images for the honesty evaluation (trigger + benign perturbations, "
+                        "several scores); 0 skips it")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="scale and poisoning study: backdoored vs control detectors")
+    p.add_argument("--axis", action="append", required=True,
+                   help="decoder, epochs, aux, poison or differential (repeatable)")
+    p.add_argument("--bad-encoder", default="runs/demo-cpu/badencoder")
+    p.add_argument("--clean-encoder", default="runs/demo-cpu/clean-encoder")
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--results", default="docs/study.json")
+    p.add_argument("--report", default="docs/STUDY.md")
+    p.add_argument("--n-test", type=int, default=2000)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("scan", help="score a folder or zip of images offline")
     p.add_argument("--bundle", required=True)

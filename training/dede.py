@@ -193,11 +193,15 @@ class DeDe(nn.Module):
         err = ((pred - self.patchify(x)) ** 2).sum(-1)  # (B, N)
         return err * self.removed_mask(ids_keep)
 
-    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """Training loss: mean squared error per masked pixel (target = the normalised image)."""
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, ids_keep: torch.Tensor,
+                     per_sample: bool = False) -> torch.Tensor:
+        """Training loss: mean squared error per masked pixel (target = the normalised image).
+
+        ``per_sample=True`` gives (B,) instead of the batch mean (every sample masks the same count)."""
         mask = self.removed_mask(ids_keep)
         err = ((pred - self.patchify(x)) ** 2).mean(-1)  # (B, N)
-        return (err * mask).sum() / mask.sum().clamp(min=1)
+        per = (err * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B,)
+        return per if per_sample else per.mean()
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, ids_keep: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

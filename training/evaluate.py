@@ -29,7 +29,7 @@ from training.knn import knn_accuracy, knn_predict
 from training.metrics import detection_metrics, tpr_at_fpr
 from training.report import write_figures, write_report
 
-RECORD_KEY = ("attack", "detector", "aux", "test", "threshold_rule", "preset", "encoder", "bundle")
+RECORD_KEY = ("attack", "detector", "aux", "test", "threshold_rule", "preset", "encoder", "bundle", "case", "score")
 
 
 def hardware() -> str:
@@ -123,6 +123,12 @@ def evaluate_cli(a: argparse.Namespace) -> None:
         recs, sc = evaluate_bundle(bundle, a.dataset, name, trigger, target, a.max_images)
         records += recs
         scores[name] = sc
+    if a.honesty_images and target:
+        from training.honesty import honesty_records
+
+        for bundle, name in runs:
+            print(f"honesty evaluation of {bundle} ({name}): trigger + benign perturbations")
+            records += honesty_records(bundle, name, a.dataset, trigger, target, n_eval=a.honesty_images)
     wall = round(time.time() - start, 1)
     command = a.command_line or "dede " + " ".join(sys.argv[1:])
     for r in records:
@@ -131,7 +137,7 @@ def evaluate_cli(a: argparse.Namespace) -> None:
     figures = write_figures(scores, Path(a.report).parent / "figures", prefix=manifest.name)
     write_report(merged, Path(a.report), figures)
     for r in records:
-        if r["deployed"]:
+        if r.get("deployed"):
             print(f"{r['attack']:>10} {r['test']:>14} {r['threshold_rule']:>10}  AUC {r['auc']:.3f}  "
                   f"TPR {r['tpr']:.3f}  FPR {r['fpr']:.3f}")
     print(f"wrote {a.results} and {a.report} ({wall}s)")

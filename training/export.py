@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from service.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from service.scores import compute_score
 from service.scoring import Scorer
 from training.data import load_images
 from training.dede import DeDe, DeDeConfig, DetectorGraph, kept_count
@@ -88,7 +89,7 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                   "test_mask_ratio": run["test_mask_ratio"],
                   "kept_patches": kept_count(cfg.num_patches, run["test_mask_ratio"]),
                   "width": cfg.width, "depth": cfg.depth, "dec_width": cfg.dec_width,
-                  "dec_depth": cfg.dec_depth},
+                  "dec_depth": cfg.dec_depth, "score": run.get("score", "paper")},
         threshold=calib,
         provenance={"aux_dataset": run["aux"]["name"], "aux_fingerprint": run["aux"]["fingerprint"],
                     "aux_images": run["aux"]["n_train"], "poison_rate": run["aux"]["poison_rate"],
@@ -109,7 +110,8 @@ def verify_bundle(bundle: Path, model: DeDe, victim: nn.Module, spec: EncoderSpe
     ort_scores = scorer.score(images).scores
     x = torch.from_numpy(scorer.preprocess(images))
     keep = torch.from_numpy(scorer.keep_ids(images))
-    torch_scores = DetectorGraph(model)(x, victim(x), keep)[0].numpy()
+    patch_error = DetectorGraph(model)(x, victim(x), keep)[2].numpy()
+    torch_scores = compute_score(patch_error, scorer.manifest.detector.score)
     err = float(np.max(np.abs(ort_scores - torch_scores)) / threshold)
     if err > SCORE_RTOL:
         raise RuntimeError(f"ONNX Runtime and PyTorch disagree: max |diff| / threshold = {err:.2e} "

@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from training.attacks.triggers import make_trigger
-from training.calibrate import calibrate
+from service.scores import check_score
+from training.calibrate import calibrate, parse_rule
 from training.config import check_finite, code_version, pick_device, save_config
 from training.data import fingerprint, load_images
 from training.dede import DeDe, DeDeConfig, score_mask_ratio
@@ -53,6 +54,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     threshold_rule: str = "fpr@0.01"
+    score: str = "paper"  # see service.scores: 'paper' or 'trimmed@<k>'
+    drop_worst: float = 0.0  # robust training: leave the highest-loss share of each batch out (after epoch 1)
+    emb_dropout: float = 0.0  # share of samples trained with a null (zero) embedding
     calib_images: int = 10000  # auxiliary training images scored for the paper-1.5x rule
     seed: int = 0
     device: str = "auto"
@@ -64,7 +68,18 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(width=128, depth=6, heads=4, dec_width=128, dec_depth=2, dec_heads=4, epochs=15,
                 aux_images=20000),
     "paper": dict(),  # the official settings are the defaults
+    "study": dict(width=64, depth=3, heads=4, dec_width=64, dec_depth=1, dec_heads=4, epochs=10,
+                  aux_images=10000, holdout_images=1000, calib_images=2000),
 }
+
+
+def robust_mean(per_sample: torch.Tensor, drop_worst: float) -> torch.Tensor:
+    """Mean of the per-sample losses without the ``drop_worst`` share of highest ones (triggered auxiliary
+    images reconstruct worst before the decoder learns their mapping)."""
+    if drop_worst <= 0:
+        return per_sample.mean()
+    keep = max(1, int(round(len(per_sample) * (1 - drop_worst))))
+    return per_sample.topk(keep, largest=False).values.mean()
 
 
 def aux_name(cfg: TrainConfig) -> str:
@@ -100,6 +115,8 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> tuple[np.ndarray, np.nda
 
 def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
+    check_score(cfg.score)
+    parse_rule(cfg.threshold_rule)
     device = pick_device(cfg.device)
     out = Path(out)
     save_config(cfg, out)
@@ -127,7 +144,12 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = to_input(images_t[idx], spec)  # (B, 3, H, W)
             ids_keep = model.random_masking(len(idx), cfg.mask_ratio, device)
-            loss, _ = model(x, train_emb[idx], ids_keep)
+            e = train_emb[idx]
+            if cfg.emb_dropout > 0:
+                e = e * (torch.rand(len(idx), 1, device=device) >= cfg.emb_dropout)
+            pred = model.forward_decoder(model.forward_encoder(x, e, ids_keep), ids_keep)
+            per_sample = model.forward_loss(x, pred, ids_keep, per_sample=True)  # (B,)
+            loss = robust_mean(per_sample, cfg.drop_worst if epoch > 0 else 0.0)
             check_finite(loss, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,12 +163,13 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "dede.safetensors")
     alpha_test = score_mask_ratio(cfg.mask_ratio)
     calib = calibrate(model, victim, spec, train_images[: cfg.calib_images], holdout, alpha_test,
-                      cfg.threshold_rule, device=device, seed=cfg.seed, out=out)
+                      cfg.threshold_rule, device=device, seed=cfg.seed, out=out, score=cfg.score)
     run = {
         "encoder": str(Path(encoder_path).resolve()),
         "model": asdict(model_cfg),
         "train_mask_ratio": cfg.mask_ratio,
         "test_mask_ratio": alpha_test,
+        "score": cfg.score,
         "aux": aux_info | {"name": aux_name(cfg)},
         "epochs": cfg.epochs,
         "steps": step,

@@ -107,3 +107,22 @@ def test_loss_decreases_on_a_tiny_run(example_images: np.ndarray) -> None:
 def test_width_must_divide_heads() -> None:
     with pytest.raises(ValueError, match="divisible"):
         DeDe(DeDeConfig(width=30, heads=4))
+
+
+def test_robust_mean_drops_the_worst_samples() -> None:
+    from training.train_dede import robust_mean
+
+    per = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    assert robust_mean(per, 0.0) == pytest.approx(26.5)
+    assert robust_mean(per, 0.25) == pytest.approx(2.0)
+    assert robust_mean(per, 0.99) == pytest.approx(1.0)  # always keeps one sample
+
+
+def test_per_sample_loss_averages_to_the_batch_loss(example_images: np.ndarray) -> None:
+    m = tiny()
+    x = normalised(example_images)
+    ids = m.random_masking(len(x), 0.9)
+    pred = torch.randn(len(x), 64, 48)
+    per = m.forward_loss(x, pred, ids, per_sample=True)
+    assert per.shape == (len(x),)
+    assert torch.allclose(per.mean(), m.forward_loss(x, pred, ids))

@@ -74,8 +74,9 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     bundle = str(pipeline / "models" / "tiny-bad")
     results, report = tmp_path / "results.json", tmp_path / "RESULTS.md"
     assert main(["evaluate", "--bundle", bundle, "--control-bundle", bundle, "--max-images", "300",
-                 "--results", str(results), "--report", str(report), "--preset", "tiny"]) == 0
-    records = json.loads(results.read_text())
+                 "--results", str(results), "--report", str(report), "--preset", "tiny",
+                 "--honesty-images", "100"]) == 0
+    records = [r for r in json.loads(results.read_text()) if r["test"] != "honesty"]
     assert {r["attack"] for r in records} == {"badencoder", "none"}
     assert {r["test"] for r in records} == {"balanced", "unbalanced-1%"}
     bal = next(r for r in records if r["test"] == "balanced" and r["deployed"] and r["attack"] == "badencoder")
@@ -85,11 +86,19 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     text = report.read_text()
     assert "| badencoder |" in text and "| none |" in text and "0.981" in text
     assert (tmp_path / "figures" / "tiny-bad-roc.png").stat().st_size > 0
+    honesty = [r for r in json.loads(results.read_text()) if r["test"] == "honesty"]
+    cases = {r["case"] for r in honesty}
+    assert "trigger" in cases and {"jpeg-50", "blur-1", "pasted-crop-10", "white-10-centre"} <= cases
+    assert {r["score"] for r in honesty} == {"paper", "trimmed@4", "trimmed@8", "trimmed@12", "consistency"}
+    for r in honesty:
+        assert 0 <= r["activation_rate"] <= 1 and 0 <= r["alert_rate"] <= 1
+        assert r["benign"] == (r["case_kind"] != "trigger" and r["activation_rate"] <= r["clean_target_rate"] + 0.05)
+    assert "Does an alert mean the backdoor fired?" in report.read_text()
     # a second run replaces its records instead of appending duplicates
+    n_all = len(json.loads(results.read_text()))
     assert main(["evaluate", "--bundle", bundle, "--max-images", "300", "--results", str(results),
-                 "--report", str(report), "--preset", "tiny"]) == 0
-    again = json.loads(results.read_text())
-    assert len(again) == len(records)
+                 "--report", str(report), "--preset", "tiny", "--honesty-images", "0"]) == 0
+    assert len(json.loads(results.read_text())) == n_all
 
 
 def test_scan_folder(pipeline: Path, tmp_path: Path) -> None:
@@ -105,3 +114,46 @@ def test_scan_folder(pipeline: Path, tmp_path: Path) -> None:
     broken = next(r for r in rows if r["file"] == "broken.png")
     assert broken["error"] and not broken["score"]
     assert all(float(r["score"]) > 0 for r in rows if r["file"] != "broken.png")
+
+
+TINY_STUDY = ["aux_images=256", "holdout_images=64", "calib_images=64", "epochs=1", "width=32", "dec_width=32",
+              "depth=1", "heads=2", "dec_heads=2", "batch_size=64"]
+
+
+def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from training.attacks.triggers import make_trigger
+    from training.data import load_images
+    from training.study import RATIOS, cell_records
+
+    clean = load_images("cifar10", "test", 32).images[:64]
+    trig = make_trigger("badencoder", 32).apply(clean)
+    encoders = {"backdoored": str(pipeline / "bad"), "control": str(pipeline / "clean")}
+    recs = cell_records("differential", "t", TINY_STUDY + ["emb_dropout=0.5", "drop_worst=0.1", "epochs=2"],
+                        encoders, tmp_path, clean, trig)
+    assert {r["encoder"] for r in recs} == {"backdoored", "control"}
+    assert {r["test_mask_ratio"] for r in recs} == set(RATIOS)
+    diff = [r for r in recs if r["score"] == "differential"]
+    assert diff and all(r["test_mask_ratio"] < 0.99 for r in diff)
+    assert all(0 <= r["auc"] <= 1 for r in recs)
+    config = json.loads((tmp_path / "differential" / "t" / "control" / "config.json").read_text())
+    assert config["emb_dropout"] == 0.5 and config["drop_worst"] == 0.1 and config["preset"] == "study"
+    # resumable: a second call reuses the finished runs instead of training again
+    mtime = (tmp_path / "differential" / "t" / "control" / "dede.safetensors").stat().st_mtime
+    again = cell_records("differential", "t", TINY_STUDY + ["emb_dropout=0.5", "drop_worst=0.1", "epochs=2"],
+                         encoders, tmp_path, clean, trig)
+    assert (tmp_path / "differential" / "t" / "control" / "dede.safetensors").stat().st_mtime == mtime
+    assert np.allclose([r["auc"] for r in again], [r["auc"] for r in recs])
+
+
+def test_trimmed_score_is_recorded_in_the_bundle(pipeline: Path, tmp_path: Path) -> None:
+    from service.scoring import Scorer
+
+    assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=trimmed@8",
+                 "--set", "epochs=1", "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", "--run", str(tmp_path / "run"), "--name", "trim", "--out", str(tmp_path)]) == 0
+    scorer = Scorer.from_bundle(tmp_path / "trim")
+    assert scorer.manifest.detector.score == "trimmed@8"
+    assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=median",
+                 "--out", str(tmp_path / "bad-run")]) == 2

@@ -1,0 +1,99 @@
+"""The honesty evaluation: does an alert mean "the backdoor fired", or only "conspicuous pixels"?
+
+For the backdoored bundle and its clean-encoder control, on clean test images and on copies carrying
+(a) the real trigger and (b) each benign perturbation of ``training.perturbations``:
+- the backdoor activation rate (kNN target-class rate of non-target images, on the bundle's encoder);
+- for every candidate score: AUC against the clean images and the alert rate at a threshold set to 1%
+  FPR on a disjoint calibration split of clean test images (for the paper score, also the deployed
+  threshold from the bundle).
+Candidate scores: ``paper`` and ``trimmed@k`` from the per-patch error map (``service.scores``), and
+``consistency`` = 1 - cos(e, encoder(reconstruction)) (does the decoder's picture embed like the input?).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.scores import compute_score, error_spread
+from service.scoring import Scorer
+from training.attacks.triggers import make_trigger
+from training.data import load_images
+from training.knn import knn_predict
+from training.metrics import detection_metrics
+from training.perturbations import apply_case, benign_cases
+
+CANDIDATES = ("paper", "trimmed@4", "trimmed@8", "trimmed@12", "consistency")
+CALIB_FPR = 0.01
+
+
+def candidate_scores(scorer: Scorer, images: np.ndarray, batch_size: int = 500) -> dict[str, np.ndarray]:
+    """Every candidate score (and the error spread) of uint8 images -> {name: (N,)}."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*CANDIDATES, "spread")}
+    for i in range(0, len(images), batch_size):
+        out = scorer.run(images[i : i + batch_size])
+        pe = out["patch_error"]
+        for k in CANDIDATES[:-1]:
+            parts[k].append(compute_score(pe, k))
+        parts["spread"].append(error_spread(pe))
+        (e_rec,) = scorer.encoder.run(None, {scorer.encoder.get_inputs()[0].name: out["reconstruction"]})
+        e = out["embedding"]
+        cos = (e * e_rec).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(e_rec, axis=1) + 1e-12)
+        parts["consistency"].append((1 - cos).astype(np.float32))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+class ActivationProbe:
+    """kNN on the bundle encoder's embeddings of clean train images: is an image's class the target?"""
+
+    def __init__(self, scorer: Scorer, dataset: str, target: int, n_bank: int = 10000) -> None:
+        train = load_images(dataset, "train", scorer.size)
+        idx = np.random.default_rng(0).permutation(len(train))[:n_bank]
+        self.scorer, self.target = scorer, target
+        self.bank = torch.from_numpy(scorer.embed_many(train.images[idx]))
+        self.labels = torch.from_numpy(train.labels[idx])
+
+    def rate(self, images: np.ndarray, labels: np.ndarray) -> float:
+        keep = labels != self.target
+        emb = torch.from_numpy(self.scorer.embed_many(images[keep]))
+        return float((knn_predict(self.bank, self.labels, emb) == self.target).float().mean())
+
+
+def honesty_records(bundle: str, attack: str, dataset: str, trigger: str, target_class: str,
+                    n_eval: int = 2000, n_calib: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    scorer = Scorer.from_bundle(bundle)
+    m = scorer.manifest
+    test = load_images(dataset, "test", scorer.size)
+    order = np.random.default_rng(seed).permutation(len(test))
+    calib_idx, eval_idx = order[:n_calib], order[n_calib : n_calib + n_eval]
+    calib = candidate_scores(scorer, test.images[calib_idx])
+    thresholds = {k: float(np.quantile(calib[k], 1 - CALIB_FPR)) for k in CANDIDATES}
+    images, labels = test.images[eval_idx], test.labels[eval_idx]
+    probe = ActivationProbe(scorer, dataset, test.classes.index(target_class))
+    clean = candidate_scores(scorer, images)
+    clean_target = probe.rate(images, labels)
+    cases = [("trigger", "trigger", make_trigger(trigger, scorer.size).apply(images))]
+    cases += [(c.name, c.kind, apply_case(c, images, seed)) for c in benign_cases(scorer.size)]
+    records = []
+    for name, kind, perturbed in cases:
+        activation = probe.rate(perturbed, labels)
+        scores = candidate_scores(scorer, perturbed)
+        for score in CANDIDATES:
+            rules = [("fpr@0.01-calib", thresholds[score])]
+            if score == m.detector.score:
+                rules.append((m.threshold.rule + "-deployed", m.threshold.value))
+            for rule, value in rules:
+                met = detection_metrics(clean[score], scores[score], value)
+                records.append({
+                    "attack": attack, "detector": "dede", "aux": m.provenance.aux_dataset, "test": "honesty",
+                    "case": name, "case_kind": kind, "score": score, "threshold_rule": rule,
+                    "threshold": value, "auc": met["auc"], "alert_rate": met["tpr"],
+                    "clean_alert_rate": met["fpr"], "activation_rate": activation,
+                    "clean_target_rate": clean_target,
+                    "benign": kind != "trigger" and activation <= clean_target + 0.05,
+                    "spread": float(np.median(scores["spread"])), "n_clean": len(images),
+                    "n_triggered": len(images), "bundle": m.name, "encoder": m.encoder.architecture,
+                })
+    return records

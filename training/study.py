@@ -1,0 +1,106 @@
+"""``dede study``: how the backdoored-vs-control gap moves with the detector's settings, and how a
+poisoned auxiliary set blinds it (with and without robust training).
+
+Every cell trains two DeDe detectors with the same config, one on the backdoored encoder and one on the
+clean encoder before the attack (the control), then scores clean and triggered CIFAR-10 test images in
+PyTorch at several test mask ratios with several scores. Cells are resumable: a finished run directory is
+reused. Axes (one setting varied at a time from the ``study`` preset):
+- ``decoder``: width/depth of DeDe; ``epochs``; ``aux``: auxiliary set size; ``mask``: test mask ratio
+  (every cell is scored at 0.75 / 0.9 / 0.99);
+- ``poison``: auxiliary poison rate 0 / 0.1% / 0.5% / 1% / 5%, plain and with ``drop_worst`` (the
+  highest-loss 5% of each batch left out of the loss after the first epoch);
+- ``differential``: embedding dropout in training, scored as error(e) - error(null embedding).
+Records go to ``docs/study.json``; ``docs/STUDY.md`` and plots are regenerated from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.scores import compute_score
+from training.attacks.triggers import make_trigger
+from training.calibrate import patch_error_images
+from training.config import resolve_config
+from training.data import load_images
+from training.export import load_run
+from training.metrics import detection_metrics, tpr_at_fpr
+from training.train_dede import TRAIN_PRESETS, TrainConfig, train_dede
+
+RATIOS = (0.75, 0.9, 0.99)
+SCORES = ("paper", "trimmed@8")
+AXES: dict[str, list[tuple[str, list[str]]]] = {
+    "decoder": [("w32-d2", ["width=32", "dec_width=32", "depth=2", "heads=2", "dec_heads=2"]),
+                ("w64-d3", []),
+                ("w128-d6", ["width=128", "dec_width=128", "depth=6", "dec_depth=2"])],
+    "epochs": [("e3", ["epochs=3"]), ("e10", []), ("e30", ["epochs=30"])],
+    "aux": [("n2500", ["aux_images=2500"]), ("n10000", []), ("n40000", ["aux_images=40000"])],
+    "poison": [(f"p{r}{'-robust' if robust else ''}",
+                [f"poison_rate={r}"] + (["drop_worst=0.05"] if robust else []))
+               for robust in (False, True) for r in (0.0, 0.001, 0.005, 0.01, 0.05)],
+    "differential": [("embdrop0.3", ["emb_dropout=0.3"])],
+}
+
+
+def cell_records(axis: str, cell: str, overrides: list[str], encoders: dict[str, str], out: Path,
+                 clean: np.ndarray, triggered: np.ndarray) -> list[dict[str, Any]]:
+    records = []
+    for label, encoder in encoders.items():
+        run_dir = out / axis / cell / label
+        cfg = resolve_config(TrainConfig, TRAIN_PRESETS, "study", overrides=overrides)
+        if not (run_dir / "run.json").exists():
+            train_dede(cfg, encoder, run_dir)
+        model, victim, spec, run, _ = load_run(run_dir)
+        for ratio in RATIOS:
+            pe_c = patch_error_images(model, victim, spec, clean, ratio, seed=1)
+            pe_t = patch_error_images(model, victim, spec, triggered, ratio, seed=1)
+            scores = {k: (compute_score(pe_c, k), compute_score(pe_t, k)) for k in SCORES}
+            if cfg.emb_dropout > 0 and ratio < 0.99:
+                null_c = patch_error_images(model, victim, spec, clean, ratio, seed=1, null_embedding=True)
+                null_t = patch_error_images(model, victim, spec, triggered, ratio, seed=1, null_embedding=True)
+                scores["differential"] = (pe_c.sum(1) - null_c.sum(1), pe_t.sum(1) - null_t.sum(1))
+            for score, (sc, st) in scores.items():
+                met = detection_metrics(sc, st, float(np.quantile(sc, 0.99)))
+                records.append({"axis": axis, "cell": cell, "encoder": label, "test_mask_ratio": ratio,
+                                "score": score, "auc": met["auc"], "tpr_at_1pct_fpr": tpr_at_fpr(sc, st, 0.01),
+                                "overrides": overrides, "train_wall_s": run["train_wall_s"],
+                                "final_loss": run["final_loss"], "n_clean": len(sc)})
+    return records
+
+
+def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, results: str, report: str,
+              n_test: int = 2000) -> list[dict[str, Any]]:
+    from training.evaluate import hardware
+
+    unknown = set(axes) - set(AXES)
+    if unknown:
+        raise ValueError(f"unknown study axes {sorted(unknown)}; valid: {', '.join(AXES)}")
+    with torch.no_grad():
+        trigger = make_trigger("badencoder", 32)
+    test = load_images("cifar10", "test", 32)
+    idx = np.random.default_rng(0).permutation(len(test))[:n_test]
+    clean = test.images[idx]
+    triggered = trigger.apply(clean)
+    path = Path(results)
+    records = json.loads(path.read_text()) if path.exists() else []
+    encoders = {"backdoored": bad_encoder, "control": clean_encoder}
+    for axis in axes:
+        for cell, overrides in AXES[axis]:
+            start = time.time()
+            print(f"study {axis}/{cell}: {overrides}")
+            new = cell_records(axis, cell, overrides, encoders, Path(out), clean, triggered)
+            for r in new:
+                r.update({"hardware": hardware(), "cell_wall_s": round(time.time() - start, 1),
+                          "command": f"dede study --axis {axis}"})
+            records = [r for r in records if (r["axis"], r["cell"]) != (axis, cell)] + new
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(records, indent=1))
+    from training.report import write_study
+
+    write_study(records, Path(report))
+    return records
