@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from training.attacks.triggers import make_trigger
 from service.scores import check_score
+from training.attacks.triggers import make_trigger
 from training.calibrate import calibrate, parse_rule
 from training.config import check_finite, code_version, pick_device, save_config
 from training.data import fingerprint, load_images
