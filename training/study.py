@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.scores import compute_score
 from training.attacks.triggers import make_trigger
@@ -80,14 +79,12 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
     unknown = set(axes) - set(AXES)
     if unknown:
         raise ValueError(f"unknown study axes {sorted(unknown)}; valid: {', '.join(AXES)}")
-    with torch.no_grad():
-        trigger = make_trigger("badencoder", 32)
+    trigger = make_trigger("badencoder", 32)
     test = load_images("cifar10", "test", 32)
     idx = np.random.default_rng(0).permutation(len(test))[:n_test]
     clean = test.images[idx]
     triggered = trigger.apply(clean)
     path = Path(results)
-    records = json.loads(path.read_text()) if path.exists() else []
     encoders = {"backdoored": bad_encoder, "control": clean_encoder}
     for axis in axes:
         for cell, overrides in AXES[axis]:
@@ -97,10 +94,15 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
             for r in new:
                 r.update({"hardware": hardware(), "cell_wall_s": round(time.time() - start, 1),
                           "command": f"dede study --axis {axis}"})
+            # re-read before writing: several study processes (one per axis) may share the file
+            records = json.loads(path.read_text()) if path.exists() else []
             records = [r for r in records if (r["axis"], r["cell"]) != (axis, cell)] + new
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(records, indent=1))
+            tmp = path.with_suffix(f".{axis}.tmp")
+            tmp.write_text(json.dumps(records, indent=1))
+            tmp.replace(path)
     from training.report import write_study
 
+    records = json.loads(path.read_text()) if path.exists() else []
     write_study(records, Path(report))
     return records

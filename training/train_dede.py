@@ -134,8 +134,19 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     images_t = torch.from_numpy(train_images).to(device)  # (N, H, W, 3) uint8
     steps = max(1, len(images_t) // cfg.batch_size)
-    history, step, start = [], 0, time.time()
-    for epoch in range(cfg.epochs):
+    history: list[float] = []
+    step, first_epoch, start = 0, 0, time.time()
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists():  # resume an interrupted run with the same config
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if {**ckpt["config"], "epochs": cfg.epochs} != asdict(cfg):
+            raise ValueError(f"{ckpt_path} was written with another config (only epochs may change on resume); "
+                             "use a new --out directory")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, first_epoch, history = ckpt["step"], ckpt["epoch"], list(ckpt["history"])
+        print(f"resuming from epoch {first_epoch} (step {step})")
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         perm = torch.randperm(len(images_t), device=device)
         total = 0.0
@@ -159,6 +170,9 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
             bar.set_postfix(loss=f"{loss.item():.4f}")
         history.append(total / steps)
         print(f"dede epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f} ({time.time() - start:.0f}s)")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
+                    "epoch": epoch + 1, "step": step, "history": history, "code_version": code_version()},
+                   ckpt_path)
     model.eval()
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "dede.safetensors")
     alpha_test = score_mask_ratio(cfg.mask_ratio)

@@ -157,3 +157,17 @@ def test_trimmed_score_is_recorded_in_the_bundle(pipeline: Path, tmp_path: Path)
     assert scorer.manifest.detector.score == "trimmed@8"
     assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=median",
                  "--out", str(tmp_path / "bad-run")]) == 2
+
+
+def test_training_resumes_from_its_checkpoint(pipeline: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    args = ["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--out", str(tmp_path / "r")]
+    assert main(args + ["--set", "epochs=1"]) == 0
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["step"] > 0 and "code_version" in ckpt and "optimizer" in ckpt
+    assert main(args + ["--set", "epochs=2"]) == 0  # resumes: one more epoch
+    assert "resuming from epoch 1" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "r" / "run.json").read_text())["loss_history"]) == 2
+    assert main(args + ["--set", "epochs=3", "--set", "width=64"]) == 2  # another model: refused
