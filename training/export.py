@@ -76,9 +76,12 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                    calib: dict[str, Any], bundle: Path) -> Manifest:
     cfg = model.cfg
     victim = next((h for h in reversed(spec.history) if h.get("stage", "").startswith("attack")), None)
-    victim_info = {"attack": victim.get("attack"), "target_class": victim.get("target_class"),
-                   "trigger": victim.get("trigger"),
-                   "attack_success_rate": victim.get("attack_success_rate")} if victim else {"attack": "none"}
+    victim_info: dict[str, Any] = {"attack": victim.get("attack"), "target_class": victim.get("target_class"),
+                                   "trigger": victim.get("trigger"),
+                                   "attack_success_rate": victim.get("attack_success_rate")} if victim else {
+        "attack": "none"}
+    keys = ("stage", "preset", "epochs", "wall_s", "device", "knn_accuracy", "clean_accuracy", "attack_success_rate")
+    victim_info["history"] = [{k: h[k] for k in keys if k in h} for h in spec.history]
     return Manifest(
         name=name, version=version,
         encoder={"sha256": sha256_file(bundle / "encoder.onnx"), "input_size": spec.input_size,

@@ -59,6 +59,56 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def bundle_lines(names: list[str], models: Path = Path("models")) -> list[str]:
+    """How each evaluated bundle was built, from its manifest (training times, hardware, encoder history)."""
+    import json
+
+    rows = []
+    for name in names:
+        f = models / name / "manifest.json"
+        if not f.exists():
+            continue
+        m = json.loads(f.read_text())
+        p = m["provenance"]
+        hist = "; ".join(
+            f"{h.get('stage')} {h.get('epochs', '?')} ep {h.get('wall_s', '?')} s"
+            + (f" kNN {h['knn_accuracy']:.3f}" if "knn_accuracy" in h else "")
+            + (f" ASR {h['attack_success_rate']:.3f} CA {h['clean_accuracy']:.3f}"
+               if "attack_success_rate" in h else "")
+            for h in p.get("victim", {}).get("history", []))
+        rows.append(f"| {name} | {m['encoder']['architecture']} | {hist} | {p['aux_dataset']} ({p['aux_images']}) | "
+                    f"{p['epochs']} ep {p.get('train_wall_s', '?')} s on {p.get('device', '?')} | {p['preset']} |")
+    if not rows:
+        return []
+    return ["## How the bundles were built", "",
+            "From each bundle's `manifest.json` (`make -j2 demo`; two jobs at a time, one thread each).", "",
+            "| bundle | encoder | encoder history (stage, epochs, wall time, quality) | aux set (images) "
+            "| DeDe training | preset |", "|---|---|---|---|---|---|", *rows, ""]
+
+
+def goal_lines(by: dict[tuple[bool, str, str], dict[str, Any]], scores: list[str], cases: list[str]) -> list[str]:
+    """Issue 3's goals, checked per score: backdoored AUC >= 0.95, control AUC <= 0.65, benign alert rate
+    <= 2x the clean alert rate (at the 1%-FPR calibration threshold)."""
+    lines = ["Goals per score (met / missed, by how much):", ""]
+    for sc in scores:
+        bad, ctl = by.get((True, sc, "trigger")), by.get((False, sc, "trigger"))
+        if not (bad and ctl):
+            continue
+        benign = [by[(True, sc, c)] for c in cases if c != "trigger" and by.get((True, sc, c), {}).get("benign")]
+        limit = 2 * max(bad["clean_alert_rate"], 1e-9)
+        over = [r["case"] for r in benign if r["alert_rate"] > limit]
+        checks = [
+            f"backdoored AUC {bad['auc']:.3f} {'>=' if bad['auc'] >= 0.95 else '<'} 0.95",
+            f"control AUC {ctl['auc']:.3f} {'<=' if ctl['auc'] <= 0.65 else '>'} 0.65",
+            f"benign alerts above 2x clean ({limit:.3f}): {len(over)} of {len(benign)} cases"
+            + (f" ({', '.join(over)})" if over else ""),
+        ]
+        ok = bad["auc"] >= 0.95 and ctl["auc"] <= 0.65 and not over
+        lines.append(f"- `{sc}`: {'all met' if ok else 'not met'}: " + "; ".join(checks) + ".")
+    lines.append("")
+    return lines
+
+
 def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
     """Summary per candidate score, then the per-case table for each score (backdoored vs control)."""
     calib = [r for r in records if r["threshold_rule"] == "fpr@0.01-calib"]
@@ -91,6 +141,7 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
                      f"{_fmt(bad['clean_alert_rate'])} | "
                      f"{_fmt(worst['alert_rate']) + ' (' + worst['case'] + ')' if worst else '-'} | {mean_benign} |")
     lines.append("")
+    lines += goal_lines(by, scores, cases)
     for sc in scores:
         lines += [f"Score `{sc}` per case:", "",
                   "| case | activation | benign | alerts backdoored | alerts control | AUC backdoored | AUC control "
@@ -150,12 +201,17 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
         for test in ("balanced", "unbalanced-1%"):
             bad = next((v for (a, t), v in by_attack.items() if t == test and a != "none"), None)
             ctl = by_attack.get(("none", test))
+            if bad and test == "balanced":
+                lines.append(f"- Demo target (issue 2), balanced, deployed threshold: AUC {bad['auc']:.3f} "
+                             f"({'met' if bad['auc'] >= 0.95 else 'missed'}: >= 0.95), FPR {bad['fpr']:.3f} "
+                             f"({'met' if bad['fpr'] <= 0.05 else 'missed'}: <= 0.05).")
             if bad and ctl:
                 lines.append(f"- {test}: backdoored AUC {bad['auc']:.3f} vs control AUC {ctl['auc']:.3f} "
                              f"(gap {bad['auc'] - ctl['auc']:+.3f}); alert rate on triggered images "
                              f"{bad['tpr']:.3f} (backdoored) vs {ctl['tpr']:.3f} (control), on clean images "
                              f"{bad['fpr']:.3f} vs {ctl['fpr']:.3f}.")
         lines.append("")
+    lines += bundle_lines(list(dict.fromkeys(r["bundle"] for r in records + honesty if "bundle" in r)))
     if honesty:
         lines += ["## Does an alert mean the backdoor fired?", ""] + honesty_lines(honesty)
     if figures:
