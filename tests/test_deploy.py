@@ -1,0 +1,48 @@
+"""Static checks of the deployment files (no Docker engine here): the compose file parses and wires the
+services as documented, the image runs as a non-root user with a healthcheck and no torch, and the
+Prometheus/Grafana provisioning files point at each other and at the metrics the service exports."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def test_compose_services_and_mounts() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) >= {"api", "prometheus", "grafana"}
+    api = services["api"]
+    assert api["build"]["dockerfile"] == "docker/Dockerfile"
+    assert any(v.endswith(":/models:ro") for v in api["volumes"])
+    assert services["prometheus"]["depends_on"]["api"]["condition"] == "service_healthy"
+    for svc in services.values():
+        for vol in svc.get("volumes", []):
+            host = vol.split(":")[0]
+            assert (ROOT / host).exists(), f"{host} is mounted but missing"
+
+
+def test_dockerfile_is_non_root_with_healthcheck_and_no_torch() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^USER 10001", text, re.M)
+    assert "HEALTHCHECK" in text and "/readyz" in text
+    instructions = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert "torch" not in instructions.lower() and "[train" not in instructions
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", text, re.M)  # pinned base
+
+
+def test_prometheus_scrapes_the_api_and_dashboard_uses_real_metrics() -> None:
+    prom = yaml.safe_load((ROOT / "docker" / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert "api:8000" in targets
+    dash = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "dede.json").read_text())
+    assert dash["uid"] == "dede-overview"
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    metrics_src = (ROOT / "service" / "metrics.py").read_text()
+    for name in set(re.findall(r"dede_[a-z_]+", exprs)):
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert f'"{base}"' in metrics_src, f"dashboard uses {name}, which the service does not export"
