@@ -41,7 +41,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_calibrate(a: argparse.Namespace) -> None:
     from training.calibrate import calibrate_run
 
-    print(json.dumps(calibrate_run(a.run, a.rule)))
+    print(json.dumps(calibrate_run(a.run, a.rule, a.score)))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="(re)compute the threshold of a trained run")
     p.add_argument("--run", required=True)
     p.add_argument("--rule", default="fpr@0.01", help="'paper-1.5x' or 'fpr@<q>'")
+    p.add_argument("--score", default=None, help="switch the score ('paper' or 'trimmed@<k>'); rescores")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write an ONNX bundle into models/<name>")

@@ -60,6 +60,12 @@ def test_recalibrate_switches_rule(pipeline: Path) -> None:
     calib = json.loads((pipeline / "run" / "calibration.json").read_text())
     assert calib["rule"] == "paper-1.5x" and calib["value"] == calib["alternatives"]["paper-1.5x"]
     assert main(["calibrate", "--run", str(pipeline / "run"), "--rule", "bogus"]) == 2
+    paper_value = calib["value"]
+    assert main(["calibrate", "--run", str(pipeline / "run"), "--rule", "paper-1.5x", "--score", "trimmed@8"]) == 0
+    calib = json.loads((pipeline / "run" / "calibration.json").read_text())
+    assert calib["value"] < paper_value  # the trimmed sum drops the 8 largest patch errors
+    assert json.loads((pipeline / "run" / "run.json").read_text())["score"] == "trimmed@8"
+    assert main(["calibrate", "--run", str(pipeline / "run"), "--rule", "fpr@0.01", "--score", "paper"]) == 0
 
 
 def test_poisoned_aux_set(tmp_path: Path, pipeline: Path) -> None:
