@@ -114,3 +114,12 @@ def pick_device(name: str) -> str:
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: stopping")
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
+    """One update: stop on a non-finite loss, backward, step. Returns the loss value."""
+    check_finite(loss, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()

@@ -3,8 +3,19 @@ judge of whether a backdoor fired (the nearest class of a triggered image is the
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from training.data import ImageSet, load_images
+
+
+def probe_split(dataset: str, size: int, n: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """A fixed random subset of ``n`` train images (the kNN bank) and ``n`` test images (the queries)."""
+    rng = np.random.default_rng(seed)
+    train = load_images(dataset, "train", size)
+    test = load_images(dataset, "test", size)
+    return train.subset(rng.permutation(len(train))[:n]), test.subset(rng.permutation(len(test))[:n])
 
 
 @torch.no_grad()

@@ -17,10 +17,10 @@ from torch import nn
 from tqdm import tqdm
 
 from training.augment import simclr_augment
-from training.config import check_finite, pick_device, save_config
+from training.config import optimizer_step, pick_device, save_config
 from training.data import load_images
 from training.encoders import EncoderSpec, create_encoder, embed, embed_dim_of, save_encoder
-from training.knn import knn_accuracy
+from training.knn import knn_accuracy, probe_split
 
 
 @dataclass
@@ -78,14 +78,10 @@ def normalise(x: torch.Tensor, spec: EncoderSpec) -> torch.Tensor:
 
 def encoder_knn_accuracy(model: nn.Module, spec: EncoderSpec, dataset: str, n: int, device: str) -> float:
     """kNN accuracy (k=20) of test images against clean train embeddings: the encoder's clean utility."""
-    rng = np.random.default_rng(0)
-    train = load_images(dataset, "train", spec.input_size)
-    test = load_images(dataset, "test", spec.input_size)
-    tr = rng.permutation(len(train))[:n]
-    te = rng.permutation(len(test))[:n]
-    bank = embed(model, train.images[tr], spec, device=device)
-    query = embed(model, test.images[te], spec, device=device)
-    return knn_accuracy(bank, torch.from_numpy(train.labels[tr]), query, torch.from_numpy(test.labels[te]))
+    train, test = probe_split(dataset, spec.input_size, n)
+    bank = embed(model, train.images, spec, device=device)
+    query = embed(model, test.images, spec, device=device)
+    return knn_accuracy(bank, torch.from_numpy(train.labels), query, torch.from_numpy(test.labels))
 
 
 def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
@@ -119,13 +115,10 @@ def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
             x = images_t[idx].permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) in [0, 1]
             v1, v2 = normalise(simclr_augment(x), spec), normalise(simclr_augment(x), spec)
             loss = nt_xent(head(model(v1)), head(model(v2)), cfg.temperature)
-            check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            value = optimizer_step(opt, loss, step)
             step += 1
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            total += value
+            bar.set_postfix(loss=f"{value:.3f}")
         loss_avg = total / steps_per_epoch
         print(f"simclr epoch {epoch + 1}/{cfg.epochs} loss {loss_avg:.4f} ({time.time() - start:.0f}s)")
     model.eval()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from service.scores import check_score
 from training.attacks.triggers import make_trigger
 from training.calibrate import calibrate, parse_rule
-from training.config import check_finite, code_version, pick_device, save_config
+from training.config import code_version, optimizer_step, pick_device, save_config
 from training.data import fingerprint, load_images
 from training.dede import DeDe, DeDeConfig, score_mask_ratio
 from training.encoders import embed, load_encoder, to_input
@@ -161,13 +161,10 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
             pred = model.forward_decoder(model.forward_encoder(x, e, ids_keep), ids_keep)
             per_sample = model.forward_loss(x, pred, ids_keep, per_sample=True)  # (B,)
             loss = robust_mean(per_sample, cfg.drop_worst if epoch > 0 else 0.0)
-            check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            value = optimizer_step(opt, loss, step)
             step += 1
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            total += value
+            bar.set_postfix(loss=f"{value:.4f}")
         history.append(total / steps)
         print(f"dede epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f} ({time.time() - start:.0f}s)")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from training.attacks.triggers import make_trigger
 from training.augment import simclr_augment
-from training.config import check_finite, pick_device, save_config
+from training.config import optimizer_step, pick_device, save_config
 from training.data import load_images
 from training.encoders import embed, load_encoder, save_encoder, to_input
-from training.knn import knn_accuracy, knn_predict
+from training.knn import knn_accuracy, knn_predict, probe_split
 from training.ssl import normalise
 
 
@@ -75,18 +75,13 @@ def attack_success(model: nn.Module, spec: Any, dataset: str, trigger_name: str,
                    n: int, device: str) -> dict[str, float]:
     """ASR: share of triggered non-target test images whose kNN class (on clean train embeddings) is the
     target; clean accuracy by the same kNN; target rate of clean non-target images for reference."""
-    rng = np.random.default_rng(0)
-    train = load_images(dataset, "train", spec.input_size)
-    test = load_images(dataset, "test", spec.input_size)
-    tr = rng.permutation(len(train))[:n]
-    te = rng.permutation(len(test))[:n]
-    bank = embed(model, train.images[tr], spec, device=device)
-    bank_labels = torch.from_numpy(train.labels[tr])
-    clean = embed(model, test.images[te], spec, device=device)
-    labels = torch.from_numpy(test.labels[te])
+    train, test = probe_split(dataset, spec.input_size, n)
+    bank = embed(model, train.images, spec, device=device)
+    bank_labels = torch.from_numpy(train.labels)
+    clean = embed(model, test.images, spec, device=device)
+    labels = torch.from_numpy(test.labels)
     nontarget = labels != target
-    trig = embed(model, make_trigger(trigger_name, spec.input_size).apply(test.images[te]), spec,
-                 device=device)
+    trig = embed(model, make_trigger(trigger_name, spec.input_size).apply(test.images), spec, device=device)
     pred_trig = knn_predict(bank, bank_labels, trig[nontarget])
     pred_clean = knn_predict(bank, bank_labels, clean[nontarget])
     return {
@@ -143,10 +138,7 @@ def badencoder(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path) -> dict
             l1 = -cos(model(ref_aug), ref_clean).mean()
             l2 = -cos(e, e_clean).mean()
             loss = l0 + cfg.lambda1 * l1 + cfg.lambda2 * l2
-            check_finite(loss, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, step)
             step += 1
             totals += [l0.item(), l1.item(), l2.item()]
         t = totals / steps
