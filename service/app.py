@@ -15,12 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.batching import Batcher, DirectRunner
 from service.errors import BundleError, DedeError
 from service.imaging import Image
 from service.limits import BodySizeLimit
 from service.metrics import Metrics
 from service.routers import health, metrics, score
-from service.scoring import Scorer
+from service.scoring import Scorer, ScoreResult
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("dede.service")
@@ -47,19 +48,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.scorer = load_scorer(settings)
-        m = app.state.scorer.manifest
-        app.state.metrics.model_info.labels(m.name, m.version, app.state.scorer.provider).set(1)
+        scorer = load_scorer(settings)
+        m = scorer.manifest
+        metrics: Metrics = app.state.metrics
+        metrics.model_info.labels(m.name, m.version, scorer.provider).set(1)
+
+        def run_batch(images: np.ndarray) -> ScoreResult:
+            result = scorer.score(images)
+            metrics.observe_batch(m.name, len(images), result.seconds)
+            return result
+
+        app.state.runner = (
+            Batcher(run_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
+                    settings.request_timeout_s)
+            if settings.batching else DirectRunner(run_batch, settings.max_queue, settings.request_timeout_s))
+        app.state.runner.start()
+        app.state.scorer = scorer
         app.state.ready = True
-        log.info("loaded bundle %s v%s on %s", m.name, m.version, app.state.scorer.provider)
+        log.info("loaded bundle %s v%s on %s", m.name, m.version, scorer.provider)
         yield
-        app.state.ready = False
+        app.state.ready = False  # /readyz fails first, so a load balancer stops sending
+        await app.state.runner.stop()  # in-flight requests finish
 
     app = FastAPI(title="DeDe backdoor alarm", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.ready = False
     app.state.scorer = None
+    app.state.runner = None
 
     @app.exception_handler(DedeError)
     async def dede_error(request: Request, exc: DedeError) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
+from service.batching import Batcher, DirectRunner
 from service.errors import BadRequest, NotReady, Unauthorized
 from service.metrics import Metrics
 from service.scoring import Scorer
@@ -29,6 +30,16 @@ def get_scorer(request: Request) -> Scorer:
     return scorer
 
 
+Runner = Batcher | DirectRunner
+
+
+def get_runner(request: Request) -> Runner:
+    runner = getattr(request.app.state, "runner", None)
+    if runner is None or not request.app.state.ready:
+        raise NotReady("the model is not loaded yet")
+    return runner
+
+
 def check_api_key(request: Request) -> None:
     key = request.app.state.settings.api_key
     if key is None:
@@ -41,6 +52,7 @@ def check_api_key(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]
 Authorized = Depends(check_api_key)
 
 

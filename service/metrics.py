@@ -4,7 +4,9 @@ Each app owns its registry, so several apps (tests) never collide."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()
 
 RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -29,12 +31,17 @@ class Metrics:
         self.model_info = Gauge("dede_model_info", "The loaded bundle (value 1)",
                                 ["model", "version", "provider"], registry=r)
 
-    def observe(self, model: str, scores: list[float], flags: list[bool], threshold: float,
-                seconds: dict[str, float]) -> None:
+    def observe_images(self, model: str, scores: list[float], flags: list[bool], threshold: float,
+                       decode_s: float) -> None:
+        """Per request: counts, alerts, score ratios, decode time."""
         self.images_scored.labels(model).inc(len(scores))
         self.alerts.labels(model).inc(sum(flags))
         for s in scores:
             self.score_ratio.labels(model).observe(s / threshold)
+        self.inference_seconds.labels(model, "decode").observe(decode_s)
+
+    def observe_batch(self, model: str, size: int, seconds: dict[str, float]) -> None:
+        """Per model call: the batch size and the time of each model stage."""
+        self.batch_size.observe(size)
         for stage, sec in seconds.items():
             self.inference_seconds.labels(model, stage).observe(sec)
-        self.batch_size.observe(len(scores))

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import Authorized, MetricsDep, ScorerDep, SettingsDep, read_uploads
+from service.deps import Authorized, MetricsDep, Runner, RunnerDep, ScorerDep, SettingsDep, read_uploads
 from service.errors import BadImage, BadRequest
 from service.imaging import decode_image
 from service.metrics import Metrics
@@ -41,7 +41,7 @@ def _decode_all(uploads: list[tuple[str, bytes]], size: int, max_pixels: int) ->
     return np.stack(arrays)
 
 
-async def _score(request: Request, scorer: Scorer, metrics: Metrics, settings: Settings,
+async def _score(request: Request, scorer: Scorer, runner: Runner, metrics: Metrics, settings: Settings,
                  max_files: int) -> list[ScoreResponse]:
     uploads = await read_uploads(request, max_files)
     if len(uploads) > max_files:
@@ -52,25 +52,27 @@ async def _score(request: Request, scorer: Scorer, metrics: Metrics, settings: S
         t0 = time.perf_counter()
         images = await run_in_threadpool(_decode_all, uploads, m.encoder.input_size, settings.max_image_pixels)
         decode_s = time.perf_counter() - t0
-        result = await run_in_threadpool(scorer.score, images)
+        result = await runner.submit(images)
     finally:
         metrics.queue_depth.dec(len(uploads))
     scores = [float(s) for s in result.scores]
     flags = [bool(f) for f in result.flags]
-    metrics.observe(m.name, scores, flags, result.threshold, result.seconds | {"decode": decode_s})
+    metrics.observe_images(m.name, scores, flags, result.threshold, decode_s)
     return [ScoreResponse(backdoor=f, score=s, threshold=result.threshold, model=m.name, model_version=m.version)
             for s, f in zip(scores, flags, strict=True)]
 
 
 @router.post("/score", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=_BODY)
-async def score(request: Request, scorer: ScorerDep, metrics: MetricsDep, settings: SettingsDep) -> ScoreResponse:
+async def score(request: Request, scorer: ScorerDep, runner: RunnerDep, metrics: MetricsDep,
+                settings: SettingsDep) -> ScoreResponse:
     """Score one image: multipart field ``file`` or the raw image as the body."""
-    (result,) = await _score(request, scorer, metrics, settings, max_files=1)
+    (result,) = await _score(request, scorer, runner, metrics, settings, max_files=1)
     return result
 
 
 @router.post("/score/batch", response_model=BatchResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY)
-async def score_batch(request: Request, scorer: ScorerDep, metrics: MetricsDep,
+async def score_batch(request: Request, scorer: ScorerDep, runner: RunnerDep, metrics: MetricsDep,
                       settings: SettingsDep) -> BatchResponse:
     """Score several images (multipart fields ``files``); one result each, in upload order."""
-    return BatchResponse(results=await _score(request, scorer, metrics, settings, settings.max_batch_images))
+    results = await _score(request, scorer, runner, metrics, settings, settings.max_batch_images)
+    return BatchResponse(results=results)

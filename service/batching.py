@@ -1,0 +1,148 @@
+"""Dynamic micro-batching (the idea of Triton's dynamic_batcher and MLServer's adaptive batching).
+
+Requests put their decoded images on a bounded queue and await a future. One worker takes the first
+waiting request, gathers more until ``max_batch_size`` images or ``max_wait_ms`` have passed, runs the model
+once (in a thread, off the event loop) and resolves each request's future with its own slice of the
+result; an exception reaches every waiter of that batch. When the queue holds ``max_queue`` images, new
+requests are refused at once with ``Overloaded`` (HTTP 503 + Retry-After) instead of waiting longer and
+longer; a request that waits more than ``timeout_s`` gets a 503 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from service.errors import Overloaded
+from service.scoring import ScoreResult
+
+
+@dataclass
+class _Pending:
+    images: np.ndarray  # (k, H, W, 3)
+    future: asyncio.Future[ScoreResult]
+
+
+def split_result(result: ScoreResult, sizes: list[int]) -> list[ScoreResult]:
+    """One batch result -> one result per request, in order."""
+    out, start = [], 0
+    for k in sizes:
+        out.append(ScoreResult(result.scores[start : start + k], result.flags[start : start + k],
+                               result.threshold, result.seconds))
+        start += k
+    return out
+
+
+class DirectRunner:
+    """Batching off: every request runs the model on its own images (in a thread), with the same
+    bounded-queue and timeout behaviour as ``Batcher``."""
+
+    def __init__(self, fn: Callable[[np.ndarray], ScoreResult], max_queue: int = 1024,
+                 timeout_s: float = 30.0) -> None:
+        self.fn, self.max_queue, self.timeout_s = fn, max_queue, timeout_s
+        self._queued_images = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queued_images
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        while self._queued_images:
+            await asyncio.sleep(0.01)
+
+    async def submit(self, images: np.ndarray) -> ScoreResult:
+        if self._queued_images + len(images) > self.max_queue:
+            raise Overloaded(f"the scoring queue is full ({self._queued_images} images waiting); retry later")
+        self._queued_images += len(images)
+        try:
+            return await asyncio.wait_for(run_in_threadpool(self.fn, images), self.timeout_s)
+        except TimeoutError as exc:
+            raise Overloaded(f"scoring did not finish within {self.timeout_s:g} s; retry later") from exc
+        finally:
+            self._queued_images -= len(images)
+
+
+class Batcher:
+    def __init__(self, fn: Callable[[np.ndarray], ScoreResult], max_batch_size: int = 64,
+                 max_wait_ms: float = 2.0, max_queue: int = 1024, timeout_s: float = 30.0) -> None:
+        if max_batch_size < 1 or max_queue < max_batch_size:
+            raise ValueError("need max_batch_size >= 1 and max_queue >= max_batch_size")
+        self.fn, self.max_batch_size, self.max_wait = fn, max_batch_size, max_wait_ms / 1000
+        self.max_queue, self.timeout_s = max_queue, timeout_s
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued_images = 0
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting or being scored."""
+        return self._queued_images
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker (graceful shutdown)."""
+        while self._queued_images:
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def submit(self, images: np.ndarray) -> ScoreResult:
+        k = len(images)
+        if self._queued_images + k > self.max_queue:
+            raise Overloaded(f"the scoring queue is full ({self._queued_images} images waiting); retry later")
+        self.start()
+        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        self._queued_images += k
+        await self._queue.put(_Pending(images, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError as exc:
+            raise Overloaded(f"scoring did not finish within {self.timeout_s:g} s; retry later") from exc
+
+    async def _gather(self) -> list[_Pending]:
+        """The first waiting request plus whatever arrives within ``max_wait``, up to ``max_batch_size``
+        images (a request is never split, so one large request can make a batch larger)."""
+        batch = [await self._queue.get()]
+        size = len(batch[0].images)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(
+                    self._queue.get(), remaining)
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            batch.append(nxt)
+            size += len(nxt.images)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._gather()
+            sizes = [len(p.images) for p in batch]
+            try:
+                result = await run_in_threadpool(self.fn, np.concatenate([p.images for p in batch]))
+                for p, r in zip(batch, split_result(result, sizes), strict=True):
+                    if not p.future.done():
+                        p.future.set_result(r)
+            except Exception as exc:  # every waiter of the failed batch gets the error
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            finally:
+                self._queued_images -= sum(sizes)
