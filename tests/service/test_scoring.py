@@ -1,0 +1,73 @@
+"""The ONNX Runtime scoring path: IO binding equals the plain path; masks are seeded by image content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.manifest import Manifest, sha256_file
+from service.scores import compute_score
+from service.scoring import Scorer
+from tests.conftest import CONTROL_BUNDLE
+
+
+@pytest.fixture(scope="module")
+def kept_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small bundle whose test mask keeps 16 of 64 patches (random init weights, real file format)."""
+    import torch
+
+    from training.dede import DeDe, DeDeConfig
+    from training.encoders import EncoderSpec, create_encoder
+    from training.export import export_detector, export_encoder
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("kept")
+    enc = create_encoder("cifar_resnet18", width=4).eval()
+    export_encoder(enc, EncoderSpec("cifar_resnet18", {"width": 4}, embed_dim=32), out / "encoder.onnx")
+    model = DeDe(DeDeConfig(32, 4, 32, 32, 1, 2, 32, 1, 2)).eval()
+    export_detector(model, 16, out / "detector.onnx")
+    stats = {"count": 10, "mean": 1.0, "std": 1.0, "quantiles": {"0.99": 2.0}}
+    manifest = Manifest(
+        name="kept", version="1",
+        encoder={"sha256": sha256_file(out / "encoder.onnx"), "input_size": 32, "mean": (0.5, 0.5, 0.5),
+                 "std": (0.25, 0.25, 0.25), "embed_dim": 32, "architecture": "cifar_resnet18(width=4)"},
+        detector={"sha256": sha256_file(out / "detector.onnx"), "patch_size": 4, "num_patches": 64,
+                  "train_mask_ratio": 0.68, "test_mask_ratio": 0.75, "kept_patches": 16, "width": 32, "depth": 1,
+                  "dec_width": 32, "dec_depth": 1},
+        threshold={"value": 1.0, "rule": "fpr@0.01", "mask_ratio": 0.75, "aux_train": stats, "holdout": stats},
+        provenance={"aux_dataset": "none", "aux_fingerprint": "0", "aux_images": 0, "epochs": 0, "final_loss": 0.0,
+                    "preset": "test", "code_version": "test", "created": "now"},
+    )
+    (out / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json")))
+    return out
+
+
+@pytest.mark.parametrize("which", ["control", "kept"])
+def test_io_binding_path_equals_plain_path(which: str, kept_bundle: Path, example_images: np.ndarray) -> None:
+    scorer = Scorer.from_bundle(CONTROL_BUNDLE if which == "control" else kept_bundle)
+    fast = scorer.score(example_images).scores
+    plain = compute_score(scorer.run(example_images)["patch_error"], scorer.manifest.detector.score)
+    np.testing.assert_allclose(fast, plain, rtol=1e-6)
+
+
+def test_masks_are_seeded_by_image_content(kept_bundle: Path, example_images: np.ndarray) -> None:
+    scorer = Scorer.from_bundle(kept_bundle)
+    ids = scorer.keep_ids(example_images)
+    assert ids.shape == (len(example_images), 16)
+    assert all(len(set(row)) == 16 and max(row) < 64 for row in ids.tolist())
+    assert np.array_equal(ids, scorer.keep_ids(example_images))  # same image, same mask
+    assert not np.array_equal(ids[0], ids[1])  # another image, another mask
+    # the score of an image does not depend on the batch it arrives in
+    alone = scorer.score(example_images[2:3]).scores[0]
+    assert scorer.score(example_images).scores[2] == pytest.approx(alone, rel=1e-5)
+
+
+def test_preprocess_rejects_wrong_shapes(kept_bundle: Path) -> None:
+    scorer = Scorer.from_bundle(kept_bundle)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        scorer.preprocess(np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        scorer.preprocess(np.zeros((1, 32, 32, 3), np.float32))
