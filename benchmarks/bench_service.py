@@ -1,0 +1,217 @@
+"""Throughput and latency of the scoring service, measured side by side in one run on one bundle.
+
+    python benchmarks/bench_service.py --bundle models/demo-cifar10-badencoder [--runs runs/demo-cpu]
+
+(a) raw batched model throughput through ONNX Runtime (``Scorer.score``, the ceiling);
+(b) the HTTP service end to end (``dede serve`` on loopback, one PNG per ``POST /score``) at concurrency
+    1, 8, 32 and 64, with dynamic batching on and off: images/s and p50/p95/p99 latency;
+(c) PyTorch eager throughput of the same models (needs the training run directory, e.g. from ``make demo``).
+Writes ``docs/PERFORMANCE.md`` (and ``docs/performance.json``) with the ratios the goals are stated in.
+The load generator runs on the same machine as the server and competes with it for the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.scoring import Scorer  # noqa: E402
+
+
+def real_images(size: int, n: int) -> np.ndarray:
+    """CIFAR-10 test images when the dataset is present, else the committed examples (repeated)."""
+    try:
+        from training.data import load_images
+
+        return load_images("cifar10", "test", size).images[:n]
+    except (ImportError, FileNotFoundError):
+        files = sorted((ROOT / "examples").glob("*.png"))
+        imgs = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files])
+        return np.resize(imgs, (n, *imgs.shape[1:]))
+
+
+def raw_throughput(bundle: str, images: np.ndarray, batch: int, seconds: float) -> float:
+    scorer = Scorer.from_bundle(bundle)
+    scorer.score(images[:batch])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        i = (done // batch * batch) % (len(images) - batch)
+        scorer.score(images[i : i + batch])
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def torch_throughput(run_dir: str, images: np.ndarray, batch: int, seconds: float) -> float | None:
+    try:
+        import torch
+
+        from training.encoders import to_input
+        from training.export import load_run
+    except ImportError:
+        return None
+    if not (Path(run_dir) / "run.json").exists():
+        return None
+    model, victim, spec, run, _ = load_run(run_dir)
+    from training.dede import DetectorGraph, kept_count
+
+    graph = DetectorGraph(model).eval()
+    k = kept_count(model.cfg.num_patches, run["test_mask_ratio"])
+    done, start = 0, time.perf_counter()
+    with torch.no_grad():
+        while time.perf_counter() - start < seconds:
+            i = (done // batch * batch) % (len(images) - batch)
+            x = to_input(torch.from_numpy(images[i : i + batch]), spec)
+            keep = model.random_masking(batch, run["test_mask_ratio"]) if k else torch.zeros(batch, 0, dtype=torch.long)
+            graph(x, victim(x), keep)
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: str, batching: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = os.environ | {"DEDE_BATCHING": str(batching).lower(), "DEDE_MAX_QUEUE": "4096"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", bundle, "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def worker(w: int) -> None:
+            nonlocal errors
+            i = w
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.post("/score", content=bodies[i % len(bodies)],
+                                      headers={"content-type": "image/png"})
+                latencies.append(time.perf_counter() - t)
+                errors += r.status_code != 200
+                i += concurrency
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"images_per_s": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
+            "requests": len(lat), "errors": errors}
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="models/demo-cifar10-badencoder")
+    p.add_argument("--runs", default="runs/demo-cpu/dede-badencoder", help="training run for PyTorch eager")
+    p.add_argument("--seconds", type=float, default=8.0, help="duration of each measurement")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--out", default="docs/PERFORMANCE.md")
+    a = p.parse_args()
+    total_start = time.time()
+    scorer = Scorer.from_bundle(a.bundle)
+    images = real_images(scorer.size, 2048)
+    bodies = [png(img) for img in images[:512]]
+    res: dict[str, object] = {"bundle": a.bundle, "provider": scorer.provider, "batch": a.batch,
+                              "seconds_each": a.seconds, "cpu_count": os.cpu_count(),
+                              "machine": platform.processor() or platform.machine()}
+    print("raw ONNX Runtime throughput ...")
+    res["raw_ort"] = raw_throughput(a.bundle, images, a.batch, a.seconds)
+    print("PyTorch eager throughput ...")
+    res["torch_eager"] = torch_throughput(a.runs, images, a.batch, a.seconds)
+    http: dict[str, dict[str, dict[str, float]]] = {}
+    for batching in (True, False):
+        proc, url = start_server(a.bundle, batching)
+        try:
+            key = "batching on" if batching else "batching off"
+            http[key] = {}
+            for c in a.concurrency:
+                print(f"HTTP {key}, concurrency {c} ...")
+                http[key][str(c)] = asyncio.run(load(url, bodies, c, a.seconds))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    res["http"] = http
+    res["wall_s"] = round(time.time() - total_start, 1)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name("performance.json").write_text(json.dumps(res, indent=1))
+    out.write_text(render(res, " ".join(["python", "benchmarks/bench_service.py", *sys.argv[1:]])))
+    print(out.read_text())
+
+
+def render(res: dict, command: str) -> str:  # type: ignore[type-arg]
+    raw = res["raw_ort"]
+    http = res["http"]
+    on32 = http["batching on"].get("32", {}).get("images_per_s")
+    off32 = http["batching off"].get("32", {}).get("images_per_s")
+    eager = res["torch_eager"]
+    from training.evaluate import hardware
+
+    lines = ["# Performance", "",
+             f"Generated by `{command}` on {hardware()}; provider {res['provider']}; each measurement "
+             f"{res['seconds_each']} s; whole run {res['wall_s']} s. The load generator shares the 2 cores "
+             "with the server, so HTTP numbers are a lower bound.", "",
+             f"- (a) raw ONNX Runtime, batch {res['batch']}: **{raw:.0f} images/s** (the ceiling)",
+             "- (c) PyTorch eager, same models and batch: "
+             + (f"**{eager:.0f} images/s**" if eager else "not measured (no training run directory)"), "",
+             "| batching | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for key, rows in http.items():
+        for c, r in rows.items():
+            lines.append(f"| {key} | {c} | {r['images_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                         f"{r['p99_ms']:.1f} | {r['errors']} |")
+    lines += ["", "Goals (ratios from this one run):", ""]
+    if on32:
+        lines.append(f"- service with batching at concurrency 32 / raw model: {on32 / raw:.2f} "
+                     f"({'met' if on32 / raw >= 0.7 else 'missed'}: >= 0.70)")
+    if on32 and off32:
+        lines.append(f"- batching on / off at concurrency 32: {on32 / off32:.2f} "
+                     f"({'met' if on32 / off32 >= 2 else 'missed'}: >= 2)")
+    if eager:
+        lines.append(f"- ONNX Runtime / PyTorch eager: {raw / eager:.2f} ({'met' if raw >= eager else 'missed'}: >= 1)")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
