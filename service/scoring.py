@@ -51,7 +51,7 @@ def _session(path: Path, providers: tuple[str, ...], threads: int) -> ort.Infere
 
 class Scorer:
     def __init__(self, manifest: Manifest, bundle_dir: str | Path,
-                 providers: tuple[str, ...] = DEFAULT_PROVIDERS, threads: int = 0) -> None:
+                 providers: tuple[str, ...] = DEFAULT_PROVIDERS, threads: int = 0, mask_draws: int = 1) -> None:
         self.manifest = manifest
         bundle = Path(bundle_dir)
         self.encoder = _session(bundle / manifest.encoder.file, providers, threads)
@@ -60,11 +60,15 @@ class Scorer:
         self.size = manifest.encoder.input_size
         self._enc_in = self.encoder.get_inputs()[0].name
         self._enc_out = self.encoder.get_outputs()[0].name
+        self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        if mask_draws < 1:
+            raise ValueError("mask_draws must be >= 1")
+        self.mask_draws = mask_draws
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, providers: tuple[str, ...] = DEFAULT_PROVIDERS,
-                    threads: int = 0) -> Scorer:
-        return cls(load_manifest(bundle_dir), bundle_dir, providers, threads)
+                    threads: int = 0, mask_draws: int = 1) -> Scorer:
+        return cls(load_manifest(bundle_dir), bundle_dir, providers, threads, mask_draws)
 
     @property
     def provider(self) -> str:
@@ -79,15 +83,15 @@ class Scorer:
         enc = self.manifest.encoder
         return normalize(images, enc.mean, enc.std)
 
-    def keep_ids(self, images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) -> (B, K) int64 kept patch ids, seeded by each image's content."""
+    def keep_ids(self, images: np.ndarray, draw: int = 0) -> np.ndarray:
+        """(B, H, W, 3) -> (B, K) int64 kept patch ids, seeded by each image's content (and the draw)."""
         det = self.manifest.detector
         K, N = det.kept_patches, det.num_patches
         out = np.zeros((len(images), K), dtype=np.int64)
         if K:
             for i, img in enumerate(images):
-                seed = int.from_bytes(hashlib.sha256(img.tobytes()).digest()[:8], "little")
-                out[i] = np.random.default_rng(seed).choice(N, K, replace=False)
+                digest = hashlib.sha256(img.tobytes() + draw.to_bytes(4, "little")).digest()
+                out[i] = np.random.default_rng(int.from_bytes(digest[:8], "little")).choice(N, K, replace=False)
         return out
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -104,30 +108,38 @@ class Scorer:
                 "encoder_s": np.array(t1 - t0), "detector_s": np.array(t2 - t1)}
 
     def score(self, images: np.ndarray) -> ScoreResult:
-        """The service's hot path, with IO binding: the input is copied to the device once, the embedding
-        stays on the device between the two models, and only the per-patch errors come back."""
+        """Scores of uint8 (B, H, W, 3) images. With kept patches and ``mask_draws`` > 1, the mean score
+        over that many content-seeded masks (less variance, ``mask_draws`` x the detector's cost)."""
         x = self.preprocess(images)
-        device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, device, 0)
+        draws = self.mask_draws if self.manifest.detector.kept_patches else 1
         t0 = time.perf_counter()
+        x_dev, e_dev = self._embed_on_device(x)
+        t1 = time.perf_counter()
+        scores = np.mean([self._detect(x_dev, e_dev, self.keep_ids(images, d)) for d in range(draws)], axis=0)
+        t2 = time.perf_counter()
+        scores = scores.astype(np.float32)
+        return ScoreResult(scores, scores > self.threshold, self.threshold, {"encoder": t1 - t0, "detector": t2 - t1})
+
+    def _embed_on_device(self, x: np.ndarray) -> tuple[ort.OrtValue, ort.OrtValue]:
+        """IO binding: the input is copied to the device once, and the embedding stays there."""
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, self._device, 0)
         enc = self.encoder.io_binding()
         enc.bind_ortvalue_input(self._enc_in, x_dev)
-        enc.bind_output(self._enc_out, device, 0)
+        enc.bind_output(self._enc_out, self._device, 0)
         self.encoder.run_with_iobinding(enc)
-        e_dev = enc.get_outputs()[0]
-        t1 = time.perf_counter()
+        return x_dev, enc.get_outputs()[0]
+
+    def _detect(self, x_dev: ort.OrtValue, e_dev: ort.OrtValue, keep: np.ndarray) -> np.ndarray:
+        """Detector on device-resident inputs; only the per-patch errors come back -> scores (B,)."""
         det = self.detector.io_binding()
         det.bind_ortvalue_input("image", x_dev)
         det.bind_ortvalue_input("embedding", e_dev)
-        det.bind_cpu_input("keep", self.keep_ids(images))
+        det.bind_cpu_input("keep", keep)
         for name in ("score", "reconstruction"):
-            det.bind_output(name, device, 0)
+            det.bind_output(name, self._device, 0)
         det.bind_output("patch_error", "cpu")
         self.detector.run_with_iobinding(det)
-        patch_error = det.get_outputs()[2].numpy()
-        t2 = time.perf_counter()
-        scores = compute_score(patch_error, self.manifest.detector.score)
-        return ScoreResult(scores, scores > self.threshold, self.threshold, {"encoder": t1 - t0, "detector": t2 - t1})
+        return compute_score(det.get_outputs()[2].numpy(), self.manifest.detector.score)
 
     def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores of any number of images, in batches -> (N,)."""

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
                            description="ONNX Runtime execution providers, in order of preference")
     require_gpu: bool = Field(False, description="refuse to start unless CUDA is the provider in use")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0 = ORT default)")
+    mask_draws: int = Field(1, ge=1, le=64, description="masks averaged per image when the test mask keeps patches")
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")
     max_batch_size: int = Field(64, gt=0, description="images per model call when batching")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests")

@@ -71,3 +71,15 @@ def test_preprocess_rejects_wrong_shapes(kept_bundle: Path) -> None:
         scorer.preprocess(np.zeros((1, 16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="expected uint8 images"):
         scorer.preprocess(np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_mask_draws_average_and_reduce_variance(kept_bundle: Path, example_images: np.ndarray) -> None:
+    one = Scorer.from_bundle(kept_bundle)
+    many = Scorer.from_bundle(kept_bundle, mask_draws=8)
+    s8 = many.score(example_images).scores
+    manual = np.mean([one._detect(*one._embed_on_device(one.preprocess(example_images)),
+                                  one.keep_ids(example_images, d)) for d in range(8)], axis=0)
+    np.testing.assert_allclose(s8, manual, rtol=1e-5)
+    assert np.array_equal(many.score(example_images).scores, s8)  # still deterministic
+    with pytest.raises(ValueError):
+        Scorer.from_bundle(kept_bundle, mask_draws=0)
