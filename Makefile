@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study test lint
+.PHONY: demo evaluate examples study bench soak test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -45,6 +45,13 @@ demo: $(BAD)/manifest.json $(CLEAN)/manifest.json
 study: $(RUNS)/badencoder/encoder.json $(RUNS)/clean-encoder/encoder.json
 	$(DEDE) study --bad-encoder $(RUNS)/badencoder --clean-encoder $(RUNS)/clean-encoder \
 		--axis poison --axis decoder --axis epochs --axis aux --axis differential
+
+# throughput/latency side by side (docs/PERFORMANCE.md) and a 2-minute soak (docs/soak.json)
+bench:
+	$(PY) benchmarks/bench_service.py --bundle $(BAD) --runs $(RUNS)/dede-badencoder
+
+soak:
+	$(PY) benchmarks/soak.py --bundle $(BAD) --seconds 120
 
 test:
 	$(VENV)/bin/pytest -q
