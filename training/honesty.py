@@ -7,7 +7,10 @@ For the backdoored bundle and its clean-encoder control, on clean test images an
   FPR on a disjoint calibration split of clean test images (for the paper score, also the deployed
   threshold from the bundle).
 Candidate scores: ``paper`` and ``trimmed@k`` from the per-patch error map (``service.scores``), and
-``consistency`` = 1 - cos(e, encoder(reconstruction)) (does the decoder's picture embed like the input?).
+``consistency`` = 1 - cos(e, encoder(reconstruction)) (does the decoder's picture embed like the input?),
+and ``occlusion`` = the largest 1 - cos(e, encoder(x with one square grayed out)) over a 3 x 3 grid of
+squares (a fired backdoor snaps back to the true class when its trigger is covered; an embedding that
+describes the image moves little). ``occlusion`` uses the encoder only, not the decoder.
 """
 
 from __future__ import annotations
@@ -25,23 +28,47 @@ from training.knn import knn_predict
 from training.metrics import detection_metrics
 from training.perturbations import apply_case, benign_cases
 
-CANDIDATES = ("paper", "trimmed@4", "trimmed@8", "trimmed@12", "consistency")
+PATCH_SCORES = ("paper", "trimmed@4", "trimmed@8", "trimmed@12")  # from the per-patch error map
+CANDIDATES = (*PATCH_SCORES, "consistency", "occlusion")
 CALIB_FPR = 0.01
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of (B, E) arrays -> (B,) float32."""
+    return ((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).astype(np.float32)
+
+
+def occlusion_boxes(size: int) -> list[tuple[int, int, int]]:
+    """(row, col, side): a 3 x 3 grid of squares of side 3/8 of the image that together cover it."""
+    side = round(size * 12 / 32)
+    starts = [0, (size - side) // 2, size - side]
+    return [(r, c, side) for r in starts for c in starts]
+
+
+def occlude(x: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
+    """Normalised (B, 3, H, W) input with one square set to 0 (the dataset mean colour)."""
+    r, c, side = box
+    out = x.copy()
+    out[:, :, r : r + side, c : c + side] = 0.0
+    return out
 
 
 def candidate_scores(scorer: Scorer, images: np.ndarray, batch_size: int = 500) -> dict[str, np.ndarray]:
     """Every candidate score (and the error spread) of uint8 images -> {name: (N,)}."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (*CANDIDATES, "spread")}
+    enc_in = scorer.encoder.get_inputs()[0].name
     for i in range(0, len(images), batch_size):
         out = scorer.run(images[i : i + batch_size])
         pe = out["patch_error"]
-        for k in CANDIDATES[:-1]:
+        for k in PATCH_SCORES:
             parts[k].append(compute_score(pe, k))
         parts["spread"].append(error_spread(pe))
-        (e_rec,) = scorer.encoder.run(None, {scorer.encoder.get_inputs()[0].name: out["reconstruction"]})
         e = out["embedding"]
-        cos = (e * e_rec).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(e_rec, axis=1) + 1e-12)
-        parts["consistency"].append((1 - cos).astype(np.float32))
+        (e_rec,) = scorer.encoder.run(None, {enc_in: out["reconstruction"]})
+        parts["consistency"].append(1 - cosine(e, e_rec))
+        shifts = [1 - cosine(e, scorer.encoder.run(None, {enc_in: occlude(out["x"], box)})[0])
+                  for box in occlusion_boxes(scorer.size)]
+        parts["occlusion"].append(np.max(shifts, axis=0))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
