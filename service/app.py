@@ -93,7 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         if exc.status_code >= 400 and exc.status_code not in (404, 405):
             request.app.state.metrics.errors.labels(code).inc()
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, exc.status_code)
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     app.include_router(health.router)
     app.include_router(score.router)

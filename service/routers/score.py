@@ -21,12 +21,12 @@ router = APIRouter(tags=["scoring"], dependencies=[Authorized])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 503)}
 _BODY = {"requestBody": {"content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 _BATCH_BODY = {"requestBody": {"content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
 def _decode_all(uploads: list[tuple[str, bytes]], size: int, max_pixels: int) -> np.ndarray:

@@ -38,3 +38,17 @@ def test_no_case_is_the_trigger(images: np.ndarray) -> None:
     triggered = make_trigger("badencoder", 32).apply(images)
     for case in benign_cases(32):
         assert not np.array_equal(apply_case(case, images), triggered)
+
+
+def test_occlusion_grid_covers_the_image_and_the_trigger() -> None:
+    from training.attacks.triggers import badencoder_trigger
+    from training.honesty import occlusion_boxes
+
+    covered = np.zeros((32, 32), bool)
+    boxes = occlusion_boxes(32)
+    for r, c, side in boxes:
+        covered[r : r + side, c : c + side] = True
+    assert len(boxes) == 9 and covered.all()
+    t = badencoder_trigger(32)
+    assert any(r <= t.row and r + s >= t.row + t.size and c <= t.col and c + s >= t.col + t.size
+               for r, c, s in boxes)
