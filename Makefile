@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study bench soak test lint
+.PHONY: demo evaluate examples study bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -52,6 +52,14 @@ bench:
 
 soak:
 	$(PY) benchmarks/soak.py --bundle $(BAD) --seconds 120
+
+# score variance with 1 vs 8 content-seeded masks, on a detector whose test mask keeps 16 of 64 patches
+$(RUNS)/dede-k16/run.json: $(RUNS)/badencoder/encoder.json
+	$(ONE) $(DEDE) train --encoder $(RUNS)/badencoder --preset study --set mask_ratio=0.68 --out $(RUNS)/dede-k16
+
+mask-variance: $(RUNS)/dede-k16/run.json
+	$(DEDE) export --run $(RUNS)/dede-k16 --name k16-study --out $(RUNS)/bundles
+	$(PY) benchmarks/mask_variance.py --bundle $(RUNS)/bundles/k16-study
 
 test:
 	$(VENV)/bin/pytest -q

@@ -29,8 +29,6 @@ from training.knn import knn_accuracy, knn_predict
 from training.metrics import detection_metrics, tpr_at_fpr
 from training.report import write_figures, write_report
 
-RECORD_KEY = ("attack", "detector", "aux", "test", "threshold_rule", "preset", "encoder", "bundle", "case", "score")
-
 
 def hardware() -> str:
     cpu = platform.processor() or platform.machine()
@@ -96,10 +94,15 @@ def evaluate_bundle(bundle: str, dataset: str, attack: str, trigger: str, target
 
 
 def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of a new evaluation replace every older record of the same bundles, preset and kind of test
+    (detection or honesty), so results.json holds one evaluation per bundle and nothing stale."""
     old = json.loads(path.read_text()) if path.exists() else []
-    keys = {tuple(r.get(k) for k in RECORD_KEY) for r in new}
-    kept = [r for r in old if tuple(r.get(k) for k in RECORD_KEY) not in keys]
-    merged = kept + new
+
+    def group(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r.get("bundle"), r.get("preset"), r.get("test") == "honesty"
+
+    replaced = {group(r) for r in new}
+    merged = [r for r in old if group(r) not in replaced] + new
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=1))
     return merged

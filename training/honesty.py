@@ -28,7 +28,7 @@ from training.knn import knn_predict
 from training.metrics import detection_metrics
 from training.perturbations import apply_case, benign_cases
 
-PATCH_SCORES = ("paper", "trimmed@4", "trimmed@8", "trimmed@12")  # from the per-patch error map
+PATCH_SCORES = ("paper", "trimmed@8", "trimmed@12", "trimmed@20", "trimmed@32")  # from the per-patch error map
 CANDIDATES = (*PATCH_SCORES, "consistency", "occlusion")
 CALIB_FPR = 0.01
 

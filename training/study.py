@@ -32,7 +32,7 @@ from training.metrics import detection_metrics, tpr_at_fpr
 from training.train_dede import TRAIN_PRESETS, TrainConfig, train_dede
 
 RATIOS = (0.75, 0.9, 0.99)
-SCORES = ("paper", "trimmed@8")
+SCORES = ("paper", "trimmed@8", "trimmed@20")
 AXES: dict[str, list[tuple[str, list[str]]]] = {
     "decoder": [("w32-d2", ["width=32", "dec_width=32", "depth=2", "heads=2", "dec_heads=2"]),
                 ("w64-d3", []),

@@ -95,8 +95,8 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     honesty = [r for r in json.loads(results.read_text()) if r["test"] == "honesty"]
     cases = {r["case"] for r in honesty}
     assert "trigger" in cases and {"jpeg-50", "blur-1", "pasted-crop-10", "white-10-centre"} <= cases
-    assert {r["score"] for r in honesty} == {"paper", "trimmed@4", "trimmed@8", "trimmed@12", "consistency",
-                                             "occlusion"}
+    assert {r["score"] for r in honesty} == {"paper", "trimmed@8", "trimmed@12", "trimmed@20", "trimmed@32",
+                                             "consistency", "occlusion"}
     for r in honesty:
         assert 0 <= r["activation_rate"] <= 1 and 0 <= r["alert_rate"] <= 1
         assert r["benign"] == (r["case_kind"] != "trigger" and r["activation_rate"] <= r["clean_target_rate"] + 0.05)
