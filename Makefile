@@ -41,10 +41,17 @@ evaluate: $(BAD)/manifest.json $(CLEAN)/manifest.json
 demo: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(MAKE) examples evaluate
 
-# the scale and poisoning study (docs/STUDY.md); needs the demo encoders from `make demo`
-study: $(RUNS)/badencoder/encoder.json $(RUNS)/clean-encoder/encoder.json
-	$(DEDE) study --bad-encoder $(RUNS)/badencoder --clean-encoder $(RUNS)/clean-encoder \
-		--axis poison --axis decoder --axis epochs --axis aux --axis differential
+# the scale and poisoning study (docs/STUDY.md); needs the demo encoders from `make demo` and a weaker
+# encoder pair (width 8, 3 SimCLR epochs, then the same BadEncoder attack) for the encoder-quality axis
+$(RUNS)/w8-e3/clean-encoder/encoder.json:
+	$(ONE) $(DEDE) pretrain --preset $(PRESET) --set width=8 --set epochs=3 --out $(RUNS)/w8-e3/clean-encoder
+
+$(RUNS)/w8-e3/badencoder/encoder.json: $(RUNS)/w8-e3/clean-encoder/encoder.json
+	$(ONE) $(DEDE) attack badencoder --encoder $(RUNS)/w8-e3/clean-encoder --preset $(PRESET) --out $(RUNS)/w8-e3/badencoder
+
+study: $(RUNS)/badencoder/encoder.json $(RUNS)/clean-encoder/encoder.json $(RUNS)/w8-e3/badencoder/encoder.json
+	$(ONE) $(DEDE) study --bad-encoder $(RUNS)/badencoder --clean-encoder $(RUNS)/clean-encoder \
+		--axis poison --axis decoder --axis epochs --axis aux --axis differential --axis encoder
 
 # throughput/latency side by side (docs/PERFORMANCE.md) and a 2-minute soak (docs/soak.json)
 bench:

@@ -259,6 +259,12 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
                 row.append(f"{b['tpr_at_1pct_fpr']:.3f} / {c['tpr_at_1pct_fpr']:.3f}" if b and c else "-")
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        for cell in cells:
+            for enc in ("backdoored", "control"):
+                q = by.get((axis, cell, enc, 0.99, scores[0]), {}).get("encoder_quality")
+                if axis == "encoder" and q:
+                    lines.append(f"- `{cell}` {enc} encoder: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()))
+        lines.append("")
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for sc in scores:
             for enc, ls in (("backdoored", "-"), ("control", "--")):

@@ -9,7 +9,9 @@ reused. Axes (one setting varied at a time from the ``study`` preset):
   (every cell is scored at 0.75 / 0.9 / 0.99);
 - ``poison``: auxiliary poison rate 0 / 0.1% / 0.5% / 1% / 5%, plain and with ``drop_worst`` (the
   highest-loss 5% of each batch left out of the loss after the first epoch);
-- ``differential``: embedding dropout in training, scored as error(e) - error(null embedding).
+- ``differential``: embedding dropout in training, scored as error(e) - error(null embedding);
+- ``encoder``: the demo encoder pair (width 16, 6 SimCLR epochs) against a weaker pair (width 8, 3 epochs)
+  backdoored the same way (``make study`` builds it).
 Records go to ``docs/study.json``; ``docs/STUDY.md`` and plots are regenerated from it.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +46,38 @@ AXES: dict[str, list[tuple[str, list[str]]]] = {
                 [f"poison_rate={r}"] + (["drop_worst=0.05"] if robust else []))
                for robust in (False, True) for r in (0.0, 0.001, 0.005, 0.01, 0.05)],
     "differential": [("embdrop0.3", ["emb_dropout=0.3"])],
+    "encoder": [("w16-e6", []), ("w8-e3", [])],  # encoder pairs: see ENCODER_DIRS
 }
+# the encoder axis: (backdoored, control) directories relative to the demo encoders' parent directory
+ENCODER_DIRS = {"w16-e6": ("badencoder", "clean-encoder"), "w8-e3": ("w8-e3/badencoder", "w8-e3/clean-encoder")}
+
+
+def find_run(out: Path, encoder: str, cfg: TrainConfig) -> Path | None:
+    """A finished run of the same encoder and config anywhere under ``out`` (cells share identical runs)."""
+    want = asdict(cfg)
+    for run_file in sorted(out.glob("**/run.json")):
+        config_file = run_file.with_name("config.json")
+        if not config_file.exists():
+            continue
+        config = json.loads(config_file.read_text())
+        config.pop("code_version", None)
+        same_encoder = json.loads(run_file.read_text())["encoder"] == str(Path(encoder).resolve())
+        if same_encoder and config == want:
+            return run_file.parent
+    return None
 
 
 def cell_records(axis: str, cell: str, overrides: list[str], encoders: dict[str, str], out: Path,
                  clean: np.ndarray, triggered: np.ndarray) -> list[dict[str, Any]]:
     records = []
     for label, encoder in encoders.items():
-        run_dir = out / axis / cell / label
         cfg = resolve_config(TrainConfig, TRAIN_PRESETS, "study", overrides=overrides)
+        run_dir = find_run(out, encoder, cfg) or out / axis / cell / label
         if not (run_dir / "run.json").exists():
             train_dede(cfg, encoder, run_dir)
         model, victim, spec, run, _ = load_run(run_dir)
+        quality = {f"{h['stage']}:{k}": h[k] for h in spec.history
+                   for k in ("knn_accuracy", "clean_accuracy", "attack_success_rate") if k in h}
         for ratio in RATIOS:
             pe_c = patch_error_images(model, victim, spec, clean, ratio, seed=1)
             pe_t = patch_error_images(model, victim, spec, triggered, ratio, seed=1)
@@ -68,7 +91,7 @@ def cell_records(axis: str, cell: str, overrides: list[str], encoders: dict[str,
                 records.append({"axis": axis, "cell": cell, "encoder": label, "test_mask_ratio": ratio,
                                 "score": score, "auc": met["auc"], "tpr_at_1pct_fpr": tpr_at_fpr(sc, st, 0.01),
                                 "overrides": overrides, "train_wall_s": run["train_wall_s"],
-                                "final_loss": run["final_loss"], "n_clean": len(sc)})
+                                "final_loss": run["final_loss"], "n_clean": len(sc), "encoder_quality": quality})
     return records
 
 
@@ -90,7 +113,12 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
         for cell, overrides in AXES[axis]:
             start = time.time()
             print(f"study {axis}/{cell}: {overrides}")
-            new = cell_records(axis, cell, overrides, encoders, Path(out), clean, triggered)
+            cell_encoders = encoders
+            if axis == "encoder":
+                parent = Path(bad_encoder).parent
+                bad, ctl = ENCODER_DIRS[cell]
+                cell_encoders = {"backdoored": str(parent / bad), "control": str(parent / ctl)}
+            new = cell_records(axis, cell, overrides, cell_encoders, Path(out), clean, triggered)
             for r in new:
                 r.update({"hardware": hardware(), "cell_wall_s": round(time.time() - start, 1),
                           "command": f"dede study --axis {axis}"})
