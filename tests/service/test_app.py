@@ -197,3 +197,17 @@ def test_require_gpu_refuses_cpu_only(example: bytes) -> None:
 def test_openapi_lists_the_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/score", "/score/batch", "/healthz", "/readyz", "/info", "/metrics"} <= set(paths)
+
+
+def test_readme_demo_claims(client: TestClient) -> None:
+    """What the README says the curl commands show: clean examples pass, triggered-cat alerts, and the
+    control bundle (the clean encoder) raises no alert on any example."""
+    from tests.conftest import CONTROL_BUNDLE
+
+    flags = {f.stem: client.post("/score", content=f.read_bytes()).json()["backdoor"]
+             for f in sorted(EXAMPLES.glob("*.png"))}
+    assert not any(v for k, v in flags.items() if k.startswith("clean-"))
+    assert flags["triggered-cat"]
+    with TestClient(create_app(Settings(bundle=CONTROL_BUNDLE))) as control:
+        assert not any(control.post("/score", content=f.read_bytes()).json()["backdoor"]
+                       for f in EXAMPLES.glob("*.png"))
