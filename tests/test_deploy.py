@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -46,3 +49,25 @@ def test_prometheus_scrapes_the_api_and_dashboard_uses_real_metrics() -> None:
     for name in set(re.findall(r"dede_[a-z_]+", exprs)):
         base = re.sub(r"_(total|bucket|sum|count)$", "", name)
         assert f'"{base}"' in metrics_src, f"dashboard uses {name}, which the service does not export"
+
+
+promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                              reason="promtool not installed (Debian package 'prometheus'; .ci/run installs it)")
+
+
+@promtool
+def test_alert_rules_unit_tests() -> None:
+    out = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=ROOT / "docker" / "prometheus",
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+@promtool
+def test_prometheus_config_is_valid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = (ROOT / "docker" / "prometheus" / "prometheus.yml").read_text()
+    (tmp_path / "alerts.yml").write_text((ROOT / "docker" / "prometheus" / "alerts.yml").read_text())
+    (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/alerts.yml", "alerts.yml"))
+    out = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
