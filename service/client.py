@@ -1,0 +1,153 @@
+"""A small Python client for the DeDe service: sync and async, single and batch, retries with exponential
+backoff on 503 (overloaded or not ready) and on connection errors.
+
+    from service.client import DedeClient
+    with DedeClient("http://127.0.0.1:8000") as dede:
+        result = dede.score(open("img.png", "rb").read())        # ScoreResult(backdoor=..., score=...)
+        results = dede.score_batch([png1, png2])
+
+Images are passed as encoded bytes (PNG/JPEG/...), a PIL image, or a uint8 array (H, W, 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+ImageLike = Any  # bytes | PIL.Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Verdict:
+    backdoor: bool
+    score: float
+    threshold: float
+    model: str
+    model_version: str
+
+
+class DedeError(RuntimeError):
+    """The service answered with an error (after retries for 503)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def to_bytes(image: ImageLike) -> bytes:
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _files(images: Sequence[ImageLike]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"{i}.png", to_bytes(img), "application/octet-stream")) for i, img in enumerate(images)]
+
+
+def _parse(response: httpx.Response) -> list[Verdict]:
+    if response.status_code != 200:
+        try:
+            err = response.json()["error"]
+            raise DedeError(response.status_code, err["code"], err["message"])
+        except (ValueError, KeyError):
+            raise DedeError(response.status_code, "http_error", response.text[:200]) from None
+    body = response.json()
+    return [Verdict(**r) for r in body.get("results", [body])]
+
+
+def _retryable(response: httpx.Response | None) -> bool:
+    return response is None or response.status_code == 503
+
+
+def _delay(attempt: int, response: httpx.Response | None, backoff: float) -> float:
+    retry_after = response.headers.get("retry-after") if response is not None else None
+    base = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
+    return max(base, backoff * 2**attempt)
+
+
+class DedeClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0, retries: int = 4,
+                 backoff: float = 0.1, transport: httpx.BaseTransport | None = None,
+                 http: httpx.Client | None = None) -> None:
+        headers = {"x-api-key": api_key} if api_key else {}
+        self.http = http or httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+        self.retries, self.backoff = retries, backoff
+
+    def __enter__(self) -> DedeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.post(path, **kwargs)
+            except httpx.TransportError:
+                response = None
+                if attempt == self.retries:
+                    raise
+            if not _retryable(response) or attempt == self.retries:
+                break
+            time.sleep(_delay(attempt, response, self.backoff))
+        assert response is not None
+        return response
+
+    def score(self, image: ImageLike) -> Verdict:
+        return _parse(self._post("/score", files={"file": ("image", to_bytes(image), "application/octet-stream")}))[0]
+
+    def score_batch(self, images: Sequence[ImageLike]) -> list[Verdict]:
+        return _parse(self._post("/score/batch", files=_files(images))) if images else []
+
+
+class AsyncDedeClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0, retries: int = 4,
+                 backoff: float = 0.1, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        headers = {"x-api-key": api_key} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, transport=transport)
+        self.retries, self.backoff = retries, backoff
+
+    async def __aenter__(self) -> AsyncDedeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self.http.post(path, **kwargs)
+            except httpx.TransportError:
+                response = None
+                if attempt == self.retries:
+                    raise
+            if not _retryable(response) or attempt == self.retries:
+                break
+            await asyncio.sleep(_delay(attempt, response, self.backoff))
+        assert response is not None
+        return response
+
+    async def score(self, image: ImageLike) -> Verdict:
+        files = {"file": ("image", to_bytes(image), "application/octet-stream")}
+        return _parse(await self._post("/score", files=files))[0]
+
+    async def score_batch(self, images: Sequence[ImageLike]) -> list[Verdict]:
+        return _parse(await self._post("/score/batch", files=_files(images))) if images else []
