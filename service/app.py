@@ -6,6 +6,7 @@ a ``BundleError`` naming the problem. No endpoint loads, fetches or replaces a m
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -70,6 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.ready = False  # /readyz fails first, so a load balancer stops sending
         await app.state.runner.stop()  # in-flight requests finish
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # drop this worker's live gauges
 
     app = FastAPI(title="DeDe backdoor alarm", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

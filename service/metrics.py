@@ -4,7 +4,9 @@ Each app owns its registry, so several apps (tests) never collide."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, multiprocess
 
 disable_created_metrics()
 
@@ -27,9 +29,19 @@ class Metrics:
         self.batch_size = Histogram("dede_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
                                     registry=r)
         self.errors = Counter("dede_request_errors", "Rejected or failed requests", ["reason"], registry=r)
-        self.queue_depth = Gauge("dede_queue_depth", "Images waiting for or in scoring", registry=r)
+        self.queue_depth = Gauge("dede_queue_depth", "Images waiting for or in scoring", registry=r,
+                                 multiprocess_mode="livesum")
         self.model_info = Gauge("dede_model_info", "The loaded bundle (value 1)",
-                                ["model", "version", "provider"], registry=r)
+                                ["model", "version", "provider"], registry=r, multiprocess_mode="max")
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` serves: this process's registry, or with several workers
+        (``PROMETHEUS_MULTIPROC_DIR`` set) the values of every worker, merged from their files."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
 
     def observe_images(self, model: str, scores: list[float], flags: list[bool], threshold: float,
                        decode_s: float) -> None:

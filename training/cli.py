@@ -75,6 +75,14 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     if a.bundle:
         os.environ["DEDE_BUNDLE"] = a.bundle
+    if a.workers > 1:  # prometheus_client multiprocess mode: each worker writes its values to files
+        import shutil
+        import tempfile
+
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="dede-metrics-")
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # no stale values from an earlier run
+        os.makedirs(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     uvicorn.run("service.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers)
 
 

@@ -13,4 +13,4 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", response_class=Response)
 async def metrics(m: MetricsDep) -> Response:
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(m.exposition_registry()), media_type=CONTENT_TYPE_LATEST)
