@@ -203,12 +203,12 @@ class DeDe(nn.Module):
         per = (err * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B,)
         return per if per_sample else per.mean()
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, ids_keep: torch.Tensor
+    def forward(self, x: torch.Tensor, e: torch.Tensor, ids_keep: torch.Tensor, per_sample: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 3, H, W) normalised, e: (B, E) raw victim embedding, ids_keep: (B, K) ->
-        (loss, pred (B, N, 3 p^2))."""
+        (loss, or (B,) per-sample losses with ``per_sample``; pred (B, N, 3 p^2))."""
         pred = self.forward_decoder(self.forward_encoder(x, e, ids_keep), ids_keep)
-        return self.forward_loss(x, pred, ids_keep), pred
+        return self.forward_loss(x, pred, ids_keep, per_sample), pred
 
 
 def paper_score(patch_errors: torch.Tensor) -> torch.Tensor:

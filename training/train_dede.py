@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from service.scores import check_score
+from training import distributed
 from training.attacks.triggers import make_trigger
 from training.calibrate import calibrate, parse_rule
 from training.config import code_version, optimizer_step, pick_device, save_config
@@ -114,26 +115,29 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> tuple[np.ndarray, np.nda
 
 
 def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
     check_score(cfg.score)
     parse_rule(cfg.threshold_rule)
     device = pick_device(cfg.device)
+    env = distributed.setup(device)
+    torch.manual_seed(cfg.seed + env.rank)  # a different mask stream per rank
     out = Path(out)
-    save_config(cfg, out)
+    if env.main:
+        save_config(cfg, out)
     victim, spec = load_encoder(encoder_path)
     victim = victim.to(device) if spec.name != "onnx" else victim
     train_images, holdout, aux_info = build_aux_set(cfg, spec.input_size)
+    shard = train_images[env.rank :: env.world]  # this rank's part of the auxiliary set
     emb_device = device if spec.name != "onnx" else "cpu"
-    print(f"caching victim embeddings of {len(train_images)} auxiliary images")
-    train_emb = embed(victim, train_images, spec, device=emb_device).to(device)  # (N, E), computed once
+    print(f"caching victim embeddings of {len(shard)} auxiliary images (rank {env.rank}/{env.world})")
+    train_emb = embed(victim, shard, spec, device=emb_device).to(device)  # (N, E), computed once
     model_cfg = DeDeConfig(spec.input_size, cfg.patch_size, spec.embed_dim, cfg.width, cfg.depth, cfg.heads,
                            cfg.dec_width, cfg.dec_depth, cfg.dec_heads)
     if spec.input_size % cfg.patch_size:
         raise ValueError(f"input size {spec.input_size} is not a multiple of patch size {cfg.patch_size}")
     model = DeDe(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    images_t = torch.from_numpy(train_images).to(device)  # (N, H, W, 3) uint8
-    steps = max(1, len(images_t) // cfg.batch_size)
+    images_t = torch.from_numpy(shard).to(device)  # (N, H, W, 3) uint8
+    steps = max(1, len(train_images) // env.world // cfg.batch_size)  # the same on every rank
     history: list[float] = []
     step, first_epoch, start = 0, 0, time.time()
     ckpt_path = out / "checkpoint.pt"
@@ -142,15 +146,16 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         if {**ckpt["config"], "epochs": cfg.epochs} != asdict(cfg):
             raise ValueError(f"{ckpt_path} was written with another config (only epochs may change on resume); "
                              "use a new --out directory")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])  # before DDP wraps it: every rank starts from the same weights
         opt.load_state_dict(ckpt["optimizer"])
         step, first_epoch, history = ckpt["step"], ckpt["epoch"], list(ckpt["history"])
         print(f"resuming from epoch {first_epoch} (step {step})")
+    net = distributed.wrap(model, env, device)  # DDP averages gradients across ranks; else the model itself
     for epoch in range(first_epoch, cfg.epochs):
-        model.train()
+        net.train()
         perm = torch.randperm(len(images_t), device=device)
         total = 0.0
-        bar = tqdm(range(steps), desc=f"dede epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        bar = tqdm(range(steps), desc=f"dede epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not env.main)
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = to_input(images_t[idx], spec)  # (B, 3, H, W)
@@ -158,18 +163,22 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
             e = train_emb[idx]
             if cfg.emb_dropout > 0:
                 e = e * (torch.rand(len(idx), 1, device=device) >= cfg.emb_dropout)
-            pred = model.forward_decoder(model.forward_encoder(x, e, ids_keep), ids_keep)
-            per_sample = model.forward_loss(x, pred, ids_keep, per_sample=True)  # (B,)
+            per_sample, _ = net(x, e, ids_keep, per_sample=True)  # (B,)
             loss = robust_mean(per_sample, cfg.drop_worst if epoch > 0 else 0.0)
             value = optimizer_step(opt, loss, step)
             step += 1
             total += value
             bar.set_postfix(loss=f"{value:.4f}")
-        history.append(total / steps)
+        history.append(distributed.mean_across(total / steps, env, device))
+        if not env.main:
+            continue
         print(f"dede epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f} ({time.time() - start:.0f}s)")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
                     "epoch": epoch + 1, "step": step, "history": history, "code_version": code_version()},
                    ckpt_path)
+    distributed.teardown(env)
+    if not env.main:
+        return {"rank": env.rank, "world_size": env.world}
     model.eval()
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "dede.safetensors")
     alpha_test = score_mask_ratio(cfg.mask_ratio)
@@ -188,6 +197,7 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "final_loss": history[-1] if history else None,
         "train_wall_s": round(time.time() - start, 1),
         "device": device,
+        "world_size": env.world,
         "preset": cfg.preset,
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -178,3 +178,21 @@ def test_training_resumes_from_its_checkpoint(pipeline: Path, tmp_path: Path,
     assert "resuming from epoch 1" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "r" / "run.json").read_text())["loss_history"]) == 2
     assert main(args + ["--set", "epochs=3", "--set", "width=64"]) == 2  # another model: refused
+
+
+def test_torchrun_data_parallel_training_on_gloo(pipeline: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    out = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "train", "--encoder",
+           str(pipeline / "bad"), "--preset", "tiny", "--set", "epochs=2", "--out", str(out)]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2 and len(run["loss_history"]) == 2
+    assert (out / "dede.safetensors").exists() and (out / "calibration.json").exists()
