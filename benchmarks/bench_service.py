@@ -39,7 +39,8 @@ def real_images(size: int, n: int) -> np.ndarray:
     try:
         from training.data import load_images
 
-        return load_images("cifar10", "test", size).images[:n]
+        test = load_images("cifar10", "test", size)
+        return test.images[np.random.default_rng(0).permutation(len(test))[:n]]  # all classes, not the first
     except (ImportError, FileNotFoundError):
         files = sorted((ROOT / "examples").glob("*.png"))
         imgs = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files])

@@ -133,8 +133,8 @@ def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version:
         manifest = build_manifest(name, version, spec, model, run, calib, stage)
         (stage / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         aux = run["aux"]
-        images = load_images(aux["source"], aux["split"] or None, spec.input_size,
-                             labelled=bool(aux["split"])).images[:256]
+        data = load_images(aux["source"], aux["split"] or None, spec.input_size, labelled=bool(aux["split"]))
+        images = data.images[np.random.default_rng(0).permutation(len(data))[:256]]
         err = verify_bundle(stage, model, victim, spec, images, calib["value"])
         print(f"verified: ORT vs PyTorch max |score diff| / threshold = {err:.2e} on {len(images)} real images")
         if out.exists():
