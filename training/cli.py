@@ -59,7 +59,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_study(a: argparse.Namespace) -> None:
     from training.study import run_study
 
-    run_study(a.axis, a.bad_encoder, a.clean_encoder, a.out, a.results, a.report, a.n_test)
+    run_study(a.axis, a.bad_encoder, a.clean_encoder, a.out, a.results, a.report, a.n_test, tuple(a.skip))
 
 
 def cmd_scan(a: argparse.Namespace) -> None:
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="docs/study.json")
     p.add_argument("--report", default="docs/STUDY.md")
     p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--skip", action="append", default=[], metavar="CELL", help="leave a cell out (repeatable)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("scan", help="score a folder or zip of images offline")

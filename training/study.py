@@ -96,7 +96,7 @@ def cell_records(axis: str, cell: str, overrides: list[str], encoders: dict[str,
 
 
 def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, results: str, report: str,
-              n_test: int = 2000) -> list[dict[str, Any]]:
+              n_test: int = 2000, skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     from training.evaluate import hardware
 
     unknown = set(axes) - set(AXES)
@@ -111,6 +111,8 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
     encoders = {"backdoored": bad_encoder, "control": clean_encoder}
     for axis in axes:
         for cell, overrides in AXES[axis]:
+            if cell in skip:
+                continue
             start = time.time()
             print(f"study {axis}/{cell}: {overrides}")
             cell_encoders = encoders
