@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the DeDe decoder on an auxiliary set (Algorithm 1)")
     p.add_argument("--encoder", required=True, help="victim encoder directory or .onnx file")
-    _config_args(p, presets)
+    _config_args(p, [*presets, "study"])  # study: the small detector of `dede study`
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_train)
 
