@@ -108,3 +108,12 @@ def test_dockerfiles_pass_hadolint() -> None:
     out = subprocess.run([hadolint, "--no-color", "docker/Dockerfile", "docker/Dockerfile.gpu"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_images_install_pinned_runtime_dependencies() -> None:
+    lock = (ROOT / "docker" / "requirements.lock").read_text().splitlines()
+    pins = {line.split("==")[0].lower() for line in lock if "==" in line}
+    assert {"fastapi", "uvicorn", "onnxruntime", "numpy", "pillow", "prometheus-client"} <= pins
+    assert not any(p in pins for p in ("torch", "timm", "onnx"))
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        assert "-c requirements.lock" in (ROOT / "docker" / name).read_text()
