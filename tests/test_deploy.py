@@ -112,7 +112,7 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 def test_images_install_pinned_runtime_dependencies() -> None:
     lock = (ROOT / "docker" / "requirements.lock").read_text().splitlines()
-    pins = {line.split("==")[0].lower() for line in lock if "==" in line}
+    pins = {line.split("==")[0].lower().replace("_", "-") for line in lock if "==" in line}
     assert {"fastapi", "uvicorn", "onnxruntime", "numpy", "pillow", "prometheus-client"} <= pins
     assert not any(p in pins for p in ("torch", "timm", "onnx"))
     for name in ("Dockerfile", "Dockerfile.gpu"):
