@@ -54,6 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         m = scorer.manifest
         metrics: Metrics = app.state.metrics
         metrics.model_info.labels(m.name, m.version, scorer.provider).set(1)
+        # export the counters at 0 from the start: Prometheus's increase() cannot see a first alert on a
+        # series that appears with value 1, and "a single flagged input" must page
+        metrics.alerts.labels(m.name)
+        metrics.images_scored.labels(m.name)
 
         def run_batch(images: np.ndarray) -> ScoreResult:
             result = scorer.score(images)

@@ -56,6 +56,16 @@ def test_dashboard_and_alert_expressions_against_a_live_service(tmp_path: Path) 
     try:
         wait_for(api_url + "/readyz")
         wait_for(prom_url + "/-/ready")
+
+        def query(expr: str) -> list[dict]:  # type: ignore[type-arg]
+            r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+            assert r["status"] == "success", (expr, r)
+            return r["data"]["result"]
+
+        deadline = time.time() + 30  # a first scrape sees the alert counter at 0, before any request
+        while time.time() < deadline and not query("dede_backdoor_alerts_total"):
+            time.sleep(0.3)
+        assert float(query("sum(dede_backdoor_alerts_total)")[0]["value"][1]) == 0
         flags = 0
         files = sorted(EXAMPLES.glob("*.png"))
         for _ in range(3):
@@ -64,11 +74,6 @@ def test_dashboard_and_alert_expressions_against_a_live_service(tmp_path: Path) 
             httpx.post(api_url + "/score", content=b"garbage", timeout=30)
             time.sleep(1.5)
         assert flags > 0
-
-        def query(expr: str) -> list[dict]:  # type: ignore[type-arg]
-            r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
-            assert r["status"] == "success", (expr, r)
-            return r["data"]["result"]
 
         deadline = time.time() + 30  # until a scrape after the last request is stored
         while time.time() < deadline:
