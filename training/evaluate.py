@@ -94,12 +94,12 @@ def evaluate_bundle(bundle: str, dataset: str, attack: str, trigger: str, target
 
 
 def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records of a new evaluation replace every older record of the same bundles, preset and kind of test
-    (detection or honesty), so results.json holds one evaluation per bundle and nothing stale."""
+    """Records of a new evaluation replace every older record of the same bundle, attack label, preset and
+    kind of test (detection or honesty), so results.json holds one evaluation of each and nothing stale."""
     old = json.loads(path.read_text()) if path.exists() else []
 
     def group(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r.get("bundle"), r.get("preset"), r.get("test") == "honesty"
+        return r.get("bundle"), r.get("attack"), r.get("preset"), r.get("test") == "honesty"
 
     replaced = {group(r) for r in new}
     merged = [r for r in old if group(r) not in replaced] + new
