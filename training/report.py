@@ -116,6 +116,8 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
         return []
     first = calib[0]
     by = {(r["attack"] != "none", r["score"], r["case"]): r for r in calib}
+    deployed = {(r["attack"] != "none", r["score"], r["case"]): r for r in records
+                if r["threshold_rule"].endswith("-deployed")}
     scores = list(dict.fromkeys(r["score"] for r in calib))
     cases = list(dict.fromkeys(r["case"] for r in calib))
     lines = [f"### Honesty evaluation (`{first.get('command', '?')}`)", "",
@@ -143,15 +145,19 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
     lines.append("")
     lines += goal_lines(by, scores, cases)
     for sc in scores:
-        lines += [f"Score `{sc}` per case:", "",
-                  "| case | activation | benign | alerts backdoored | alerts control | AUC backdoored | AUC control "
-                  "| median spread |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"Score `{sc}` per case (alerts at the 1%-FPR calibration threshold; for the score the bundle "
+                  "deploys, also at the bundle's own threshold):", "",
+                  "| case | activation | benign | alerts backdoored | alerts control | alerts at deployed threshold "
+                  "(backdoored / control) | AUC backdoored | AUC control | median spread |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in cases:
             bad, ctl = by.get((True, sc, c)), by.get((False, sc, c))
             if not bad:
                 continue
+            db, dc = deployed.get((True, sc, c)), deployed.get((False, sc, c))
+            dep = f"{_fmt(db['alert_rate'])} / {_fmt(dc['alert_rate']) if dc else '-'}" if db else "-"
             lines.append(f"| {c} | {_fmt(bad['activation_rate'])} | {'yes' if bad['benign'] else 'no'} | "
-                         f"{_fmt(bad['alert_rate'])} | {_fmt(ctl['alert_rate']) if ctl else '-'} | "
+                         f"{_fmt(bad['alert_rate'])} | {_fmt(ctl['alert_rate']) if ctl else '-'} | {dep} | "
                          f"{_fmt(bad['auc'])} | {_fmt(ctl['auc']) if ctl else '-'} | {_fmt(bad['spread'])} |")
         lines.append("")
     return lines
@@ -283,3 +289,21 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
 
 
 RATIOS_FOR_REPORT = (0.75, 0.9, 0.99)
+
+
+def main() -> None:
+    """``python -m training.report``: rewrite RESULTS.md from results.json (no re-evaluation)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--results", default="docs/results.json")
+    p.add_argument("--report", default="docs/RESULTS.md")
+    a = p.parse_args()
+    records = json.loads(Path(a.results).read_text())
+    figures = sorted((Path(a.report).parent / "figures").glob("demo-*.png"))
+    write_report(records, Path(a.report), figures)
+
+
+if __name__ == "__main__":
+    main()
