@@ -253,16 +253,18 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
         wall = sum({(r["cell"], r["encoder"]): r["train_wall_s"] for r in records if r["axis"] == axis}.values())
         lines += [f"## Axis `{axis}` (`dede study --axis {axis}`, training time {wall:.0f} s in all)", "",
                   "| cell | score | " + " | ".join(f"AUC @{t} (bd / ctl / gap)" for t in RATIOS_FOR_REPORT)
-                  + " | TPR@1% @0.99 (bd / ctl) |",
-                  "|---|---|" + "---|" * (len(RATIOS_FOR_REPORT) + 1)]
+                  + " | TPR@1% backdoored @" + "/".join(map(str, RATIOS_FOR_REPORT))
+                  + " | TPR@1% control @" + "/".join(map(str, RATIOS_FOR_REPORT)) + " |",
+                  "|---|---|" + "---|" * (len(RATIOS_FOR_REPORT) + 2)]
         for cell in cells:
             for sc in scores:
                 row = [cell, sc]
                 for t in RATIOS_FOR_REPORT:
                     b, c = by.get((axis, cell, "backdoored", t, sc)), by.get((axis, cell, "control", t, sc))
                     row.append(f"{b['auc']:.3f} / {c['auc']:.3f} / {b['auc'] - c['auc']:+.3f}" if b and c else "-")
-                b, c = by.get((axis, cell, "backdoored", 0.99, sc)), by.get((axis, cell, "control", 0.99, sc))
-                row.append(f"{b['tpr_at_1pct_fpr']:.3f} / {c['tpr_at_1pct_fpr']:.3f}" if b and c else "-")
+                for enc in ("backdoored", "control"):
+                    row.append(" / ".join(f"{by[(axis, cell, enc, t, sc)]['tpr_at_1pct_fpr']:.3f}"
+                                          if (axis, cell, enc, t, sc) in by else "-" for t in RATIOS_FOR_REPORT))
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         for cell in cells:
@@ -292,14 +294,18 @@ RATIOS_FOR_REPORT = (0.75, 0.9, 0.99)
 
 
 def main() -> None:
-    """``python -m training.report``: rewrite RESULTS.md from results.json (no re-evaluation)."""
+    """``python -m training.report [--study]``: rewrite RESULTS.md (or STUDY.md) from its JSON records."""
     import argparse
     import json
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--results", default="docs/results.json")
     p.add_argument("--report", default="docs/RESULTS.md")
+    p.add_argument("--study", action="store_true", help="rewrite docs/STUDY.md from docs/study.json instead")
     a = p.parse_args()
+    if a.study:
+        write_study(json.loads(Path("docs/study.json").read_text()), Path("docs/STUDY.md"))
+        return
     records = json.loads(Path(a.results).read_text())
     figures = sorted((Path(a.report).parent / "figures").glob("demo-*.png"))
     write_report(records, Path(a.report), figures)
