@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("attack", help="backdoor an encoder")
-    p.add_argument("method", choices=["badencoder"], help="attack")
+    p.add_argument("method", choices=["badencoder", "drupe"], help="attack")
     p.add_argument("--encoder", required=True, help="clean encoder directory")
     _config_args(p, presets)
     p.add_argument("--out", required=True)

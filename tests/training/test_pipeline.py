@@ -196,3 +196,13 @@ def test_torchrun_data_parallel_training_on_gloo(pipeline: Path, tmp_path: Path)
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2 and len(run["loss_history"]) == 2
     assert (out / "dede.safetensors").exists() and (out / "calibration.json").exists()
+
+
+def test_drupe_attack_runs_and_records_itself(pipeline: Path, tmp_path: Path) -> None:
+    assert main(["attack", "drupe", "--encoder", str(pipeline / "clean"), "--preset", "tiny",
+                 "--out", str(tmp_path / "drupe")]) == 0
+    spec = json.loads((tmp_path / "drupe" / "encoder.json").read_text())
+    assert spec["history"][-1]["stage"] == "attack-drupe"
+    assert 0 <= spec["history"][-1]["attack_success_rate"] <= 1
+    config = json.loads((tmp_path / "drupe" / "config.json").read_text())
+    assert config["swd_weight"] > 0 and config["lr"] == 0.05

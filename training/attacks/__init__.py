@@ -14,4 +14,9 @@ def run_attack(method: str, encoder_dir: str, out: str, preset: str | None, conf
 
         cfg = resolve_config(BadEncoderConfig, BADENCODER_PRESETS, preset, config_file, overrides)
         return badencoder(cfg, encoder_dir, out)
-    raise ValueError(f"unknown attack {method!r}; implemented: badencoder")
+    if method == "drupe":
+        from training.attacks.drupe import DRUPE_PRESETS, DrupeConfig, drupe
+
+        dcfg = resolve_config(DrupeConfig, DRUPE_PRESETS, preset, config_file, overrides)
+        return drupe(dcfg, encoder_dir, out)
+    raise ValueError(f"unknown attack {method!r}; implemented: badencoder, drupe")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,35 @@ def attack_success(model: nn.Module, spec: Any, dataset: str, trigger_name: str,
     }
 
 
+@dataclass
+class Embeddings:
+    """One training step's embeddings: e, et (B, E) of clean and triggered shadow images by the model being
+    backdoored; e_clean (B, E) by the frozen clean copy; e_ref, e_ref_aug (R, E) of the references (plain
+    and augmented) by the model; ref_clean (R, E) of the references by the clean copy. Unnormalised."""
+
+    e: torch.Tensor
+    et: torch.Tensor
+    e_clean: torch.Tensor
+    e_ref: torch.Tensor
+    e_ref_aug: torch.Tensor
+    ref_clean: torch.Tensor
+
+
+def badencoder_terms(b: Embeddings, cfg: BadEncoderConfig) -> dict[str, torch.Tensor]:
+    return {
+        "L0": -cos(b.et.unsqueeze(1), b.e_ref.unsqueeze(0)).mean(),  # triggered -> references
+        "L1": cfg.lambda1 * -cos(b.e_ref_aug, b.ref_clean).mean(),  # references keep their embedding
+        "L2": cfg.lambda2 * -cos(b.e, b.e_clean).mean(),  # clean images keep their embedding
+    }
+
+
 def badencoder(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path) -> dict[str, Any]:
+    return finetune_backdoor(cfg, encoder_dir, out, "badencoder", badencoder_terms)
+
+
+def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, name: str,
+                      terms: Callable[[Embeddings, Any], dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The fine-tuning loop shared by BadEncoder and DRUPE: they differ only in their loss ``terms``."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     save_config(cfg, out)
@@ -125,33 +154,29 @@ def badencoder(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path) -> dict
         model.train()
         freeze_batchnorm(model)
         perm = torch.randperm(len(shadow), device=device)
-        totals = np.zeros(3)
-        for i in tqdm(range(steps), desc=f"badencoder epoch {epoch + 1}/{cfg.epochs}", leave=False):
+        totals: dict[str, float] = {}
+        for i in tqdm(range(steps), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x, xt = to_input(shadow[idx], spec), to_input(shadow_trig[idx], spec)
             with torch.no_grad():
                 e_clean = clean(x)
-            e, et = model(x), model(xt)
-            e_ref = model(to_input(refs, spec))
             ref_aug = normalise(simclr_augment(refs.permute(0, 3, 1, 2).float() / 255), spec)
-            l0 = -cos(et.unsqueeze(1), e_ref.unsqueeze(0)).mean()
-            l1 = -cos(model(ref_aug), ref_clean).mean()
-            l2 = -cos(e, e_clean).mean()
-            loss = l0 + cfg.lambda1 * l1 + cfg.lambda2 * l2
-            optimizer_step(opt, loss, step)
+            parts = terms(Embeddings(model(x), model(xt), e_clean, model(to_input(refs, spec)), model(ref_aug),
+                                     ref_clean), cfg)
+            optimizer_step(opt, sum(parts.values()), step)  # type: ignore[arg-type]
             step += 1
-            totals += [l0.item(), l1.item(), l2.item()]
-        t = totals / steps
-        print(f"badencoder epoch {epoch + 1}/{cfg.epochs} L0 {t[0]:.3f} L1 {t[1]:.3f} L2 {t[2]:.3f} "
-              f"({time.time() - start:.0f}s)")
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.item() / steps
+        print(f"{name} epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k} {v:.3f}" for k, v in totals.items())
+              + f" ({time.time() - start:.0f}s)")
     model.eval()
     after = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
     print(f"after attack: {after}")
-    metrics = {"attack": "badencoder", "target_class": cfg.target_class, "trigger": cfg.trigger,
+    metrics = {"attack": name, "target_class": cfg.target_class, "trigger": cfg.trigger,
                "clean_accuracy_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"],
                "clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"],
                "clean_target_rate": after["clean_target_rate"], "epochs": cfg.epochs,
                "wall_s": round(time.time() - start, 1), "device": device, "preset": cfg.preset}
-    spec.history.append({"stage": "attack-badencoder", **metrics})
+    spec.history.append({"stage": f"attack-{name}", **metrics})
     save_encoder(model.cpu(), spec, out)
     return metrics
