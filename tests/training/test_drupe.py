@@ -1,5 +1,6 @@
 import torch
 
+from tests.conftest import needs_cifar
 from training.attacks.badencoder import Embeddings
 from training.attacks.drupe import DrupeConfig, drupe_terms, mean_offdiag_cos, sliced_wasserstein
 
@@ -31,3 +32,21 @@ def test_drupe_terms_reward_stealthy_triggered_embeddings() -> None:
     assert set(t1) == {"L0", "L1", "L2", "ref_spread", "ref_collapse", "b2b", "swd"}
     assert t1["b2b"] > t2["b2b"]  # clustering is penalised
     assert t1["L0"] < t2["L0"]  # but it does reach the reference
+
+
+@needs_cifar
+def test_embedding_stealth_separates_a_shifted_trigger_response() -> None:
+    import numpy as np
+
+    from training.attacks.stealth import embedding_stealth
+    from training.encoders import EncoderSpec
+
+    class BrightnessEncoder(torch.nn.Module):
+        """Embeds an image by its 8x8 mean-pooled pixels: the white trigger square moves it."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 8).flatten(1)
+
+    res = embedding_stealth(BrightnessEncoder(), EncoderSpec("test", embed_dim=48), "cifar10", "badencoder", n=300)
+    assert res["outlier_auc"] > 0.6 and res["swd_normalised"] > 0
+    assert np.isfinite(res["swd_normalised"])

@@ -33,8 +33,10 @@ def test_encoder_history_records_attack(pipeline: Path) -> None:
     stages = [h["stage"] for h in spec["history"]]
     assert stages == ["pretrain-simclr", "attack-badencoder"]
     attack = spec["history"][1]
-    for key in ("attack_success_rate", "clean_accuracy", "clean_accuracy_before", "asr_before"):
+    for key in ("attack_success_rate", "clean_accuracy", "clean_accuracy_before", "asr_before", "outlier_auc",
+                "outlier_auc_before"):
         assert 0.0 <= attack[key] <= 1.0
+    assert attack["swd"] >= 0 and attack["swd_before"] >= 0
 
 
 def test_training_loss_decreases_and_run_is_recorded(pipeline: Path) -> None:

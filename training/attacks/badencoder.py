@@ -171,11 +171,17 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
               + f" ({time.time() - start:.0f}s)")
     model.eval()
     after = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
-    print(f"after attack: {after}")
+    from training.attacks.stealth import embedding_stealth
+
+    stealth_before = embedding_stealth(clean, spec, cfg.dataset, cfg.trigger, min(cfg.knn_images, 2000), device)
+    stealth = embedding_stealth(model, spec, cfg.dataset, cfg.trigger, min(cfg.knn_images, 2000), device)
+    print(f"after attack: {after}; embedding stealth before {stealth_before}, after {stealth}")
     metrics = {"attack": name, "target_class": cfg.target_class, "trigger": cfg.trigger,
                "clean_accuracy_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"],
                "clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"],
                "clean_target_rate": after["clean_target_rate"], "epochs": cfg.epochs,
+               "swd_before": stealth_before["swd_normalised"], "swd": stealth["swd_normalised"],
+               "outlier_auc_before": stealth_before["outlier_auc"], "outlier_auc": stealth["outlier_auc"],
                "wall_s": round(time.time() - start, 1), "device": device, "preset": cfg.preset}
     spec.history.append({"stage": f"attack-{name}", **metrics})
     save_encoder(model.cpu(), spec, out)
