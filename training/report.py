@@ -285,6 +285,11 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
         fig.tight_layout()
         fig.savefig(fig_dir / f"study-{axis}.png", dpi=100)
         plt.close(fig)
+        from training.study import AXES
+
+        missing = [c for c, _ in AXES.get(axis, []) if c not in cells]
+        if missing:
+            lines += [f"Not run (CPU time; `make study STUDY_SKIP=` runs them): {', '.join(missing)}.", ""]
         lines += [f"![study-{axis}](figures/study-{axis}.png)", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
