@@ -18,7 +18,8 @@ from service.errors import BadImage, ImageTooLarge, UnsupportedFormat
 Image.MAX_IMAGE_PIXELS = 40_000_000
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "PPM"})
+# MPO: the multi-picture JPEG that many phone cameras write (its first frame is a plain JPEG)
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "PPM"})
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

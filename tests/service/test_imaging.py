@@ -65,3 +65,11 @@ def test_normalize_shape_and_values() -> None:
     x = normalize(imgs, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
     assert np.allclose(x, 1.0)
+
+
+def test_multi_picture_jpeg_from_phones_is_accepted() -> None:
+    frames = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (40, 30), (10, 10, 200))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:])
+    arr = decode_image(buf.getvalue(), 16)
+    assert arr.shape == (16, 16, 3) and arr[..., 0].mean() > arr[..., 2].mean()
