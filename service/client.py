@@ -68,14 +68,20 @@ def _parse(response: httpx.Response) -> list[Verdict]:
     return [Verdict(**r) for r in body.get("results", [body])]
 
 
-def _retryable(response: httpx.Response | None) -> bool:
-    return response is None or response.status_code == 503
-
-
-def _delay(attempt: int, response: httpx.Response | None, backoff: float) -> float:
+def _retry_wait(attempt: int, retries: int, response: httpx.Response | None, backoff: float) -> float | None:
+    """Seconds to wait before the next attempt, or None when this outcome is final: a response that is not
+    503, or the last attempt. ``response`` None means a connection error. Honours Retry-After."""
+    if attempt == retries or (response is not None and response.status_code != 503):
+        return None
     retry_after = response.headers.get("retry-after") if response is not None else None
     base = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
     return max(base, backoff * 2**attempt)
+
+
+def _final(response: httpx.Response | None) -> httpx.Response:
+    if response is None:
+        raise httpx.ConnectError("the DeDe service could not be reached (all retries failed)")
+    return response
 
 
 class DedeClient:
@@ -96,19 +102,16 @@ class DedeClient:
         self.http.close()
 
     def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response | None = None
         for attempt in range(self.retries + 1):
             try:
-                response = self.http.post(path, **kwargs)
+                response: httpx.Response | None = self.http.post(path, **kwargs)
             except httpx.TransportError:
                 response = None
-                if attempt == self.retries:
-                    raise
-            if not _retryable(response) or attempt == self.retries:
+            wait = _retry_wait(attempt, self.retries, response, self.backoff)
+            if wait is None:
                 break
-            time.sleep(_delay(attempt, response, self.backoff))
-        assert response is not None
-        return response
+            time.sleep(wait)
+        return _final(response)
 
     def score(self, image: ImageLike) -> Verdict:
         return _parse(self._post("/score", files={"file": ("image", to_bytes(image), "application/octet-stream")}))[0]
@@ -131,19 +134,16 @@ class AsyncDedeClient:
         await self.http.aclose()
 
     async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        response: httpx.Response | None = None
         for attempt in range(self.retries + 1):
             try:
-                response = await self.http.post(path, **kwargs)
+                response: httpx.Response | None = await self.http.post(path, **kwargs)
             except httpx.TransportError:
                 response = None
-                if attempt == self.retries:
-                    raise
-            if not _retryable(response) or attempt == self.retries:
+            wait = _retry_wait(attempt, self.retries, response, self.backoff)
+            if wait is None:
                 break
-            await asyncio.sleep(_delay(attempt, response, self.backoff))
-        assert response is not None
-        return response
+            await asyncio.sleep(wait)
+        return _final(response)
 
     async def score(self, image: ImageLike) -> Verdict:
         files = {"file": ("image", to_bytes(image), "application/octet-stream")}

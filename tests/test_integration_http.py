@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +13,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from service.manifest import load_manifest
-from tests.conftest import DEMO_BUNDLE, ROOT, needs_cifar
+from tests.conftest import DEMO_BUNDLE, needs_cifar
+from tests.servers import dede_server
 from training.attacks.triggers import make_trigger
 from training.data import load_images
 
@@ -25,35 +22,10 @@ pytestmark = needs_cifar
 N_IMAGES = 400
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(DEMO_BUNDLE),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "server died")
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not become ready")
+    with dede_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def png(arr: np.ndarray) -> bytes:

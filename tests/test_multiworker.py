@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
 
-from tests.conftest import DEMO_BUNDLE, EXAMPLES, ROOT
-from tests.test_integration_http import free_port
+from tests.conftest import EXAMPLES
+from tests.servers import dede_server
 
 
 def metric(text: str, name: str) -> float:
@@ -17,15 +15,10 @@ def metric(text: str, name: str) -> float:
 
 
 def test_counts_are_summed_over_workers(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(DEMO_BUNDLE),
-                             "--port", str(port), "--workers", "2"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
+    with dede_server("--workers", "2", env=env) as url:
         ready = 0
+        deadline = time.time() + 60
         while time.time() < deadline and ready < 10:  # both workers up: several fresh connections succeed
             try:
                 ready += httpx.get(url + "/readyz", timeout=1).status_code == 200
@@ -43,6 +36,3 @@ def test_counts_are_summed_over_workers(tmp_path) -> None:  # type: ignore[no-un
             assert metric(text, "dede_images_scored_total") == 5 * len(files)
             assert metric(text, "dede_backdoor_alerts_total") == flags
             assert 'dede_model_info{' in text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

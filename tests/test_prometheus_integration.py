@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,23 +13,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import DEMO_BUNDLE, EXAMPLES, ROOT
-from tests.test_integration_http import free_port
+from tests.conftest import EXAMPLES, ROOT
+from tests.servers import dede_server, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed (.ci/run installs it)")
-
-
-def wait_for(url: str, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def expressions() -> list[str]:
@@ -42,61 +29,64 @@ def expressions() -> list[str]:
 
 
 def test_dashboard_and_alert_expressions_against_a_live_service(tmp_path: Path) -> None:
-    api_port, prom_port = free_port(), free_port()
-    api = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(DEMO_BUNDLE),
-                            "--port", str(api_port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(ROOT / "docker" / "prometheus" / "alerts.yml")],
-              "scrape_configs": [{"job_name": "dede-api", "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api_url, prom_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{prom_port}"
-    try:
-        wait_for(api_url + "/readyz")
-        wait_for(prom_url + "/-/ready")
+    with dede_server() as api_url:
+        api_port = api_url.rsplit(":", 1)[1]
+        prom_port = free_port()
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "rule_files": [str(ROOT / "docker" / "prometheus" / "alerts.yml")],
+                  "scrape_configs": [{"job_name": "dede-api",
+                                      "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}]}
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            check_live_prometheus(api_url, f"http://127.0.0.1:{prom_port}", prom)
+        finally:
+            prom.terminate()
+            prom.wait(timeout=30)
 
-        def query(expr: str) -> list[dict]:  # type: ignore[type-arg]
-            r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
-            assert r["status"] == "success", (expr, r)
-            return r["data"]["result"]
 
-        deadline = time.time() + 30  # a first scrape sees the alert counter at 0, before any request
-        while time.time() < deadline and not query("dede_backdoor_alerts_total"):
-            time.sleep(0.3)
-        assert float(query("sum(dede_backdoor_alerts_total)")[0]["value"][1]) == 0
-        flags = 0
-        files = sorted(EXAMPLES.glob("*.png"))
-        for _ in range(3):
-            for f in files:
-                flags += httpx.post(api_url + "/score", content=f.read_bytes(), timeout=30).json()["backdoor"]
-            httpx.post(api_url + "/score", content=b"garbage", timeout=30)
-            time.sleep(1.5)
-        assert flags > 0
+def check_live_prometheus(api_url: str, prom_url: str, prom: subprocess.Popen[bytes]) -> None:
+    wait_for(prom_url + "/-/ready", proc=prom)
 
-        deadline = time.time() + 30  # until a scrape after the last request is stored
-        while time.time() < deadline:
-            got = query("sum(dede_images_scored_total)")
-            if got and float(got[0]["value"][1]) == 3 * len(files):
-                break
-            time.sleep(0.5)
-        assert float(query("sum(dede_backdoor_alerts_total)")[0]["value"][1]) == flags
-        assert float(query('sum(dede_request_errors_total{reason="bad_image"})')[0]["value"][1]) == 3
-        assert float(query('up{job="dede-api"}')[0]["value"][1]) == 1
-        for expr in expressions():
-            query(expr)  # evaluates without error
-        assert query("dede_model_info")[0]["metric"]["provider"] == "CPUExecutionProvider"
-        # the backdoor alert rule fires
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            alerts = httpx.get(prom_url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-            if any(a["labels"]["alertname"] == "DedeBackdoorActivation" for a in alerts):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError("DedeBackdoorActivation did not fire")
-    finally:
-        for p in (api, prom):
-            p.terminate()
-            p.wait(timeout=30)
+    def query(expr: str) -> list[dict]:  # type: ignore[type-arg]
+        r = httpx.get(prom_url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert r["status"] == "success", (expr, r)
+        return r["data"]["result"]
+
+    deadline = time.time() + 30  # a first scrape sees the alert counter at 0, before any request
+    while time.time() < deadline and not query("dede_backdoor_alerts_total"):
+        time.sleep(0.3)
+    assert float(query("sum(dede_backdoor_alerts_total)")[0]["value"][1]) == 0
+    flags = 0
+    files = sorted(EXAMPLES.glob("*.png"))
+    for _ in range(3):
+        for f in files:
+            flags += httpx.post(api_url + "/score", content=f.read_bytes(), timeout=30).json()["backdoor"]
+        httpx.post(api_url + "/score", content=b"garbage", timeout=30)
+        time.sleep(1.5)
+    assert flags > 0
+
+    deadline = time.time() + 30  # until a scrape after the last request is stored
+    while time.time() < deadline:
+        got = query("sum(dede_images_scored_total)")
+        if got and float(got[0]["value"][1]) == 3 * len(files):
+            break
+        time.sleep(0.5)
+    assert float(query("sum(dede_backdoor_alerts_total)")[0]["value"][1]) == flags
+    assert float(query('sum(dede_request_errors_total{reason="bad_image"})')[0]["value"][1]) == 3
+    assert float(query('up{job="dede-api"}')[0]["value"][1]) == 1
+    for expr in expressions():
+        query(expr)  # evaluates without error
+    assert query("dede_model_info")[0]["metric"]["provider"] == "CPUExecutionProvider"
+    # the backdoor alert rule fires
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        alerts = httpx.get(prom_url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        if any(a["labels"]["alertname"] == "DedeBackdoorActivation" for a in alerts):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("DedeBackdoorActivation did not fire")

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.scoring import Scorer
 from training.attacks.triggers import make_trigger
 from training.data import load_images
-from training.knn import knn_accuracy, knn_predict
+from training.knn import BundleProbe
 from training.metrics import detection_metrics, tpr_at_fpr
 from training.report import write_figures, write_report
 
@@ -43,21 +42,15 @@ def hardware() -> str:
 
 
 def encoder_utility(scorer: Scorer, dataset: str, images: np.ndarray, labels: np.ndarray,
-                    triggered: np.ndarray, target: int | None, n_bank: int = 10000) -> dict[str, float]:
+                    triggered: np.ndarray, target: int | None) -> dict[str, float]:
     """kNN clean accuracy of the bundle's encoder on ``images`` (uint8 test images with ``labels``) and,
     with a target, the attack success rate of their ``triggered`` copies (non-target images only)."""
-    train = load_images(dataset, "train", scorer.size)
-    idx = np.random.default_rng(0).permutation(len(train))[:n_bank]
-    bank = torch.from_numpy(scorer.embed_many(train.images[idx]))
-    bank_labels = torch.from_numpy(train.labels[idx])
-    clean_emb = torch.from_numpy(scorer.embed_many(images))
-    out = {"clean_accuracy": knn_accuracy(bank, bank_labels, clean_emb, torch.from_numpy(labels))}
+    probe = BundleProbe(scorer, dataset)
+    pred = probe.predict(images)
+    out = {"clean_accuracy": float(np.mean(pred == labels))}
     if target is not None:
-        keep = labels != target
-        trig = torch.from_numpy(scorer.embed_many(triggered[keep]))
-        out["attack_success_rate"] = float((knn_predict(bank, bank_labels, trig) == target).float().mean())
-        out["clean_target_rate"] = float(
-            (knn_predict(bank, bank_labels, clean_emb[torch.from_numpy(keep)]) == target).float().mean())
+        out["attack_success_rate"] = probe.target_rate(triggered, labels, target)
+        out["clean_target_rate"] = float(np.mean(pred[labels != target] == target))
     return out
 
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.scores import compute_score, error_spread
 from service.scoring import Scorer
 from training.attacks.triggers import make_trigger
 from training.data import load_images
-from training.knn import knn_predict
+from training.knn import BundleProbe
 from training.metrics import detection_metrics
 from training.perturbations import apply_case, benign_cases
 
@@ -72,22 +71,6 @@ def candidate_scores(scorer: Scorer, images: np.ndarray, batch_size: int = 500) 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-class ActivationProbe:
-    """kNN on the bundle encoder's embeddings of clean train images: is an image's class the target?"""
-
-    def __init__(self, scorer: Scorer, dataset: str, target: int, n_bank: int = 10000) -> None:
-        train = load_images(dataset, "train", scorer.size)
-        idx = np.random.default_rng(0).permutation(len(train))[:n_bank]
-        self.scorer, self.target = scorer, target
-        self.bank = torch.from_numpy(scorer.embed_many(train.images[idx]))
-        self.labels = torch.from_numpy(train.labels[idx])
-
-    def rate(self, images: np.ndarray, labels: np.ndarray) -> float:
-        keep = labels != self.target
-        emb = torch.from_numpy(self.scorer.embed_many(images[keep]))
-        return float((knn_predict(self.bank, self.labels, emb) == self.target).float().mean())
-
-
 def honesty_records(bundle: str, attack: str, dataset: str, trigger: str, target_class: str,
                     n_eval: int = 2000, n_calib: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
     scorer = Scorer.from_bundle(bundle)
@@ -98,14 +81,14 @@ def honesty_records(bundle: str, attack: str, dataset: str, trigger: str, target
     calib = candidate_scores(scorer, test.images[calib_idx])
     thresholds = {k: float(np.quantile(calib[k], 1 - CALIB_FPR)) for k in CANDIDATES}
     images, labels = test.images[eval_idx], test.labels[eval_idx]
-    probe = ActivationProbe(scorer, dataset, test.classes.index(target_class))
+    probe, target = BundleProbe(scorer, dataset), test.classes.index(target_class)
     clean = candidate_scores(scorer, images)
-    clean_target = probe.rate(images, labels)
+    clean_target = probe.target_rate(images, labels, target)
     cases = [("trigger", "trigger", make_trigger(trigger, scorer.size).apply(images))]
     cases += [(c.name, c.kind, apply_case(c, images, seed)) for c in benign_cases(scorer.size)]
     records = []
     for name, kind, perturbed in cases:
-        activation = probe.rate(perturbed, labels)
+        activation = probe.target_rate(perturbed, labels, target)
         scores = candidate_scores(scorer, perturbed)
         for score in CANDIDATES:
             rules = [("fpr@0.01-calib", thresholds[score])]

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.scoring import Scorer
 from training.data import ImageSet, load_images
 
 
@@ -38,3 +39,24 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tens
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor,
                  query_labels: torch.Tensor, k: int = 20) -> float:
     return float((knn_predict(bank, bank_labels, query, k) == query_labels).float().mean())
+
+
+class BundleProbe:
+    """kNN on a bundle encoder's (ONNX Runtime) embeddings of ``n_bank`` clean train images: the judge of an
+    encoder's clean accuracy and of whether a backdoor fired. One bank serves every question asked."""
+
+    def __init__(self, scorer: Scorer, dataset: str, n_bank: int = 10000) -> None:
+        train = load_images(dataset, "train", scorer.size)
+        idx = np.random.default_rng(0).permutation(len(train))[:n_bank]
+        self.scorer = scorer
+        self.bank = torch.from_numpy(scorer.embed_many(train.images[idx]))
+        self.labels = torch.from_numpy(train.labels[idx])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> kNN class (N,)."""
+        return knn_predict(self.bank, self.labels, torch.from_numpy(self.scorer.embed_many(images))).numpy()
+
+    def target_rate(self, images: np.ndarray, labels: np.ndarray, target: int) -> float:
+        """Share of the non-target images whose kNN class is ``target`` (the backdoor fired)."""
+        keep = labels != target
+        return float(np.mean(self.predict(images[keep]) == target))

@@ -1,0 +1,54 @@
+"""Real processes on loopback for the integration tests: ``dede serve`` and readiness waits."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import DEMO_BUNDLE, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until ``url`` answers 200; fails at once when ``proc`` has died."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process behind {url} exited with {proc.returncode}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def dede_server(*args: str, bundle: Path = DEMO_BUNDLE, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``dede serve`` on a free loopback port, ready; yields its base URL and stops it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle),
+                             "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
+                            env=env if env is not None else dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/readyz", proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
