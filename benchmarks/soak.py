@@ -89,7 +89,7 @@ def main() -> int:
         proc.wait(timeout=30)
     result |= {"seconds": a.seconds, "concurrency": a.concurrency, "rss_start_mb": round(rss_start, 1),
                "rss_end_mb": round(rss_end, 1), "command": "python benchmarks/soak.py " + " ".join(sys.argv[1:])}
-    five_xx = sum(v for k, v in result["statuses"].items() if k.startswith("5"))  # type: ignore[union-attr]
+    five_xx = sum(v for k, v in result["statuses"].items() if k.startswith("5"))  # type: ignore[attr-defined]
     ok = five_xx == 0 and result["valid_failures"] == 0 and rss_end - rss_start <= a.max_rss_growth_mb
     result["passed"] = ok
     Path(a.out).write_text(json.dumps(result, indent=1))

@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.batching import Batcher, DirectRunner
+from service.deps import Scoring
 from service.errors import BundleError, DedeError
+from service.explain import Explainer
 from service.imaging import Image
 from service.limits import BodySizeLimit
 from service.metrics import Metrics
-from service.routers import health, metrics, score
+from service.routers import health, metrics, score, v2
 from service.scoring import Scorer, ScoreResult
 from service.settings import Settings, get_settings
 
@@ -39,9 +41,15 @@ def load_scorer(settings: Settings) -> Scorer:
     return scorer
 
 
-def _error_response(exc: DedeError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status_code, headers=headers)
+def _error_response(request: Request, status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"error": {"code", "message"}}``; under ``/v2`` the Open Inference Protocol's ``{"error": message}``."""
+    path = request.url.path
+    body = {"error": message} if path == "/v2" or path.startswith("/v2/") else {
+        "error": {"code": code, "message": message}}
+    if status == 503:
+        headers = (headers or {}) | {"Retry-After": "1"}
+    return JSONResponse(body, status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,10 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.state.runner = (
             Batcher(run_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
-                    settings.request_timeout_s)
+                    settings.request_timeout_s, settings.model_concurrency)
             if settings.batching else DirectRunner(run_batch, settings.max_queue, settings.request_timeout_s))
         app.state.runner.start()
         app.state.scorer = scorer
+        explainer = Explainer(scorer, timeout_s=settings.request_timeout_s)
+        app.state.scoring = Scoring(settings, scorer, app.state.runner, metrics, explainer)
         app.state.ready = True
         log.info("loaded bundle %s v%s on %s", m.name, m.version, scorer.provider)
         yield
@@ -86,27 +96,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.scorer = None
     app.state.runner = None
+    app.state.scoring = None
 
     @app.exception_handler(DedeError)
     async def dede_error(request: Request, exc: DedeError) -> JSONResponse:
         request.app.state.metrics.errors.labels(exc.code).inc()
-        return _error_response(exc)
+        return _error_response(request, exc.status_code, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         request.app.state.metrics.errors.labels("bad_request").inc()
-        return JSONResponse({"error": {"code": "bad_request", "message": str(exc.errors())}}, 400)
+        return _error_response(request, 400, "bad_request", str(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         if exc.status_code >= 400 and exc.status_code not in (404, 405):
             request.app.state.metrics.errors.labels(code).inc()
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return _error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    app.include_router(health.router)
+    # the scoring routes first: FastAPI matches included routers in order, with a per-router cost
     app.include_router(score.router)
+    app.include_router(v2.router)
+    app.include_router(health.router)
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +26,11 @@ from service.scoring import ScoreResult
 class _Pending:
     images: np.ndarray  # (k, H, W, 3)
     future: asyncio.Future[ScoreResult]
+
+
+def _expire(future: asyncio.Future[ScoreResult], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(Overloaded(f"scoring did not finish within {timeout_s:g} s; retry later"))
 
 
 def split_result(result: ScoreResult, sizes: list[int]) -> list[ScoreResult]:
@@ -64,7 +68,8 @@ class DirectRunner:
             raise Overloaded(f"the scoring queue is full ({self._queued_images} images waiting); retry later")
         self._queued_images += len(images)
         try:
-            return await asyncio.wait_for(run_in_threadpool(self.fn, images), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                return await run_in_threadpool(self.fn, images)
         except TimeoutError as exc:
             raise Overloaded(f"scoring did not finish within {self.timeout_s:g} s; retry later") from exc
         finally:
@@ -73,11 +78,13 @@ class DirectRunner:
 
 class Batcher:
     def __init__(self, fn: Callable[[np.ndarray], ScoreResult], max_batch_size: int = 64,
-                 max_wait_ms: float = 2.0, max_queue: int = 1024, timeout_s: float = 30.0) -> None:
-        if max_batch_size < 1 or max_queue < max_batch_size:
-            raise ValueError("need max_batch_size >= 1 and max_queue >= max_batch_size")
+                 max_wait_ms: float = 2.0, max_queue: int = 1024, timeout_s: float = 30.0,
+                 concurrency: int = 1) -> None:
+        if max_batch_size < 1 or max_queue < max_batch_size or concurrency < 1:
+            raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size and concurrency >= 1")
         self.fn, self.max_batch_size, self.max_wait = fn, max_batch_size, max_wait_ms / 1000
         self.max_queue, self.timeout_s = max_queue, timeout_s
+        self._slots = asyncio.Semaphore(concurrency)  # model calls in flight at once
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._queued_images = 0
         self._worker: asyncio.Task[None] | None = None
@@ -106,43 +113,65 @@ class Batcher:
         if self._queued_images + k > self.max_queue:
             raise Overloaded(f"the scoring queue is full ({self._queued_images} images waiting); retry later")
         self.start()
-        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ScoreResult] = loop.create_future()
         self._queued_images += k
-        await self._queue.put(_Pending(images, future))
+        self._queue.put_nowait(_Pending(images, future))
+        # a timer instead of asyncio.wait_for: no extra task per request (measured on the hot path)
+        timer = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-        except TimeoutError as exc:
-            raise Overloaded(f"scoring did not finish within {self.timeout_s:g} s; retry later") from exc
+            return await future
+        finally:
+            timer.cancel()
 
     async def _gather(self) -> list[_Pending]:
         """The first waiting request plus whatever arrives within ``max_wait``, up to ``max_batch_size``
         images (a request is never split, so one large request can make a batch larger)."""
         batch = [await self._queue.get()]
         size = len(batch[0].images)
-        deadline = time.monotonic() + self.max_wait
+        deadline = asyncio.get_running_loop().time() + self.max_wait
         while size < self.max_batch_size:
-            remaining = deadline - time.monotonic()
             try:
-                nxt = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(
-                    self._queue.get(), remaining)
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
+                nxt = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        nxt = await self._queue.get()
+                except TimeoutError:
+                    break
             batch.append(nxt)
             size += len(nxt.images)
         return batch
 
     async def _run(self) -> None:
+        """Gather a batch once a model slot is free (so requests keep collecting while the model is busy),
+        then score it in a task of its own: with ``concurrency`` > 1 several batches run at once."""
+        running: set[asyncio.Task[None]] = set()
         while True:
-            batch = await self._gather()
-            sizes = [len(p.images) for p in batch]
+            await self._slots.acquire()
             try:
-                result = await run_in_threadpool(self.fn, np.concatenate([p.images for p in batch]))
-                for p, r in zip(batch, split_result(result, sizes), strict=True):
-                    if not p.future.done():
-                        p.future.set_result(r)
-            except Exception as exc:  # every waiter of the failed batch gets the error
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-            finally:
-                self._queued_images -= sum(sizes)
+                batch = await self._gather()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._score(batch))
+            running.add(task)  # keep a reference until it is done
+            task.add_done_callback(running.discard)
+
+    async def _score(self, batch: list[_Pending]) -> None:
+        sizes = [len(p.images) for p in batch]
+        try:
+            result = await run_in_threadpool(self.fn, np.concatenate([p.images for p in batch]))
+            for p, r in zip(batch, split_result(result, sizes), strict=True):
+                if not p.future.done():
+                    p.future.set_result(r)
+        except Exception as exc:  # every waiter of the failed batch gets the error
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            self._queued_images -= sum(sizes)
+            self._slots.release()

@@ -56,3 +56,10 @@ class BundleError(DedeError):
     """A bundle that is missing, malformed or fails its hash check. Raised at start-up, never per request."""
 
     code = "bundle_error"
+
+
+class ModelNotFound(DedeError):
+    """A V2 request for another model name or version than the loaded bundle's."""
+
+    status_code = 404
+    code = "model_not_found"

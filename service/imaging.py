@@ -7,6 +7,8 @@ normalised the same way everywhere.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -50,33 +52,56 @@ def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).reshape(size, size, 3)
 
 
+@contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Pillow's many exception types -> ``BadImage`` subclasses with a clear message."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image exceeds the pixel limit: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage("the upload is not a readable image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"the image could not be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Read only the header: the format allow-list and the pixel limit are checked before any pixel is
+    decoded, so the caller knows the decoding cost (``img.size``). The caller closes the image."""
+    if not data:
+        raise BadImage("empty upload: the body holds no image bytes")
+    limit: int = max_pixels or Image.MAX_IMAGE_PIXELS or 40_000_000
+    with _decode_errors():
+        img = Image.open(io.BytesIO(data))
+    try:
+        if img.format not in ALLOWED_FORMATS:
+            raise UnsupportedFormat(
+                f"image format {img.format!r} is not accepted; use one of {sorted(ALLOWED_FORMATS)}")
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise BadImage(f"image has no pixels ({w}x{h})")
+        if w * h > limit:
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {limit}")
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def load_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """An image from ``open_image`` -> uint8 array (size, size, 3): decode the first frame, convert, resize."""
+    with _decode_errors():
+        img.seek(0)
+        img.load()
+        return resize_rgb(to_rgb(img), size)
+
+
 def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Encoded bytes -> uint8 array (size, size, 3), or a ``BadImage`` subclass with a clear message.
 
     Only the first frame of animated/multi-frame files is used."""
-    if not data:
-        raise BadImage("empty upload: the body holds no image bytes")
-    limit: int = max_pixels or Image.MAX_IMAGE_PIXELS or 40_000_000
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ALLOWED_FORMATS:
-                raise UnsupportedFormat(
-                    f"image format {img.format!r} is not accepted; use one of {sorted(ALLOWED_FORMATS)}"
-                )
-            w, h = img.size
-            if w < 1 or h < 1:
-                raise BadImage(f"image has no pixels ({w}x{h})")
-            if w * h > limit:
-                raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {limit}")
-            img.seek(0)
-            img.load()
-            return resize_rgb(to_rgb(img), size)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, Image.DecompressionBombError):
-            raise ImageTooLarge(f"image exceeds the pixel limit: {exc}") from exc
-        raise BadImage("the upload is not a readable image") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImage(f"the image could not be decoded ({type(exc).__name__}: {exc})") from exc
+    with open_image(data, max_pixels) as img:
+        return load_rgb(img, size)
 
 
 def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:

@@ -5,6 +5,7 @@ Each app owns its registry, so several apps (tests) never collide."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, multiprocess
 
@@ -31,6 +32,7 @@ class Metrics:
         self.errors = Counter("dede_request_errors", "Rejected or failed requests", ["reason"], registry=r)
         self.queue_depth = Gauge("dede_queue_depth", "Images waiting for or in scoring", registry=r,
                                  multiprocess_mode="livesum")
+        self._children: dict[str, tuple[Any, Any, Any, Any]] = {}
         self.model_info = Gauge("dede_model_info", "The loaded bundle (value 1)",
                                 ["model", "version", "provider"], registry=r, multiprocess_mode="max")
 
@@ -46,11 +48,22 @@ class Metrics:
     def observe_images(self, model: str, scores: list[float], flags: list[bool], threshold: float,
                        decode_s: float) -> None:
         """Per request: counts, alerts, score ratios, decode time."""
-        self.images_scored.labels(model).inc(len(scores))
-        self.alerts.labels(model).inc(sum(flags))
+        images, alerts, ratio, decode = self._per_model(model)
+        images.inc(len(scores))
+        if any(flags):
+            alerts.inc(sum(flags))
         for s in scores:
-            self.score_ratio.labels(model).observe(s / threshold)
-        self.inference_seconds.labels(model, "decode").observe(decode_s)
+            ratio.observe(s / threshold)
+        decode.observe(decode_s)
+
+    def _per_model(self, model: str) -> tuple[Any, Any, Any, Any]:
+        """The labelled children, looked up once per model (``labels()`` costs a lock and a dict lookup)."""
+        children = self._children.get(model)
+        if children is None:
+            children = self._children[model] = (
+                self.images_scored.labels(model), self.alerts.labels(model), self.score_ratio.labels(model),
+                self.inference_seconds.labels(model, "decode"))
+        return children
 
     def observe_batch(self, model: str, size: int, seconds: dict[str, float]) -> None:
         """Per model call: the batch size and the time of each model stage."""

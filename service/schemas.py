@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+
+class Explanation(BaseModel):
+    """``?explain=true``: see ``service.explain``."""
+
+    reconstruction_png: str = Field(description="base64 PNG: the decoder's reconstruction, model input size")
+    error_map_png: str = Field(description="base64 PNG: per-patch error / the image's largest patch error, "
+                               "coloured (dark = low, yellow = highest), model input size")
+    patch_errors: list[float] = Field(description="squared error per patch, row-major; their sum is the "
+                                      "'paper' score")
+    error_map_max: float = Field(description="the largest patch error (the map's brightest colour)")
+    patch_size: int
 
 
 class ScoreResponse(BaseModel):
@@ -11,6 +23,7 @@ class ScoreResponse(BaseModel):
     threshold: float
     model: str
     model_version: str
+    explanation: Explanation | None = Field(None, description="only with ?explain=true")
 
 
 class BatchResponse(BaseModel):

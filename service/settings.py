@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")
     max_batch_size: int = Field(64, gt=0, description="images per model call when batching")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests")
+    model_concurrency: int = Field(1, ge=1, le=64, description="batches scored at once (each in its own thread)")
     max_queue: int = Field(1024, gt=0, description="images queued for scoring before 503 Overloaded")
     request_timeout_s: float = Field(30.0, gt=0, description="longest wait for a score before 503")
     api_key: SecretStr | None = Field(None, description="when set, requests need header X-API-Key")

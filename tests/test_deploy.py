@@ -117,3 +117,33 @@ def test_images_install_pinned_runtime_dependencies() -> None:
     assert not any(p in pins for p in ("torch", "timm", "onnx"))
     for name in ("Dockerfile", "Dockerfile.gpu"):
         assert "-c requirements.lock" in (ROOT / "docker" / name).read_text()
+
+
+# The advisories the floors in pyproject.toml are set past (fixed-in versions as published in the advisories).
+ADVISORY_FLOORS = {
+    # CVE-2024-24762 (0.0.7), CVE-2024-53981 (0.0.18), CVE-2026-24486 (0.0.22), CVE-2026-40347 (0.0.26),
+    # CVE-2026-42561 (0.0.27), CVE-2026-53538 (0.0.30)
+    "python-multipart": "0.0.30",
+    # CVE-2024-47874 (0.40.0), CVE-2025-54121 (0.47.2), CVE-2025-62727 (0.49.1), CVE-2026-48710 (1.0.1)
+    "starlette": "1.0.1",
+    # CVE-2025-48379 (11.3.0), CVE-2026-42309 (12.2.0), CVE-2026-59205 (12.3.0), the October 2026 decoder
+    # advisories (e.g. CVE-2026-112403, JPEG decoding; 13.0.0)
+    "pillow": "13.0.0",
+}
+
+
+def test_dependencies_are_past_the_known_advisories() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = {Requirement(d).name.lower(): Requirement(d) for d in
+            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    lock = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1].strip()
+            for line in (ROOT / "docker" / "requirements.lock").read_text().splitlines() if "==" in line}
+    for name, fixed in ADVISORY_FLOORS.items():
+        floor = min(Version(s.version) for s in deps[name].specifier if s.operator == ">=")
+        assert floor >= Version(fixed), f"pyproject.toml lets {name} {floor} in; the advisories need >= {fixed}"
+        assert Version(lock[name]) >= Version(fixed), f"requirements.lock pins {name} {lock[name]} < {fixed}"
+        assert Version(lock[name]) in deps[name].specifier

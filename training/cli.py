@@ -18,6 +18,13 @@ def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
     from training.config import resolve_config
+
+    if a.method == "clip":
+        from training.clip_train import CLIP_PRESETS, ClipConfig, pretrain_clip
+
+        ccfg = resolve_config(ClipConfig, CLIP_PRESETS, a.preset, a.config, a.overrides)
+        print(json.dumps(pretrain_clip(ccfg, a.out)))
+        return
     from training.ssl import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
 
     cfg = resolve_config(PretrainConfig, PRETRAIN_PRESETS, a.preset, a.config, a.overrides)
@@ -56,6 +63,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     evaluate_cli(a)
 
 
+def cmd_reproduce(a: argparse.Namespace) -> None:
+    from training.reproduce import reproduce_cli
+
+    reproduce_cli(a)
+
+
 def cmd_study(a: argparse.Namespace) -> None:
     from training.study import run_study
 
@@ -91,14 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     presets = ["tiny", "cpu", "paper"]
 
-    p = sub.add_parser("pretrain", help="SimCLR pre-training of a clean encoder")
+    p = sub.add_parser("pretrain", help="pre-training of a clean encoder (SimCLR, or a mini-CLIP)")
+    p.add_argument("--method", choices=["simclr", "clip"], default="simclr",
+                   help="simclr: SimCLR ResNet-18; clip: MiniCLIP on CIFAR-10 captions (image tower = encoder)")
     _config_args(p, presets)
     p.add_argument("--out", required=True, help="output directory for the encoder")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("attack", help="backdoor an encoder")
-    p.add_argument("method", choices=["badencoder", "drupe"], help="attack")
-    p.add_argument("--encoder", required=True, help="clean encoder directory")
+    p.add_argument("method", choices=["badencoder", "drupe", "ctrl", "clip-backdoor", "badclip"], help="attack")
+    p.add_argument("--encoder", default=None,
+                   help="clean encoder directory (ctrl trains from scratch: there it is the optional control)")
     _config_args(p, presets)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_attack)
@@ -134,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "several scores); 0 skips it")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="the paper's detection grid (attacks x auxiliary sets), resumable")
+    p.add_argument("--preset", choices=presets, default="cpu")
+    p.add_argument("--root", default=None, help="working directory (default runs/reproduce-<preset>)")
+    p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all)")
+    p.add_argument("--aux", action="append", default=[], help="'id' and/or 'ood' (repeatable; default both)")
+    p.add_argument("--ood-dataset", default="gtsrb", help="out-of-distribution auxiliary set (gtsrb, imagenette, "
+                                                          "or a path)")
+    p.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                   help="override a config key of every pretrain / attack / train step (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="steps run side by side")
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each step (0: leave as is)")
+    p.add_argument("--max-images", type=int, default=0, help="clean test images per cell (0 = all 10,000)")
+    p.add_argument("--results", default="docs/results.json")
+    p.add_argument("--report", default="docs/RESULTS.md")
+    p.add_argument("--figures", default="docs/figures")
+    p.add_argument("--no-downstream", action="store_true", help="leave out the downstream defence grid")
+    p.add_argument("--no-baselines", action="store_true", help="leave out ASSET and DECREE")
+    p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
+    p.add_argument("--no-publish", action="store_true", help="do not touch results.json / RESULTS.md")
+    p.add_argument("--publish-only", action="store_true",
+                   help="run nothing: merge the finished cells under --root into results.json / RESULTS.md")
+    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("study", help="scale and poisoning study: backdoored vs control detectors")
     p.add_argument("--axis", action="append", required=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import time
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,6 +110,12 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def out_of_time(budget_s: float, start: float) -> bool:
+    """True once a run with a wall-clock budget (``time_budget_s`` > 0, e.g. on a lent GPU) has used it up:
+    training loops then stop after the epoch in progress and record the epochs actually done."""
+    return budget_s > 0 and time.time() - start > budget_s
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:

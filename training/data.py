@@ -52,10 +52,13 @@ class ImageSet:
 
 
 def resolve_source(source: str | Path) -> Path:
-    """A dataset name (``cifar10``) resolves to ``<data_root>/<name>.zip``; anything else is a path."""
+    """A dataset name (``cifar10``) resolves to ``<data_root>/<name>.zip``, else to the folder
+    ``<data_root>/<name>`` (the zip extracted); anything else is a path."""
     path = Path(source)
     if not path.exists() and not path.suffix and "/" not in str(source):
         path = data_root() / f"{source}.zip"
+        if not path.exists() and (data_root() / str(source)).is_dir():
+            path = data_root() / str(source)
     if not path.exists():
         raise FileNotFoundError(
             f"dataset {source!r} not found (looked at {path}); set DEDE_DATA_ROOT or pass a path"
@@ -137,7 +140,7 @@ def load_images(
     out = ImageSet(images, labels, classes)
     if cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # processes decoding at once don't collide
         np.savez(tmp, images=out.images, labels=out.labels, classes=np.array(classes, dtype=str))
         tmp.replace(cache_file)
     return out

@@ -3,6 +3,7 @@
 Registry (timm's ``create_model`` pattern)::
 
     create_encoder("cifar_resnet18", width=16)            # the paper's SimCLR ResNet-18 (CIFAR stem)
+    create_encoder("clip_image", width=16, embed_dim=128)  # MiniCLIP's image tower (training/clip_model.py)
     create_encoder("timm:resnet50", weights="w.safetensors")  # any timm architecture, user weights
     create_encoder("onnx", path="encoder.onnx")            # an encoder given as an ONNX file (frozen)
 
@@ -13,6 +14,7 @@ safetensors or ONNX only (never pickle).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +128,15 @@ class OnnxEncoder(nn.Module):
         return torch.from_numpy(out)
 
 
-_REGISTRY = {"cifar_resnet18": CifarResNet18, "onnx": OnnxEncoder}
+def _clip_image(**kwargs: Any) -> nn.Module:
+    from training.clip_model import ImageTower  # imported here: clip_model builds on this module
+
+    return ImageTower(**kwargs)
+
+
+# clip_image: MiniCLIP's whole image tower (ResNet-18 + projection to the joint space), training/clip_model.py
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {"cifar_resnet18": CifarResNet18, "clip_image": _clip_image,
+                                                  "onnx": OnnxEncoder}
 
 
 def list_encoders() -> list[str]:

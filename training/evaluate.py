@@ -38,14 +38,22 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()}-core CPU ({cpu}), no GPU"
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{os.cpu_count()}-core CPU ({cpu}), {gpu}"
 
 
 def encoder_utility(scorer: Scorer, dataset: str, images: np.ndarray, labels: np.ndarray,
-                    triggered: np.ndarray, target: int | None) -> dict[str, float]:
+                    triggered: np.ndarray, target: int | None, knn_bank: int = 10000) -> dict[str, float]:
     """kNN clean accuracy of the bundle's encoder on ``images`` (uint8 test images with ``labels``) and,
     with a target, the attack success rate of their ``triggered`` copies (non-target images only)."""
-    probe = BundleProbe(scorer, dataset)
+    probe = BundleProbe(scorer, dataset, n_bank=knn_bank)
     pred = probe.predict(images)
     out = {"clean_accuracy": float(np.mean(pred == labels))}
     if target is not None:
@@ -54,9 +62,11 @@ def encoder_utility(scorer: Scorer, dataset: str, images: np.ndarray, labels: np
     return out
 
 
-def evaluate_bundle(bundle: str, dataset: str, attack: str, trigger: str, target_class: str | None,
-                    max_images: int = 0, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Records for one bundle (the attack name labels it; 'none' for a clean-encoder control)."""
+def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str, target_class: str | None,
+                    max_images: int = 0, seed: int = 0, trigger_params: dict[str, Any] | None = None,
+                    knn_bank: int = 10000) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Records for one bundle (the attack name labels it; 'none' for a clean-encoder control), and the raw
+    scores: ``clean`` (N,), ``triggered`` (N,), ``threshold``, ``one_pct`` (indices of the 1% test set)."""
     scorer = Scorer.from_bundle(bundle, threads=0)
     m = scorer.manifest
     test = load_images(dataset, "test", scorer.size)
@@ -64,9 +74,9 @@ def evaluate_bundle(bundle: str, dataset: str, attack: str, trigger: str, target
     if max_images:
         sel = np.random.default_rng(seed).permutation(len(images))[:max_images]
         images, labels = images[sel], labels[sel]
-    triggered = make_trigger(trigger, scorer.size).apply(images)
+    triggered = make_trigger(trigger, scorer.size, trigger_params).apply(images)
     target = test.classes.index(target_class) if target_class else None
-    utility = encoder_utility(scorer, dataset, images, labels, triggered, target)
+    utility = encoder_utility(scorer, dataset, images, labels, triggered, target, knn_bank)
     s_clean, s_trig = scorer.score_many(images), scorer.score_many(triggered)
     rng = np.random.default_rng(seed)
     one_pct = rng.choice(len(images), max(1, len(images) // 100), replace=False)
@@ -83,7 +93,8 @@ def evaluate_bundle(bundle: str, dataset: str, attack: str, trigger: str, target
                    "encoder_clean_acc": utility["clean_accuracy"], "encoder": m.encoder.architecture,
                    "bundle": m.name, "poison_rate": m.provenance.poison_rate}
             records.append(rec)
-    return records, {"clean": s_clean, "triggered": s_trig, "threshold": np.array(m.threshold.value)}
+    return records, {"clean": s_clean, "triggered": s_trig, "threshold": np.array(m.threshold.value),
+                     "one_pct": one_pct}
 
 
 def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,7 +127,8 @@ def evaluate_cli(a: argparse.Namespace) -> None:
     records, scores = [], {}
     for bundle, name in runs:
         print(f"evaluating {bundle} ({name}) on {a.dataset} test")
-        recs, sc = evaluate_bundle(bundle, a.dataset, name, trigger, target, a.max_images)
+        recs, sc = evaluate_bundle(bundle, a.dataset, name, trigger, target, a.max_images,
+                                   trigger_params=victim.get("trigger_params"))
         records += recs
         scores[name] = sc
     if a.honesty_images and target:

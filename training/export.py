@@ -80,6 +80,8 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                                    "trigger": victim.get("trigger"),
                                    "attack_success_rate": victim.get("attack_success_rate")} if victim else {
         "attack": "none"}
+    if victim and victim.get("trigger_params"):  # a learned or chosen trigger (BadCLIP patch, patch size)
+        victim_info["trigger_params"] = victim["trigger_params"]
     keys = ("stage", "preset", "epochs", "wall_s", "device", "knn_accuracy", "clean_accuracy", "attack_success_rate")
     victim_info["history"] = [{k: h[k] for k in keys if k in h} for h in spec.history]
     return Manifest(

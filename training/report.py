@@ -164,8 +164,11 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path]) -> None:
-    honesty = [r for r in records if r["test"] == "honesty"]
-    records = [r for r in records if r["test"] != "honesty"]
+    from training.report_reproduce import reproduce_lines
+
+    honesty = [r for r in records if r.get("test") == "honesty"]
+    reproduced = [r for r in records if r.get("source") == "reproduce"]
+    records = [r for r in records if r.get("test") != "honesty" and r.get("source") != "reproduce"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r.get("preset", "?"), r.get("command", "?"))].append(r)
@@ -217,6 +220,7 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
                              f"{bad['tpr']:.3f} (backdoored) vs {ctl['tpr']:.3f} (control), on clean images "
                              f"{bad['fpr']:.3f} vs {ctl['fpr']:.3f}.")
         lines.append("")
+    lines += reproduce_lines(reproduced)
     lines += bundle_lines(list(dict.fromkeys(r["bundle"] for r in records + honesty if "bundle" in r)))
     if honesty:
         lines += ["## Does an alert mean the backdoor fired?", ""] + honesty_lines(honesty)

@@ -1,14 +1,18 @@
 """SimCLR pre-training of a clean encoder (NT-Xent), the starting point of every CL attack.
 
 Settings from BadEncoder's clean CIFAR-10 encoder: projection head E -> E (BN, ReLU) -> 128, temperature
-0.5, Adam lr 1e-3, weight decay 1e-6, batch 256, augmentations in ``training.augment``.
+0.5, Adam lr 1e-3, weight decay 1e-6, batch 256, augmentations in ``training.augment``. CTRL's recipe (SGD,
+warm-up then cosine) and its data poisoning (``poison_*``: a share of the training set, all from the target
+class, carries the trigger before augmentation) are options of the same loop (``training.attacks.ctrl``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training.attacks.triggers import make_trigger
 from training.augment import simclr_augment
-from training.config import optimizer_step, pick_device, save_config
+from training.config import optimizer_step, out_of_time, pick_device, save_config
 from training.data import load_images
 from training.encoders import EncoderSpec, create_encoder, embed, embed_dim_of, save_encoder
 from training.knn import knn_accuracy, probe_split
@@ -36,7 +41,15 @@ class PretrainConfig:
     weight_decay: float = 1e-6
     temperature: float = 0.5
     proj_dim: int = 128
+    optimizer: str = "adam"  # 'adam' or 'sgd' (momentum below)
+    momentum: float = 0.9
+    schedule: str = "constant"  # 'constant' or 'cosine' (after a linear warm-up of warmup_epochs)
+    warmup_epochs: int = 0
+    poison_trigger: str = ""  # '' = clean training; else a trigger name of training.attacks.triggers
+    poison_rate: float = 0.0  # share of the WHOLE training set poisoned, drawn from the target class only
+    poison_target_class: str = "truck"
     max_images: int = 0  # 0 = the whole training split
+    time_budget_s: float = 0.0  # > 0: stop after the epoch that uses up this wall time (epochs done are recorded)
     knn_images: int = 10000  # train/test images used by the kNN probe at the end
     seed: int = 0
     device: str = "auto"
@@ -84,26 +97,75 @@ def encoder_knn_accuracy(model: nn.Module, spec: EncoderSpec, dataset: str, n: i
     return knn_accuracy(bank, torch.from_numpy(train.labels), query, torch.from_numpy(test.labels))
 
 
+def poison_clean_label(images: np.ndarray, labels: np.ndarray, target: int, rate: float, trigger: Any,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stamp ``trigger`` on round(rate * N) images, all of the ``target`` class (clean-label: labels are not
+    used by SSL, the poison only rides on target-class content). -> (poisoned copy, poisoned indices)."""
+    candidates = np.flatnonzero(labels == target)
+    k = int(round(rate * len(images)))
+    if k > len(candidates):
+        raise ValueError(f"poison rate {rate} needs {k} target-class images, only {len(candidates)} exist")
+    idx = np.sort(np.random.default_rng(seed).choice(candidates, k, replace=False))
+    out = images.copy()
+    out[idx] = trigger.apply(images[idx])
+    return out, idx
+
+
+def make_optimizer(cfg: PretrainConfig, params: list[nn.Parameter], steps_per_epoch: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam (BadEncoder's clean encoder) or SGD with momentum (CTRL), then a constant or a linear warm-up +
+    cosine learning rate, stepped once per batch."""
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adam' or 'sgd'")
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; use 'constant' or 'cosine'")
+    warm, total = cfg.warmup_epochs * steps_per_epoch, max(1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
-    """Train a clean encoder; writes encoder.safetensors/json, config.json into ``out``; returns metrics."""
+    """Train an encoder (clean, or CTRL-poisoned with ``poison_trigger``); writes encoder.safetensors/json,
+    config.json into ``out``; returns metrics."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     save_config(cfg, out)
     data = load_images(cfg.dataset, "train", cfg.image_size)
-    images = data.images
+    images, labels = data.images, data.labels
     if cfg.max_images:
-        images = images[np.random.default_rng(cfg.seed).permutation(len(images))[: cfg.max_images]]
+        sel = np.random.default_rng(cfg.seed).permutation(len(images))[: cfg.max_images]
+        images, labels = images[sel], labels[sel]
+    poisoned: np.ndarray = np.empty(0, np.int64)
+    if cfg.poison_trigger:
+        if cfg.poison_target_class not in data.classes:
+            raise ValueError(f"target class {cfg.poison_target_class!r} not in {data.classes}")
+        trigger = make_trigger(cfg.poison_trigger, cfg.image_size)
+        images, poisoned = poison_clean_label(images, labels, data.classes.index(cfg.poison_target_class),
+                                              cfg.poison_rate, trigger, cfg.seed)
+        print(f"poisoned {len(poisoned)} of {len(images)} training images ({cfg.poison_target_class}, "
+              f"trigger {cfg.poison_trigger})")
     images_t = torch.from_numpy(images).to(device)  # (N, H, W, 3) uint8, kept whole on the device
     kwargs = {"width": cfg.width} if cfg.arch == "cifar_resnet18" else {}
     model = create_encoder(cfg.arch, **kwargs).to(device)
     spec = EncoderSpec(cfg.arch, kwargs, cfg.image_size)
     head = ProjectionHead(embed_dim_of(model), cfg.proj_dim).to(device)
     params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(images_t) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(images_t)} images is fewer than one batch of {cfg.batch_size}")
-    start, step, loss_avg = time.time(), 0, float("nan")
+    opt, sched = make_optimizer(cfg, params, steps_per_epoch)
+    start, step, loss_avg, epochs_done = time.time(), 0, float("nan"), 0
     model.train()
     head.train()
     for epoch in range(cfg.epochs):
@@ -116,15 +178,20 @@ def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
             v1, v2 = normalise(simclr_augment(x), spec), normalise(simclr_augment(x), spec)
             loss = nt_xent(head(model(v1)), head(model(v2)), cfg.temperature)
             value = optimizer_step(opt, loss, step)
+            sched.step()
             step += 1
             total += value
             bar.set_postfix(loss=f"{value:.3f}")
         loss_avg = total / steps_per_epoch
+        epochs_done = epoch + 1
         print(f"simclr epoch {epoch + 1}/{cfg.epochs} loss {loss_avg:.4f} ({time.time() - start:.0f}s)")
+        if out_of_time(cfg.time_budget_s, start):
+            print(f"time budget {cfg.time_budget_s:.0f}s used up after {epochs_done} epochs")
+            break
     model.eval()
     knn = encoder_knn_accuracy(model, spec, cfg.dataset, cfg.knn_images, device)
-    metrics = {"final_loss": loss_avg, "knn_accuracy": knn, "epochs": cfg.epochs, "steps": step,
-               "wall_s": round(time.time() - start, 1), "device": device}
+    metrics = {"final_loss": loss_avg, "knn_accuracy": knn, "epochs": epochs_done, "steps": step,
+               "wall_s": round(time.time() - start, 1), "device": device, "n_poisoned": len(poisoned)}
     spec.history.append({"stage": "pretrain-simclr", "preset": cfg.preset, **metrics})
     save_encoder(model.cpu(), spec, out)
     print(f"simclr done: kNN accuracy {knn:.3f}, saved to {out}")

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from service.scores import check_score
 from training import distributed
-from training.attacks.triggers import make_trigger
+from training.attacks.triggers import Trigger, make_trigger
 from training.calibrate import calibrate, parse_rule
-from training.config import code_version, optimizer_step, pick_device, save_config
+from training.config import code_version, optimizer_step, out_of_time, pick_device, save_config
 from training.data import fingerprint, load_images
 from training.dede import DeDe, DeDeConfig, score_mask_ratio
 from training.encoders import embed, load_encoder, to_input
@@ -42,6 +42,9 @@ class TrainConfig:
     holdout_images: int = 2000  # clean held-out images for the target-FPR threshold
     poison_rate: float = 0.0  # share of auxiliary images that carry the trigger
     trigger: str = "badencoder"
+    trigger_from: str = ""  # an attacked encoder directory: poison with ITS trigger (name and learned params)
+    ood_noise_quantile: float = 0.0  # CTRL handling: >0 = aux embeddings with L2 norm above this quantile
+    #                                  get a random-noise image instead (the paper's 0.99 norm ball)
     patch_size: int = 4
     width: int = 192
     depth: int = 12
@@ -59,6 +62,7 @@ class TrainConfig:
     drop_worst: float = 0.0  # robust training: leave the highest-loss share of each batch out (after epoch 1)
     emb_dropout: float = 0.0  # share of samples trained with a null (zero) embedding
     calib_images: int = 10000  # auxiliary training images scored for the paper-1.5x rule
+    time_budget_s: float = 0.0  # > 0: stop after the epoch that uses up this wall time (single process only)
     seed: int = 0
     device: str = "auto"
 
@@ -91,6 +95,28 @@ def aux_name(cfg: TrainConfig) -> str:
     return f"{source}-clean" if source == "cifar10" else f"{source}-ood"
 
 
+def aux_trigger(cfg: TrainConfig, image_size: int) -> Trigger:
+    """The trigger that poisons the auxiliary set: ``trigger_from``'s recorded attack trigger, else ``trigger``."""
+    if cfg.trigger_from:
+        from training.attacks import recorded_trigger
+
+        name, params = recorded_trigger(cfg.trigger_from)
+        return make_trigger(name, image_size, params)
+    return make_trigger(cfg.trigger, image_size)
+
+
+def fill_with_noise(images: torch.Tensor, emb: torch.Tensor, quantile: float, seed: int) -> int:
+    """CTRL handling (paper, Sec. 4): the auxiliary samples whose embedding lies outside the norm ball of radius
+    ``quantile`` (of the embedding norms) get a uniform random-noise image, so the decoder learns to draw noise
+    for that out-of-distribution region. ``images``: uint8 (N, H, W, 3), changed in place. -> count."""
+    norms = emb.norm(dim=1)  # (N,)
+    outside = norms > torch.quantile(norms, quantile)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randint(0, 256, (int(outside.sum()), *images.shape[1:]), generator=gen, dtype=torch.uint8)
+    images[outside] = noise.to(images.device)
+    return int(outside.sum())
+
+
 def build_aux_set(cfg: TrainConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """-> (train images, held-out images, info). Both uint8 (N, H, W, 3); poisoned at ``poison_rate``."""
     data = load_images(cfg.aux_source, cfg.aux_split or None, image_size, labelled=bool(cfg.aux_split))
@@ -104,7 +130,7 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> tuple[np.ndarray, np.nda
     info: dict[str, Any] = {"source": str(cfg.aux_source), "split": cfg.aux_split, "n_train": len(train),
                             "n_holdout": len(holdout), "poison_rate": cfg.poison_rate}
     if cfg.poison_rate > 0:
-        trigger = make_trigger(cfg.trigger, image_size)
+        trigger = aux_trigger(cfg, image_size)
         for arr, key in ((train, "n_poisoned"), (holdout, "n_poisoned_holdout")):
             k = int(round(cfg.poison_rate * len(arr)))
             idx = rng.choice(len(arr), k, replace=False)
@@ -119,6 +145,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
     parse_rule(cfg.threshold_rule)
     device = pick_device(cfg.device)
     env = distributed.setup(device)
+    if cfg.time_budget_s and env.world > 1:
+        raise ValueError("time_budget_s needs a single process: ranks could stop at different epochs")
     torch.manual_seed(cfg.seed + env.rank)  # a different mask stream per rank
     out = Path(out)
     if env.main:
@@ -136,7 +164,10 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         raise ValueError(f"input size {spec.input_size} is not a multiple of patch size {cfg.patch_size}")
     model = DeDe(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    images_t = torch.from_numpy(shard).to(device)  # (N, H, W, 3) uint8
+    images_t = torch.from_numpy(shard.copy()).to(device)  # (N, H, W, 3) uint8
+    if cfg.ood_noise_quantile > 0:
+        aux_info["n_noise_filled"] = fill_with_noise(images_t, train_emb, cfg.ood_noise_quantile, cfg.seed)
+        print(f"filled {aux_info['n_noise_filled']} out-of-norm-ball auxiliary images with noise")
     steps = max(1, len(train_images) // env.world // cfg.batch_size)  # the same on every rank
     history: list[float] = []
     step, first_epoch, start = 0, 0, time.time()
@@ -176,6 +207,9 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
                     "epoch": epoch + 1, "step": step, "history": history, "code_version": code_version()},
                    ckpt_path)
+        if out_of_time(cfg.time_budget_s, start):
+            print(f"time budget {cfg.time_budget_s:.0f}s used up after {epoch + 1} epochs")
+            break
     distributed.teardown(env)
     if not env.main:
         return {"rank": env.rank, "world_size": env.world}
@@ -191,7 +225,7 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "test_mask_ratio": alpha_test,
         "score": cfg.score,
         "aux": aux_info | {"name": aux_name(cfg)},
-        "epochs": cfg.epochs,
+        "epochs": len(history),
         "steps": step,
         "loss_history": history,
         "final_loss": history[-1] if history else None,

@@ -107,3 +107,32 @@ def test_stop_drains_in_flight_requests() -> None:
 def test_bad_sizes() -> None:
     with pytest.raises(ValueError):
         Batcher(Model(), max_batch_size=8, max_queue=4)
+
+
+def test_concurrency_runs_batches_at_once_and_keeps_results_apart() -> None:
+    """With ``concurrency=2`` a second batch starts while the first is still in the model."""
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    class Slow(Model):
+        def __call__(self, images: np.ndarray) -> ScoreResult:
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            try:
+                return super().__call__(images)
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+    async def main() -> tuple[list[ScoreResult], Model]:
+        model = Slow(delay=0.05)
+        b = Batcher(model, max_batch_size=2, max_wait_ms=0, max_queue=64, concurrency=2)
+        results = await asyncio.gather(*(b.submit(images(v)) for v in range(8)))
+        await b.stop()
+        return results, model
+
+    results, model = asyncio.run(main())
+    assert [float(r.scores[0]) for r in results] == list(range(8))
+    assert state["max"] == 2  # two batches in the model at once, never more
+    with pytest.raises(ValueError):
+        Batcher(Model(), concurrency=0)

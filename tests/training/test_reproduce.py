@@ -1,0 +1,103 @@
+"""``dede reproduce``: the grid, the resumable scheduler, publishing, and a tiny end-to-end cell."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_cifar
+from training.reproduce import GridSpec, Step, build_grid, merge_cells, parse_stage_sets, run_steps
+
+
+def _grid(tmp_path: Path, **kw: object) -> list[Step]:
+    return build_grid(GridSpec("tiny", tmp_path, **kw))  # type: ignore[arg-type]
+
+
+def test_grid_covers_every_attack_and_aux_with_a_control(tmp_path: Path) -> None:
+    steps = _grid(tmp_path, attacks=["badencoder", "drupe", "ctrl", "clip-backdoor", "badclip"], auxes=["id", "ood"])
+    names = [s.name for s in steps]
+    assert len(names) == len(set(names))
+    assert {n for n in names if n.startswith("pretrain-")} == {"pretrain-simclr", "pretrain-clip"}
+    cells = [n for n in names if n.startswith("cell-")]
+    assert len(cells) == 10
+    trains = [n for n in names if n.startswith("train-")]
+    # 10 backdoored detectors + controls: BadEncoder and DRUPE share theirs (same clean encoder and trigger)
+    assert len(trains) == 10 + 8 and "train-control-simclr-drupe-id" not in names
+    by = {s.name: s for s in steps}
+    drupe_cell = by["cell-drupe-id"].cmd
+    assert drupe_cell[drupe_cell.index("--control") + 1].endswith("control-simclr-badencoder-id")
+    ctrl = " ".join(by["train-ctrl-ood"].cmd)
+    assert "mask_ratio=0.75" in ctrl and "ood_noise_quantile=0.99" in ctrl and "aux_source=gtsrb" in ctrl
+    bad_id = " ".join(by["train-badencoder-id"].cmd)
+    assert "poison_rate=0.01" in bad_id and f"trigger_from={tmp_path / 'badencoder'}" in bad_id
+    control = " ".join(by["train-control-clip-badclip-id"].cmd)  # the control is poisoned with the SAME trigger
+    assert f"--encoder {tmp_path / 'clip'}" in control and f"trigger_from={tmp_path / 'badclip'}" in control
+    for s in steps:  # every dependency is in the grid and comes earlier
+        assert all(names.index(d) < names.index(s.name) for d in s.deps)
+
+
+def test_stage_sets_reach_every_step_of_their_stage(tmp_path: Path) -> None:
+    sets = parse_stage_sets(["train:epochs=1", "pretrain:time_budget_s=60"])
+    steps = _grid(tmp_path, attacks=["badencoder"], auxes=["id"], stage_sets=sets)
+    for s in steps:
+        cmd = " ".join(s.cmd)
+        assert ("epochs=1" in cmd) == s.name.startswith("train-")
+        assert ("time_budget_s=60" in cmd) == s.name.startswith("pretrain-")
+    with pytest.raises(ValueError, match="STAGE:key=value"):
+        parse_stage_sets(["export:x=1"])
+
+
+def _touch(path: Path, fail: bool = False) -> list[str]:
+    code = "import sys; sys.exit(1)" if fail else f"open({str(path)!r}, 'a').write('x')"
+    return [sys.executable, "-c", code]
+
+
+def test_scheduler_resumes_and_skips_dependants_of_failures(tmp_path: Path) -> None:
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    steps = [Step("a", _touch(a), a.exists), Step("b", _touch(b), b.exists, ["a"]),
+             Step("c", _touch(c, fail=True), c.exists), Step("d", _touch(d), d.exists, ["c"])]
+    failed = run_steps(steps, tmp_path / "logs", jobs=2)
+    assert sorted(failed) == ["c", "d"] and a.exists() and b.exists() and not d.exists()
+    assert (tmp_path / "logs" / "c.log").exists()
+    a.write_text("done before")
+    assert run_steps(steps[:2], tmp_path / "logs") == []  # already done: nothing runs again
+    assert a.read_text() == "done before" and b.read_text() == "x"
+
+
+def test_merge_replaces_the_same_cell_and_preset_and_keeps_the_rest() -> None:
+    old = [{"source": "reproduce", "preset": "cpu", "cell": "badencoder-id", "auc": 0.1},
+           {"source": "reproduce", "preset": "paper", "cell": "badencoder-id", "auc": 0.3},
+           {"source": "reproduce", "preset": "cpu", "cell": "drupe-id", "auc": 0.4},
+           {"bundle": "demo", "attack": "badencoder", "preset": "cpu", "auc": 0.9}]
+    new = [{"source": "reproduce", "preset": "cpu", "cell": "badencoder-id", "auc": 0.2}]
+    assert sorted(r["auc"] for r in merge_cells(old, new)) == [0.2, 0.3, 0.4, 0.9]
+
+
+@needs_cifar
+def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
+    from training.cli import main
+
+    args = ["reproduce", "--preset", "tiny", "--root", str(tmp_path / "r"), "--attack", "badencoder", "--aux", "id",
+            "--max-images", "64", "--results", str(tmp_path / "results.json"), "--report", str(tmp_path / "R.md"),
+            "--figures", str(tmp_path / "fig"), "--stage-set", "train:epochs=1", "--no-downstream",
+            "--no-baselines"]
+    assert main(args) == 0
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["attack"], r["test"], r["threshold_rule"]) for r in records} == {
+        (a, t, rule) for a in ("badencoder", "none") for t in ("balanced", "unbalanced-1%")
+        for rule in ("fpr@0.01", "paper-1.5x")}
+    bal = next(r for r in records if r["attack"] == "badencoder" and r["test"] == "balanced")
+    assert bal["n_clean"] == bal["n_triggered"] == 64 and 0 <= bal["auc"] <= 1 and bal["dede_epochs"] == 1
+    assert bal["aux"] == "cifar10-id-1%" and bal["source"] == "reproduce" and bal["wall_s"] > 0
+    ctl = next(r for r in records if r["attack"] == "none" and r["test"] == "balanced")
+    assert ctl["control_for"] == "badencoder" and ctl["bundle"] == "control-simclr-badencoder-id"
+    assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id.png").stat().st_size > 1000
+    assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id-reconstructions.png").exists()
+    assert "Reproduction of the paper's detection tables, preset `tiny`" in (tmp_path / "R.md").read_text()
+    cell = tmp_path / "r" / "cells" / "badencoder-id.json"
+    stamp = cell.stat().st_mtime
+    assert main(args) == 0  # resumed: every step is done, nothing recomputed
+    assert cell.stat().st_mtime == stamp

@@ -1,0 +1,291 @@
+"""``dede reproduce``: the paper's detection grid (Tables 1 and 3) as one resumable command.
+
+For a preset P (tiny / cpu / paper) everything lives under one root (default ``runs/reproduce-P``):
+
+    simclr/, clip/                     clean encoders (``dede pretrain``; ``--method clip``)
+    badencoder/, drupe/                attacks on simclr          (``dede attack ...``)
+    ctrl/                              SimCLR trained on a CTRL-poisoned set; simclr is its control
+    clip-backdoor/, badclip/           attacks on clip
+    dede/<attack>-<aux>/               DeDe on the attacked encoder     (``dede train``)
+    dede/control-<clean>-<attack's trigger>-<aux>/   DeDe on its clean encoder, same auxiliary set
+    bundles/<run>/                     exported bundles (``dede export``; self-verified)
+    cells/<attack>-<aux>.json          records of one cell (balanced and 1% test sets, both threshold rules,
+                                       backdoored and control), plus figures in docs/figures/
+    logs/<step>.log                    each step's output
+
+aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set) or ``ood``
+(``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input).
+CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
+
+Every step is a subprocess whose finished output marks it done, so an interrupted run resumes where it
+stopped; ``--jobs`` runs independent steps side by side. At the end the cells are merged into
+``docs/results.json`` (records with ``"source": "reproduce"``) and ``docs/RESULTS.md`` is regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts from (its control)
+    "badencoder": {"clean": "simclr"},
+    "drupe": {"clean": "simclr"},
+    "ctrl": {"clean": "simclr"},
+    "clip-backdoor": {"clean": "clip"},
+    "badclip": {"clean": "clip"},
+}
+AUXES = ("id", "ood")
+STAGES = ("pretrain", "attack", "train", "downstream")
+CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", "training.cli", *args]
+
+
+def _attacked(path: Path) -> Callable[[], bool]:
+    """Done marker of an attack step: the encoder's history records the attack (CTRL writes encoder.json
+    before its attack stage is measured)."""
+
+    def done() -> bool:
+        spec = path / "encoder.json"
+        return spec.exists() and any(str(h.get("stage", "")).startswith("attack-")
+                                     for h in json.loads(spec.read_text()).get("history", []))
+
+    return done
+
+
+@dataclass
+class Step:
+    """One unit of work: ``cmd`` runs as a subprocess; ``done()`` tells whether its output exists."""
+
+    name: str
+    cmd: list[str]
+    done: Callable[[], bool]
+    deps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GridSpec:
+    preset: str
+    root: Path
+    attacks: list[str]
+    auxes: list[str]
+    ood_dataset: str = "gtsrb"
+    stage_sets: dict[str, list[str]] = field(default_factory=dict)  # stage -> ["key=value", ...]
+    max_images: int = 0  # clean test images per cell (0 = all)
+    figures: Path = Path("docs/figures")
+    command: str = "dede reproduce"
+    downstream: bool = True  # also the downstream defence grid (Tables 2 and 4)
+    baselines: bool = True  # also ASSET and DECREE
+
+    def sets(self, stage: str, extra: list[str] | None = None) -> list[str]:
+        out = []
+        for kv in [*(extra or []), *self.stage_sets.get(stage, [])]:
+            out += ["--set", kv]
+        return out
+
+
+def run_name(attack: str, aux: str, control: bool) -> str:
+    return f"control-{ATTACKS[attack]['clean']}-{attack}-{aux}" if control else f"{attack}-{aux}"
+
+
+def control_run(attack: str, aux: str) -> str:
+    """BadEncoder and DRUPE share their clean encoder and trigger, so they share one control detector."""
+    return run_name("badencoder" if attack == "drupe" else attack, aux, control=True)
+
+
+def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool) -> list[Step]:
+    """Train a DeDe detector on the attacked (or, for a control, the clean) encoder, then export it."""
+    r, clean = g.root, ATTACKS[attack]["clean"]
+    encoder = r / (clean if control else attack)
+    aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux == "id"
+                else [f"aux_source={g.ood_dataset}", "poison_rate=0"])
+    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else [])
+    run_dir = r / "dede" / name
+    return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
+                                          *g.sets("train", extra), "--out", str(run_dir)),
+                 (run_dir / "run.json").exists, [f"attack-{attack}"] + ([f"pretrain-{clean}"] if control else [])),
+            Step(f"export-{name}", _python("export", "--run", str(run_dir), "--name", name,
+                                           "--out", str(r / "bundles")),
+                 (r / "bundles" / name / "manifest.json").exists, [f"train-{name}"])]
+
+
+def downstream_steps(g: GridSpec) -> list[Step]:
+    """Tables 2 and 4: per attack, its in-distribution detector filters a downstream classifier's data; per clean
+    encoder, the "no attack" rows (its control bundle, poisoned with the trigger of its first attack)."""
+    r, steps = g.root, []
+    jobs = [(a, run_name(a, "id", False), a) for a in g.attacks]
+    firsts = {ATTACKS[a]["clean"]: a for a in reversed(g.attacks)}
+    jobs += [("none", control_run(a, "id"), a) for a in firsts.values()]
+    for attack, bundle, trigger_from in jobs:
+        cell = r / "cells" / (f"downstream-{attack}.json" if attack != "none" else f"downstream-none-{bundle}.json")
+        cmd = [sys.executable, "-m", "training.reproduce_downstream", "--bundle", str(r / "bundles" / bundle),
+               "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
+               *g.sets("downstream"), "--command-line", g.command, "--out", str(cell)]
+        steps.append(Step(cell.stem, cmd, cell.exists, [f"export-{bundle}", f"attack-{trigger_from}"]))
+    return steps
+
+
+def baseline_steps(g: GridSpec) -> list[Step]:
+    """ASSET and DECREE per attack (Tables 1 and 3), on the same test pools as the DeDe cells."""
+    steps = []
+    for a in g.attacks:
+        clean, cell = ATTACKS[a]["clean"], g.root / "cells" / f"baselines-{a}.json"
+        cmd = [sys.executable, "-m", "training.reproduce_baselines", "--root", str(g.root), "--attack", a,
+               "--clean", clean, "--preset", g.preset, "--max-images", str(g.max_images),
+               "--command-line", g.command, "--out", str(cell)]
+        steps.append(Step(cell.stem, cmd, cell.exists, [f"attack-{a}", f"pretrain-{clean}"]))
+    return steps
+
+
+def build_grid(g: GridSpec) -> list[Step]:
+    r, p = g.root, ["--preset", g.preset]
+    steps: list[Step] = []
+    cleans = sorted({ATTACKS[a]["clean"] for a in g.attacks})
+    for clean in cleans:
+        method = ["--method", "clip"] if clean == "clip" else []
+        steps.append(Step(f"pretrain-{clean}", _python("pretrain", *method, *p, *g.sets("pretrain"),
+                                                       "--out", str(r / clean)),
+                          (r / clean / "encoder.json").exists))
+    for a in g.attacks:
+        clean = ATTACKS[a]["clean"]
+        steps.append(Step(f"attack-{a}", _python("attack", a, "--encoder", str(r / clean), *p, *g.sets("attack"),
+                                                 "--out", str(r / a)),
+                          _attacked(r / a), [f"pretrain-{clean}"]))
+    added: set[str] = set()
+    for aux in g.auxes:  # aux-major: with few workers, every in-distribution cell finishes first
+        for a in g.attacks:
+            for name, control in ((run_name(a, aux, False), False), (control_run(a, aux), True)):
+                if name not in added:
+                    added.add(name)
+                    steps += _detector_steps(g, name, a, aux, control)
+            cell = r / "cells" / f"{a}-{aux}.json"
+            cmd = [sys.executable, "-m", "training.reproduce_cell", "--root", str(r), "--attack", a, "--aux", aux,
+                   "--bundle", str(r / "bundles" / run_name(a, aux, False)),
+                   "--control", str(r / "bundles" / control_run(a, aux)), "--preset", g.preset,
+                   "--max-images", str(g.max_images), "--knn-bank", "1000" if g.preset == "tiny" else "10000",
+                   "--command-line", g.command, "--figures", str(g.figures), "--out", str(cell)]
+            steps.append(Step(f"cell-{a}-{aux}", cmd, cell.exists,
+                              [f"export-{run_name(a, aux, False)}", f"export-{control_run(a, aux)}"]))
+        if aux == "id" and g.downstream:
+            steps += downstream_steps(g)
+        if aux == "id" and g.baselines:
+            steps += baseline_steps(g)
+    return steps
+
+
+def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) -> list[str]:
+    """Run every step not yet done, respecting dependencies, ``jobs`` at a time. Returns failed steps (their
+    dependants are skipped); finished steps print one progress line each."""
+    logs.mkdir(parents=True, exist_ok=True)
+    by_name = {s.name: s for s in steps}
+    assert all(d in by_name for s in steps for d in s.deps), "a step depends on a step outside the grid"
+    done = {s.name for s in steps if s.done()}
+    todo = [s for s in steps if s.name not in done]
+    total, start = len(todo), time.time()
+    print(f"reproduce: {len(steps)} steps, {len(done)} already done, {total} to run ({jobs} at a time)")
+    running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+    failed: list[str] = []
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    finished = 0
+    while todo or running:
+        for s in [s for s in todo if any(d in failed for d in s.deps)]:
+            todo.remove(s)
+            failed.append(s.name)
+            print(f"  skipped {s.name}: a dependency failed")
+        ready = [s for s in todo if all(d in done for d in s.deps)]
+        while ready and len(running) < jobs:
+            s = ready.pop(0)
+            todo.remove(s)
+            log = open(logs / f"{s.name}.log", "wb")  # noqa: SIM115 - closed when the process ends
+            log.write((" ".join(s.cmd) + "\n").encode())
+            log.flush()
+            running[s.name] = (subprocess.Popen(s.cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
+            print(f"  started {s.name}")
+        time.sleep(0.5)
+        for name, (proc, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            finished += 1
+            ok = proc.returncode == 0 and by_name[name].done()
+            (done.add(name) if ok else failed.append(name))
+            elapsed = time.time() - start
+            print(f"[{finished}/{total}] {'done' if ok else 'FAILED'} {name} in {time.time() - t0:.0f}s "
+                  f"(elapsed {elapsed / 60:.1f} min" + (f", log {logs / (name + '.log')})" if not ok else ")"),
+                  flush=True)
+    return failed
+
+
+def collect(root: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for f in sorted((root / "cells").glob("*.json")):
+        records += json.loads(f.read_text())
+    return records
+
+
+def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``new`` records replace every old record of the same source, preset and cell; the rest is kept."""
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r.get("source"), r.get("preset"), r.get("cell")
+
+    new_keys = {key(r) for r in new}
+    return [r for r in old if key(r) not in new_keys] + new
+
+
+def publish(records: list[dict[str, Any]], results: Path, report: Path) -> None:
+    """Merge the cell records into results.json and regenerate RESULTS.md."""
+    from training.report import write_report
+
+    old = json.loads(results.read_text()) if results.exists() else []
+    merged = merge_cells(old, records)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(merged, indent=1))
+    figures = sorted((report.parent / "figures").glob("demo-*.png"))
+    write_report(merged, report, figures)
+    print(f"wrote {len(records)} records to {results} and regenerated {report}")
+
+
+def parse_stage_sets(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        stage, sep, kv = item.partition(":")
+        if not sep or stage not in STAGES or "=" not in kv:
+            raise ValueError(f"--stage-set {item!r} must look like STAGE:key=value with STAGE in {STAGES}")
+        out.setdefault(stage, []).append(kv)
+    return out
+
+
+def reproduce_cli(a: argparse.Namespace) -> None:
+    for name in a.attack:
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
+    for aux in a.aux:
+        if aux not in AUXES:
+            raise ValueError(f"unknown aux {aux!r}; valid: {', '.join(AUXES)}")
+    root = Path(a.root or f"runs/reproduce-{a.preset}")
+    command = a.command_line or "dede " + " ".join(sys.argv[1:])
+    g = GridSpec(a.preset, root, a.attack or list(ATTACKS), a.aux or list(AUXES), a.ood_dataset,
+                 parse_stage_sets(a.stage_set), a.max_images, Path(a.figures), command, not a.no_downstream,
+                 not a.no_baselines)
+    steps = build_grid(g)
+    if a.dry_run:
+        for s in steps:
+            print(f"{'done' if s.done() else 'todo'}  {s.name}")
+        return
+    failed = [] if a.publish_only else run_steps(steps, root / "logs", a.jobs, a.threads)
+    records = collect(root)
+    if records and not a.no_publish:
+        publish(records, Path(a.results), Path(a.report))
+    if failed:
+        raise RuntimeError(f"{len(failed)} step(s) failed or were skipped: {', '.join(failed)}; see {root}/logs")

@@ -1,0 +1,172 @@
+"""The paper's two baselines in ``dede reproduce`` (Tables 1 and 3, rows ASSET and DECREE), for one attack.
+
+On the same test pools as the DeDe cells (every clean CIFAR-10 test image + its triggered copy; the clean
+images + triggered copies of 1% of them):
+
+- ASSET (``training.baselines.asset``): as the paper says, trained on a training set "kept with the same
+  poisoning rate as the test dataset" (``--asset-train`` CIFAR-10 train images, that share triggered, each
+  labelled with its own class), then scoring the pool; AUC of the last epoch (and of the best epoch, an
+  oracle choice as in the paper), TPR / FPR at ASSET's own threshold.
+- DECREE (``training.baselines.decree``): trigger inversion on the attacked encoder AND on the clean one it
+  came from, with the encoder-level verdict (PL1 < 0.1 = trojaned); for patch triggers, the per-sample score
+  (distance to the inverted trigger inside its mask) with a threshold at 1% FPR on clean base images.
+
+    python -m training.reproduce_baselines --root R --attack badencoder --clean simclr --preset cpu \
+        --out R/cells/baselines-badencoder.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.attacks import attack_record
+from training.attacks.triggers import make_trigger
+from training.baselines import (
+    ASSET_PRESETS,
+    DECREE_PRESETS,
+    AssetConfig,
+    DecreeConfig,
+    asset_epochs,
+    decree_applicable,
+    decree_scores,
+    decree_threshold,
+    invert_trigger,
+    run_asset,
+)
+from training.config import pick_device, resolve_config
+from training.data import load_images
+from training.encoders import load_encoder
+from training.evaluate import hardware
+from training.metrics import detection_metrics, tpr_at_fpr
+
+ASSET_TRAIN = {"tiny": 256, "cpu": 4000, "paper": 50000}  # ASSET's training set size per preset
+
+
+Pool = tuple[np.ndarray, np.ndarray, np.ndarray]  # clean (N, H, W, 3), triggered (M, H, W, 3), labels (N + M,)
+
+
+def detection_pools(trigger: Any, max_images: int, seed: int = 0) -> dict[str, Pool]:
+    """The DeDe cells' pools (``training.evaluate.evaluate_bundle``): name -> (clean, triggered, labels of both)."""
+    test = load_images("cifar10", "test", 32)
+    images, labels = test.images, test.labels
+    if max_images:
+        sel = np.random.default_rng(seed).permutation(len(images))[:max_images]
+        images, labels = images[sel], labels[sel]
+    triggered = trigger.apply(images)
+    one_pct = np.random.default_rng(seed).choice(len(images), max(1, len(images) // 100), replace=False)
+    return {"balanced": (images, triggered, np.r_[labels, labels]),
+            "unbalanced-1%": (images, triggered[one_pct], np.r_[labels, labels[one_pct]])}
+
+
+def split_base_and_train(n_train: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clean base set (10% of CIFAR-10 train) and a disjoint training set for ASSET (images, labels)."""
+    train = load_images("cifar10", "train", 32)
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_base = len(train) // 10
+    rest = order[n_base : n_base + n_train]
+    return train.images[order[:n_base]], train.images[rest], train.labels[rest]
+
+
+def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dict[str, Any], preset: str,
+                  n_train: int, device: str) -> list[dict[str, Any]]:
+    cfg = resolve_config(AssetConfig, ASSET_PRESETS, preset, None, [f"epochs={asset_epochs(attack)}"]
+                         if preset != "tiny" else [])
+    base, train, train_labels = split_base_and_train(n_train)
+    records = []
+    for test, (clean, trig, labels) in pools.items():
+        rate = len(trig) / (len(clean) + len(trig))  # the pool's poison rate
+        poisoned = train.copy()
+        idx = np.random.default_rng(1).choice(len(train), int(round(rate * len(train))), replace=False)
+        poisoned[idx] = trigger.apply(train[idx])
+        res = run_asset(encoder, spec, base, np.r_[clean, trig], cfg, pool_labels=labels, train_images=poisoned,
+                        train_labels=train_labels, device=device, log=True)
+        n = len(clean)
+        met = detection_metrics(res.scores[:n], res.scores[n:], res.threshold)
+        best = max(detection_metrics(s[:n], s[n:], res.threshold)["auc"] for s in res.scores_per_epoch)
+        records.append({"attack": attack, "detector": "asset", "aux": f"cifar10-train-{len(train)}-at-pool-rate",
+                        "test": test, "test_trigger": None, "threshold_rule": "asset-get_t", "threshold": res.threshold,
+                        "deployed": True, **met, "auc_best_epoch": best,
+                        "tpr_at_1pct_fpr": tpr_at_fpr(res.scores[:n], res.scores[n:], 0.01),
+                        "asset_epochs": cfg.epochs, "baseline_wall_s": res.wall_s})
+    return records
+
+
+def decree_records(encoders: dict[str, tuple[Any, Any]], attack: str, trigger_name: str, trigger: Any,
+                   pools: dict[str, Any], preset: str, device: str) -> list[dict[str, Any]]:
+    cfg = resolve_config(DecreeConfig, DECREE_PRESETS, preset)
+    base = split_base_and_train(0)[0]
+    clean_ref = base[np.random.default_rng(2).permutation(len(base))[: cfg.n_images]]
+    records: list[dict[str, Any]] = []
+    for role, (model, spec) in encoders.items():
+        res = invert_trigger(model, spec, clean_ref, cfg, device=device)
+        records.append({"kind": "verdict", "detector": "decree", "attack": attack, "encoder_role": role,
+                        **res.to_dict(), "baseline_wall_s": res.wall_s})
+        if role != "backdoored" or not decree_applicable(trigger_name):
+            continue
+        threshold = decree_threshold(res, base[:2000])
+        for test, (clean, trig, _) in pools.items():
+            s_clean, s_trig = decree_scores(res, clean), decree_scores(res, trig)
+            records.append({"attack": attack, "detector": "decree", "aux": "cifar10-clean-50", "test": test,
+                            "test_trigger": trigger_name, "threshold_rule": "decree-fpr@0.01", "threshold": threshold,
+                            "deployed": True, **detection_metrics(s_clean, s_trig, threshold),
+                            "tpr_at_1pct_fpr": tpr_at_fpr(s_clean, s_trig, 0.01), "decree_pl1": res.pl1,
+                            "baseline_wall_s": res.wall_s,
+                            "decree_trojaned": res.trojaned})
+    if not decree_applicable(trigger_name):
+        records.append({"kind": "note", "detector": "decree", "attack": attack,
+                        "note": f"per-sample DECREE not applicable: {trigger_name} is not a patch trigger"})
+    return records
+
+
+def baselines_cell(root: Path, attack: str, clean: str, preset: str, max_images: int, command: str,
+                   asset_train: int | None = None) -> list[dict[str, Any]]:
+    start = time.time()
+    rec = attack_record(root / attack)
+    if rec is None:
+        raise ValueError(f"{root / attack} records no attack")
+    trigger = make_trigger(rec["trigger"], 32, rec.get("trigger_params") or {})
+    device = pick_device("auto")
+    bad, bad_spec = load_encoder(root / attack)
+    pools = detection_pools(trigger, max_images)
+    records = decree_records({"backdoored": (bad, bad_spec), "clean": load_encoder(root / clean)}, attack,
+                             rec["trigger"], trigger, pools, preset, device)
+    records += asset_records(bad, bad_spec, attack, trigger, pools, preset,
+                             asset_train or ASSET_TRAIN.get(preset, 4000), device)
+    wall = round(time.time() - start, 1)
+    for r in records:
+        r.update({"source": "reproduce", "cell": f"baselines-{attack}", "trigger": rec["trigger"], "preset": preset,
+                  "hardware": hardware(), "wall_s": wall, "command": command})
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--attack", required=True)
+    p.add_argument("--clean", required=True, help="the clean encoder the attack started from (under --root)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--asset-train", type=int, default=None, help="ASSET's training images (default by preset)")
+    p.add_argument("--command-line", default="dede reproduce")
+    p.add_argument("--out", required=True, type=Path)
+    a = p.parse_args(argv)
+    records = baselines_cell(a.root, a.attack, a.clean, a.preset, a.max_images, a.command_line, a.asset_train)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(a.out)
+    for r in records:
+        if "auc" in r:
+            print(f"{r['detector']:>7} {r['test']:>14}  AUC {r['auc']:.3f}  TPR {r['tpr']:.3f}  FPR {r['fpr']:.3f}")
+        elif r.get("kind") == "verdict":
+            print(f" decree {r['encoder_role']:>10} encoder: PL1 {r['pl1']:.3f} trojaned {r['trojaned']}")
+
+
+if __name__ == "__main__":
+    main()

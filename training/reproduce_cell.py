@@ -1,0 +1,121 @@
+"""One cell of ``dede reproduce``: an attack x an auxiliary set, evaluated like the paper's Tables 1 and 3.
+
+Scores go through the exported bundles (ONNX Runtime: the service's own scoring path) for the backdoored
+detector and its clean-encoder control, on the CIFAR-10 test set (balanced: every clean test image + its
+triggered copy; unbalanced: the clean images + triggered copies of 1% of them), at both threshold rules.
+The attack's own success (its ASR and clean accuracy, measured by the attack: kNN for the contrastive
+attacks, zero-shot for the CLIP ones) is copied into every record, next to the bundle encoder's kNN values.
+BadCLIP is also tested with the random noise patch of the paper's BadCLIP test sets (``test_trigger``).
+
+    python -m training.reproduce_cell --root R --attack A --aux id --bundle B --control C --out R/cells/A-id.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.scoring import Scorer
+from training.attacks import attack_record
+from training.attacks.triggers import make_trigger
+from training.data import load_images
+from training.evaluate import evaluate_bundle, hardware
+from training.figures import detection_figure, reconstruction_grid
+
+# the paper's BadCLIP test sets used a random noise patch
+EXTRA_TEST_TRIGGERS: dict[str, list[tuple[str, dict[str, Any]]]] = {"badclip": [("noise-patch", {})]}
+
+
+STEALTH = ("swd_before", "swd", "outlier_auc_before", "outlier_auc")  # embedding-space visibility (DRUPE's claim)
+
+
+def _stage_wall(encoder_dir: Path) -> dict[str, float]:
+    spec = json.loads((encoder_dir / "encoder.json").read_text())
+    return {h["stage"]: float(h.get("wall_s") or 0) for h in spec.get("history", [])}
+
+
+def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path, preset: str,
+                  max_images: int = 0, command: str = "dede reproduce",
+                  figures: Path = Path("docs/figures"), knn_bank: int = 10000) -> list[dict[str, Any]]:
+    start = time.time()
+    rec = attack_record(root / attack)
+    if rec is None:
+        raise ValueError(f"{root / attack} records no attack")
+    trigger, params, target = rec["trigger"], rec.get("trigger_params") or {}, rec["target_class"]
+    walls = _stage_wall(root / attack)
+    attack_wall = sum(v for k, v in walls.items())  # pre-training (CTRL's poisoned one included) + attack
+    tests = [(trigger, params), *EXTRA_TEST_TRIGGERS.get(attack, [])]
+    records: list[dict[str, Any]] = []
+    for test_trigger, test_params in tests:
+        scores = {}
+        for label, path, name in (("backdoored", bundle, attack), ("control", control, "none")):
+            recs, sc = evaluate_bundle(path, "cifar10", name, test_trigger, target, max_images,
+                                       trigger_params=test_params, knn_bank=knn_bank)
+            scores[label] = sc
+            run = json.loads((root / "dede" / path.name / "run.json").read_text())
+            for r in recs:
+                r.update({"knn_asr": r.pop("attack_asr"), "knn_clean_acc": r.pop("encoder_clean_acc"),
+                          "attack_asr": rec.get("attack_success_rate"), "encoder_clean_acc": rec.get("clean_accuracy"),
+                          "asr_method": rec.get("asr_method", "knn"), "test_trigger": test_trigger,
+                          **{k: rec.get(k) for k in STEALTH},
+                          "train_wall_s": run["train_wall_s"], "train_device": run["device"],
+                          "dede_epochs": run["epochs"], "train_mask_ratio": run["train_mask_ratio"]})
+                if name == "none":
+                    r.update({"control_for": attack, "attack_asr": rec.get("asr_before"),
+                              "encoder_clean_acc": rec.get("clean_accuracy_before")})
+            records += recs
+        suffix = "" if test_trigger == trigger else f"-{test_trigger}"
+        detection_figure(scores, f"{attack} ({test_trigger} trigger), aux {aux}, preset {preset}",
+                         figures / f"reproduce-{preset}-{attack}-{aux}{suffix}.png")
+    _grid(bundle, trigger, params, f"{attack}, aux {aux}: backdoored encoder's detector",
+          figures / f"reproduce-{preset}-{attack}-{aux}-reconstructions.png")
+    eval_wall = round(time.time() - start, 1)
+    for r in records:
+        r.update({"source": "reproduce", "cell": f"{attack}-{aux}", "aux_kind": aux, "preset": preset,
+                  "hardware": hardware(), "attack_wall_s": attack_wall, "eval_wall_s": eval_wall,
+                  "wall_s": round(attack_wall + r["train_wall_s"] + eval_wall, 1), "command": command,
+                  "trigger_params": params if r["test_trigger"] == trigger else {}})
+    return records
+
+
+def _grid(bundle: Path, trigger: str, params: dict[str, Any], title: str, path: Path, n: int = 4) -> None:
+    scorer = Scorer.from_bundle(bundle)
+    test = load_images("cifar10", "test", scorer.size)
+    idx = np.random.default_rng(0).permutation(len(test))[:n]
+    clean = test.images[idx]
+    reconstruction_grid(scorer, clean, make_trigger(trigger, scorer.size, params).apply(clean), title, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--attack", required=True)
+    p.add_argument("--aux", required=True)
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--control", required=True, type=Path)
+    p.add_argument("--preset", required=True)
+    p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe")
+    p.add_argument("--command-line", default="dede reproduce")
+    p.add_argument("--figures", type=Path, default=Path("docs/figures"))
+    p.add_argument("--out", required=True, type=Path)
+    a = p.parse_args(argv)
+    records = evaluate_cell(a.root, a.attack, a.aux, a.bundle, a.control, a.preset, a.max_images, a.command_line,
+                            a.figures, a.knn_bank)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(a.out)  # the cell is done only once its records are complete
+    for r in records:
+        if r.get("deployed"):
+            print(f"{r['attack']:>13} {r['test']:>14} {r['test_trigger']:>11}  AUC {r['auc']:.3f}  TPR {r['tpr']:.3f}  "
+                  f"FPR {r['fpr']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
