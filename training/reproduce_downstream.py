@@ -25,7 +25,8 @@ from training.evaluate import hardware
 
 
 def downstream_cell(bundle: Path, attack: str, trigger_from: Path, preset: str, overrides: list[str],
-                    command: str, threads: int = 0) -> list[dict[str, Any]]:
+                    command: str, threads: int = 0, datasets: tuple[str, ...] = ("cifar10", "gtsrb")
+                    ) -> list[dict[str, Any]]:
     """Records for one encoder: detector ``none`` always, ``dede`` (at the bundle's deployed threshold) and
     ``dede@paper-1.5x`` for an attacked encoder."""
     start = time.time()
@@ -35,7 +36,7 @@ def downstream_cell(bundle: Path, attack: str, trigger_from: Path, preset: str, 
     trigger = make_trigger(name, models.manifest.encoder.input_size, params)
     detectors = {} if attack == "none" else {"dede": models.detector(),
                                              "dede@paper-1.5x": models.detector("paper-1.5x")}
-    records = downstream_grid(models.embed, trigger, attack, detectors, cfg=cfg)
+    records = downstream_grid(models.embed, trigger, attack, detectors, datasets=datasets, cfg=cfg)
     wall = round(time.time() - start, 1)
     cell = f"downstream-{attack}" if attack != "none" else f"downstream-none-{bundle.name}"
     for r in records:
@@ -52,10 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dataset", action="append", default=[], help="downstream dataset (default cifar10 and gtsrb)")
     p.add_argument("--command-line", default="dede reproduce")
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
-    records = downstream_cell(a.bundle, a.attack, a.trigger_from, a.preset, a.overrides, a.command_line, a.threads)
+    records = downstream_cell(a.bundle, a.attack, a.trigger_from, a.preset, a.overrides, a.command_line, a.threads,
+                              tuple(a.dataset) or ("cifar10", "gtsrb"))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1))

@@ -208,3 +208,29 @@ def test_drupe_attack_runs_and_records_itself(pipeline: Path, tmp_path: Path) ->
     assert 0 <= spec["history"][-1]["attack_success_rate"] <= 1
     config = json.loads((tmp_path / "drupe" / "config.json").read_text())
     assert config["swd_weight"] > 0 and config["lr"] == 0.05
+
+
+def test_baselines_cell_records_asset_and_decree(pipeline: Path) -> None:
+    from training.reproduce_baselines import baselines_cell
+
+    recs = baselines_cell(pipeline, "bad", "clean", "tiny", max_images=64, command="test")
+    verdicts = {r["encoder_role"]: r for r in recs if r.get("kind") == "verdict"}
+    assert set(verdicts) == {"backdoored", "clean"}
+    assert all(0 <= v["pl1"] <= 1 and v["trojaned"] == (v["found"] and v["pl1"] < 0.1) for v in verdicts.values())
+    det = {(r["detector"], r["test"]): r for r in recs if "auc" in r}
+    assert set(det) == {(d, t) for d in ("asset", "decree") for t in ("balanced", "unbalanced-1%")}
+    assert det[("asset", "balanced")]["n_clean"] == det[("asset", "balanced")]["n_triggered"] == 64
+    assert det[("asset", "unbalanced-1%")]["n_triggered"] == 1  # 1% of 64 rounds down to one
+    assert all(0 <= r["auc"] <= 1 and r["source"] == "reproduce" and r["cell"] == "baselines-bad" for r in det.values())
+
+
+def test_downstream_cell_filters_with_the_bundle_detector(pipeline: Path) -> None:
+    from training.reproduce_downstream import downstream_cell
+
+    recs = downstream_cell(pipeline / "models" / "tiny-bad", "badencoder", pipeline / "bad", "tiny",
+                           ["max_train=400", "max_test=100", "epochs=1"], "test", datasets=("cifar10",))
+    assert {(r["train_set"], r["detector"]) for r in recs} == {
+        (t, d) for t in ("poisoned-1%", "clean") for d in ("none", "dede", "dede@paper-1.5x")}
+    none = next(r for r in recs if r["detector"] == "none" and r["train_set"] == "poisoned-1%")
+    assert none["n_train_removed"] == 0 and none["n_poison_train"] == 4  # 1% of 400
+    assert all(r["cell"] == "downstream-badencoder" and 0 <= r["ca"] <= 1 and 0 <= r["asr"] <= 1 for r in recs)

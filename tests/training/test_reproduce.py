@@ -101,3 +101,36 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
     stamp = cell.stat().st_mtime
     assert main(args) == 0  # resumed: every step is done, nothing recomputed
     assert cell.stat().st_mtime == stamp
+
+
+def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for test in ("balanced", "unbalanced-1%"):
+        for rule in ("fpr@0.01", "paper-1.5x"):
+            for name, a in ((attack, auc), ("none", ctl_auc)):
+                out.append({"attack": name, "detector": "dede", "test": test, "threshold_rule": rule, "auc": a,
+                            "tpr": 0.5, "fpr": 0.01, "n_clean": 100, "n_triggered": 100, "aux": f"x-{aux}",
+                            "aux_kind": aux, "test_trigger": "badencoder", "trigger": "badencoder",
+                            "cell": f"{attack}-{aux}", "preset": "cpu", "source": "reproduce",
+                            "attack_asr": 0.9, "encoder_clean_acc": 0.5, "train_wall_s": 10.0, "eval_wall_s": 5.0,
+                            **({"control_for": attack} if name == "none" else {})})
+    return out
+
+
+def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> None:
+    from training.report_reproduce import reproduce_lines
+
+    recs = _cell_records("badencoder", "id", 0.961, 0.612) + _cell_records("drupe", "ood", 0.912, 0.55)
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "baselines-drupe", "attack": "drupe",
+                 "detector": "asset", "test": "balanced", "threshold_rule": "asset-get_t", "auc": 0.777,
+                 "tpr": 0.3, "fpr": 0.2, "auc_best_epoch": 0.8})
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-drupe", "kind": "downstream",
+                 "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede", "attack": "drupe", "ca": 0.5,
+                 "asr": 0.04, "bundle": "drupe-id", "wall_s": 3.0})
+    text = "\n".join(reproduce_lines(recs))
+    bad = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id"))
+    assert "| 0.961 | 0.612 | 0.981 |" in bad and "met (>= 0.95)" in bad  # ours, control, the paper's Table 1
+    drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
+    assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
+    assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
+    assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
