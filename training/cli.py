@@ -8,6 +8,8 @@ import json
 import sys
 from collections.abc import Callable
 
+from training.attacks import ATTACK_NAMES
+
 
 def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--preset", choices=presets, default=None, help="size preset")
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("attack", help="backdoor an encoder")
-    p.add_argument("method", choices=["badencoder", "drupe", "ctrl", "clip-backdoor", "badclip"], help="attack")
+    p.add_argument("method", choices=ATTACK_NAMES, help="attack")
     p.add_argument("--encoder", default=None,
                    help="clean encoder directory (ctrl trains from scratch: there it is the optional control)")
     _config_args(p, presets)

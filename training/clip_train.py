@@ -161,11 +161,8 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     save_config(cfg, out)
-    data = load_images(cfg.dataset, "train", cfg.image_size)
+    data = load_images(cfg.dataset, "train", cfg.image_size).sample(cfg.max_images, cfg.seed)
     images, labels = data.images, data.labels
-    if cfg.max_images:
-        sel = np.random.default_rng(cfg.seed).permutation(len(images))[: cfg.max_images]
-        images, labels = images[sel], labels[sel]
     images_t = torch.from_numpy(images).to(device)  # (N, H, W, 3) uint8, kept whole on the device
     labels_t = torch.from_numpy(labels).to(device)  # (N,)
     clip, spec, info = build_clip(cfg, data.classes)

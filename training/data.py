@@ -50,6 +50,12 @@ class ImageSet:
     def subset(self, idx: np.ndarray) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
+    def sample(self, n: int, seed: int = 0) -> ImageSet:
+        """``n`` images drawn at random (all of them, in order, when ``n`` is 0)."""
+        if not n:
+            return self
+        return self.subset(np.random.default_rng(seed).permutation(len(self))[:n])
+
 
 def resolve_source(source: str | Path) -> Path:
     """A dataset name (``cifar10``) resolves to ``<data_root>/<name>.zip``, else to the folder

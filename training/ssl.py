@@ -141,11 +141,8 @@ def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     save_config(cfg, out)
-    data = load_images(cfg.dataset, "train", cfg.image_size)
+    data = load_images(cfg.dataset, "train", cfg.image_size).sample(cfg.max_images, cfg.seed)
     images, labels = data.images, data.labels
-    if cfg.max_images:
-        sel = np.random.default_rng(cfg.seed).permutation(len(images))[: cfg.max_images]
-        images, labels = images[sel], labels[sel]
     poisoned: np.ndarray = np.empty(0, np.int64)
     if cfg.poison_trigger:
         if cfg.poison_target_class not in data.classes:

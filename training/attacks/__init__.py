@@ -26,35 +26,30 @@ def recorded_trigger(encoder: str | Path) -> tuple[str, dict[str, Any]]:
     return rec["trigger"], rec.get("trigger_params") or {}
 
 
+# attack -> (module under training.attacks, config class, presets, function(cfg, encoder_dir, out))
+_ATTACKS = {
+    "badencoder": ("badencoder", "BadEncoderConfig", "BADENCODER_PRESETS", "badencoder"),
+    "drupe": ("drupe", "DrupeConfig", "DRUPE_PRESETS", "drupe"),
+    "ctrl": ("ctrl", "CtrlConfig", "CTRL_PRESETS", "ctrl"),
+    "clip-backdoor": ("clip_backdoor", "ClipBackdoorConfig", "CLIP_BACKDOOR_PRESETS", "clip_backdoor"),
+    "badclip": ("badclip", "BadClipConfig", "BADCLIP_PRESETS", "badclip"),
+}
+ATTACK_NAMES = tuple(_ATTACKS)
+FROM_SCRATCH = {"ctrl"}  # data poisoning trains its own encoder: there --encoder is the optional clean control
+
+
 def run_attack(method: str, encoder_dir: str | None, out: str, preset: str | None, config_file: str | None,
                overrides: list[str]) -> dict[str, Any]:
+    import importlib
+
     from training.config import resolve_config
 
-    if method == "ctrl":  # data poisoning: trains from scratch; --encoder is the clean control (optional)
-        from training.attacks.ctrl import CTRL_PRESETS, CtrlConfig, ctrl
-
-        ccfg = resolve_config(CtrlConfig, CTRL_PRESETS, preset, config_file, overrides)
-        return ctrl(ccfg, out, control=encoder_dir)
-    if encoder_dir is None:
+    if method not in _ATTACKS:
+        raise ValueError(f"unknown attack {method!r}; implemented: {', '.join(_ATTACKS)}")
+    if encoder_dir is None and method not in FROM_SCRATCH:
         raise ValueError(f"attack {method!r} fine-tunes an encoder: pass --encoder")
-    if method == "badencoder":
-        from training.attacks.badencoder import BADENCODER_PRESETS, BadEncoderConfig, badencoder
-
-        cfg = resolve_config(BadEncoderConfig, BADENCODER_PRESETS, preset, config_file, overrides)
-        return badencoder(cfg, encoder_dir, out)
-    if method == "drupe":
-        from training.attacks.drupe import DRUPE_PRESETS, DrupeConfig, drupe
-
-        dcfg = resolve_config(DrupeConfig, DRUPE_PRESETS, preset, config_file, overrides)
-        return drupe(dcfg, encoder_dir, out)
-    if method == "clip-backdoor":
-        from training.attacks.clip_backdoor import CLIP_BACKDOOR_PRESETS, ClipBackdoorConfig, clip_backdoor
-
-        kcfg = resolve_config(ClipBackdoorConfig, CLIP_BACKDOOR_PRESETS, preset, config_file, overrides)
-        return clip_backdoor(kcfg, encoder_dir, out)
-    if method == "badclip":
-        from training.attacks.badclip import BADCLIP_PRESETS, BadClipConfig, badclip
-
-        bcfg = resolve_config(BadClipConfig, BADCLIP_PRESETS, preset, config_file, overrides)
-        return badclip(bcfg, encoder_dir, out)
-    raise ValueError(f"unknown attack {method!r}; implemented: badencoder, drupe, ctrl, clip-backdoor, badclip")
+    module, config, presets, function = _ATTACKS[method]
+    mod = importlib.import_module(f"training.attacks.{module}")
+    cfg = resolve_config(getattr(mod, config), getattr(mod, presets), preset, config_file, overrides)
+    result: dict[str, Any] = getattr(mod, function)(cfg, encoder_dir, out)
+    return result

@@ -41,7 +41,7 @@ CTRL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def ctrl(cfg: CtrlConfig, out: str | Path, control: str | None = None) -> dict[str, Any]:
+def ctrl(cfg: CtrlConfig, control: str | None, out: str | Path) -> dict[str, Any]:
     """Pre-train on the poisoned set, then measure the backdoor like every attack: kNN clean accuracy and
     attack success rate of the trigger (and, with ``control``, the same numbers on the clean encoder)."""
     if not cfg.poison_trigger or cfg.poison_rate <= 0:
