@@ -26,12 +26,6 @@ def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    app = create_app(Settings(bundle=DEMO_BUNDLE, max_upload_bytes=2_000_000, max_batch_images=4,
-                              max_image_pixels=4_000_000))
-    with TestClient(app) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

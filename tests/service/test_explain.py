@@ -13,16 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
 from service.explain import colormap, denormalize, error_maps
 from service.imaging import normalize
-from service.settings import Settings
-from tests.conftest import DEMO_BUNDLE, EXAMPLES
+from tests.conftest import EXAMPLES
+from tests.service.conftest import demo_client
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(bundle=DEMO_BUNDLE, max_batch_images=4))) as c:
+    with demo_client(max_batch_images=4) as c:
         yield c
 
 

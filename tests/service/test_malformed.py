@@ -15,16 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
 from tests.conftest import EXAMPLES
-from tests.service.test_app import DEMO_BUNDLE, huge_header_png
+from tests.service.conftest import demo_client
+from tests.service.test_app import huge_header_png
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    app = create_app(Settings(bundle=DEMO_BUNDLE, max_upload_bytes=3_000_000, max_image_pixels=30_000_000))
-    with TestClient(app) as c:
+    with demo_client(max_upload_bytes=3_000_000, max_image_pixels=30_000_000) as c:
         yield c
 
 

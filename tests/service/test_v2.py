@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import struct
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,12 +22,6 @@ MODEL = "demo-cifar10-badencoder"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    app = create_app(Settings(bundle=DEMO_BUNDLE, max_upload_bytes=2_000_000, max_batch_images=4,
-                              max_image_pixels=4_000_000))
-    with TestClient(app) as c:
-        yield c
 
 
 def pixels(name: str) -> np.ndarray:
