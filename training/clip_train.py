@@ -8,7 +8,6 @@ batches on the device. AdamW (decay on matrices only, as CLIP), linear warm-up t
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from training.clip_model import (
     save_clip,
     zero_shot_logits,
 )
-from training.config import optimizer_step, pick_device, save_config
+from training.config import optimizer_step, pick_device, save_config, warmup_cosine
 from training.data import ImageSet, load_images
 from training.encoders import EncoderSpec, create_encoder, embed
 from training.ssl import encoder_knn_accuracy, normalise
@@ -95,15 +94,6 @@ def caption_tokens(tokenizer: WordTokenizer, classnames: list[str], templates: l
 def random_captions(labels: torch.Tensor, n_templates: int) -> torch.Tensor:
     """labels (B,) -> caption rows (B,) of ``caption_tokens``: the image's class, a random template."""
     return labels * n_templates + torch.randint(0, n_templates, labels.shape, device=labels.device)
-
-
-def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def eval_subset(dataset: str, split: str, size: int, n: int, seed: int = 0) -> ImageSet:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import time
 import typing
@@ -110,6 +111,21 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: int, cosine: bool = True
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate per step: linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``total``
+    steps (``cosine=False``: constant after the warm-up). Step the scheduler once per batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def out_of_time(budget_s: float, start: float) -> bool:

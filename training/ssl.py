@@ -8,7 +8,6 @@ class, carries the trigger before augmentation) are options of the same loop (``
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from training.attacks.triggers import make_trigger
 from training.augment import simclr_augment
-from training.config import optimizer_step, out_of_time, pick_device, save_config
+from training.config import optimizer_step, out_of_time, pick_device, save_config, warmup_cosine
 from training.data import load_images
 from training.encoders import EncoderSpec, create_encoder, embed, embed_dim_of, save_encoder
 from training.knn import knn_accuracy, probe_split
@@ -123,16 +122,8 @@ def make_optimizer(cfg: PretrainConfig, params: list[nn.Parameter], steps_per_ep
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adam' or 'sgd'")
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {cfg.schedule!r}; use 'constant' or 'cosine'")
-    warm, total = cfg.warmup_epochs * steps_per_epoch, max(1, cfg.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    return opt, warmup_cosine(opt, total, cfg.warmup_epochs * steps_per_epoch, cosine=cfg.schedule == "cosine")
 
 
 def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
