@@ -129,7 +129,8 @@ def downstream_lines(recs: list[dict[str, Any]]) -> list[str]:
         kinds = [("no defence, poisoned-1% training set", "poisoned-1%", "none", "no-defence-poisoned"),
                  ("no defence, clean training set", "clean", "none", "no-defence-clean"),
                  ("DeDe (deployed fpr@0.01), poisoned-1%", "poisoned-1%", "dede", "dede"),
-                 ("DeDe (paper-1.5x), poisoned-1%", "poisoned-1%", "dede@paper-1.5x", None)]
+                 ("DeDe (paper-1.5x), poisoned-1%", "poisoned-1%", "dede@paper-1.5x", None),
+                 ("DECREE (patch triggers), poisoned-1%", "poisoned-1%", "decree", None)]
         lines += [f"#### Downstream {dataset} (paper: Table {'2' if dataset == 'cifar10' else '4'})", "",
                   "| defence / training set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for label, train_set, det, paper_row in kinds:

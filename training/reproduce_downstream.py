@@ -2,7 +2,10 @@
 bundle encoder's embeddings, trained on a CIFAR-10 / GTSRB training set with 1% triggered samples (and on
 the clean set), tested on clean and triggered test images, with no defence and with DeDe filtering both the
 training and the test inputs (``training.downstream``). For an attack, the bundle is its in-distribution
-detector; for the "no attack" rows, a control bundle (the clean encoder) with the attack's trigger.
+detector; for the "no attack" rows, a control bundle (the clean encoder) with the attack's trigger. DECREE
+filters too where its per-sample score applies (patch triggers): the trigger inverted on the attacked
+encoder, threshold at 1% FPR on clean base images. ASSET is not a filter here: it trains an offset
+classifier on each whole downstream training set, beyond a 2-core CPU's budget for this grid.
 
     python -m training.reproduce_downstream --bundle R/bundles/badencoder-id --attack badencoder \
         --preset cpu --out R/cells/downstream-badencoder.json
@@ -16,12 +19,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.attacks import recorded_trigger
 from training.attacks.triggers import make_trigger
+from training.baselines import decree_applicable
 from training.config import resolve_config
-from training.downstream import DOWNSTREAM_PRESETS, DownstreamConfig, downstream_grid
+from training.downstream import DOWNSTREAM_PRESETS, Detector, DownstreamConfig, downstream_grid
 from training.downstream_bundle import BundleModels
+from training.encoders import load_encoder
 from training.evaluate import hardware
+
+
+def decree_detector(encoder_dir: Path, preset: str) -> Detector:
+    """DECREE as a filter: invert the trigger on the (torch) encoder with clean base images only."""
+    from training.baselines import DECREE_PRESETS, DecreeConfig, decree_scores, decree_threshold, invert_trigger
+    from training.reproduce_baselines import split_base_and_train
+
+    model, spec = load_encoder(encoder_dir)
+    base = split_base_and_train(0)[0]
+    cfg = resolve_config(DecreeConfig, DECREE_PRESETS, preset)
+    res = invert_trigger(model, spec, base[np.random.default_rng(2).permutation(len(base))[: cfg.n_images]], cfg)
+    return Detector(lambda images: decree_scores(res, images), decree_threshold(res, base[:2000]))
 
 
 def downstream_cell(bundle: Path, attack: str, trigger_from: Path, preset: str, overrides: list[str],
@@ -36,6 +55,8 @@ def downstream_cell(bundle: Path, attack: str, trigger_from: Path, preset: str, 
     trigger = make_trigger(name, models.manifest.encoder.input_size, params)
     detectors = {} if attack == "none" else {"dede": models.detector(),
                                              "dede@paper-1.5x": models.detector("paper-1.5x")}
+    if attack != "none" and decree_applicable(name):
+        detectors["decree"] = decree_detector(trigger_from, preset)
     records = downstream_grid(models.embed, trigger, attack, detectors, datasets=datasets, cfg=cfg)
     wall = round(time.time() - start, 1)
     cell = f"downstream-{attack}" if attack != "none" else f"downstream-none-{bundle.name}"

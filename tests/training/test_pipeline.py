@@ -230,7 +230,7 @@ def test_downstream_cell_filters_with_the_bundle_detector(pipeline: Path) -> Non
     recs = downstream_cell(pipeline / "models" / "tiny-bad", "badencoder", pipeline / "bad", "tiny",
                            ["max_train=400", "max_test=100", "epochs=1"], "test", datasets=("cifar10",))
     assert {(r["train_set"], r["detector"]) for r in recs} == {
-        (t, d) for t in ("poisoned-1%", "clean") for d in ("none", "dede", "dede@paper-1.5x")}
+        (t, d) for t in ("poisoned-1%", "clean") for d in ("none", "dede", "dede@paper-1.5x", "decree")}
     none = next(r for r in recs if r["detector"] == "none" and r["train_set"] == "poisoned-1%")
     assert none["n_train_removed"] == 0 and none["n_poison_train"] == 4  # 1% of 400
     assert all(r["cell"] == "downstream-badencoder" and 0 <= r["ca"] <= 1 and 0 <= r["asr"] <= 1 for r in recs)
