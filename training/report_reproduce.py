@@ -37,7 +37,8 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
     ctl = {r["control_for"]: r for r in recs if r["attack"] == "none"}
     lines = ["| attack | trigger | ASR before -> after | clean accuracy before -> after | measured by | "
              "bundle encoder kNN: ASR / CA | embedding SWD before -> after | outlier AUC before -> after | "
-             "pre-training + attack wall time |", "|---|---|---|---|---|---|---|---|---|"]
+             "class collapse clean -> attacked | pre-training + attack wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for a in sorted(seen, key=_order):
         r, c = seen[a], ctl.get(a, {})
         lines.append(f"| {a} | {r['trigger']} | {_f(c.get('attack_asr'))} -> {_f(r.get('attack_asr'))} | "
@@ -45,11 +46,14 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
                      f"{r.get('asr_method', 'knn')} | {_f(r.get('knn_asr'))} / {_f(r.get('knn_clean_acc'))} | "
                      f"{_f(r.get('swd_before'), 2)} -> {_f(r.get('swd'), 2)} | "
                      f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
+                     f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
                      f"{_f(r.get('attack_wall_s'), 0)} s |")
     return [*lines, "Embedding stealth (DRUPE's claim against BadEncoder): the sliced Wasserstein distance between "
             "triggered and clean test embeddings, normalised by the clean spread, and the AUC of a kNN-distance "
             "outlier detector on them, before and after the attack (lower = stealthier; an AUC below 0.5 means "
-            "triggered embeddings sit INSIDE a clean cluster).", ""]
+            "triggered embeddings sit INSIDE a clean cluster). Class collapse: the share of the variance of the "
+            "(normalised) clean test embeddings that their class explains (1 = the embedding only names the "
+            "class, so a decoder can draw nothing but a class prototype from it).", ""]
 
 
 def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[str]:

@@ -74,13 +74,31 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
                          figures / f"reproduce-{preset}-{attack}-{aux}{suffix}.png")
     _grid(bundle, trigger, params, f"{attack}, aux {aux}: backdoored encoder's detector",
           figures / f"reproduce-{preset}-{attack}-{aux}-reconstructions.png")
+    collapse = {"backdoored": class_collapse(bundle), "control": class_collapse(control)}
     eval_wall = round(time.time() - start, 1)
     for r in records:
         r.update({"source": "reproduce", "cell": f"{attack}-{aux}", "aux_kind": aux, "preset": preset,
                   "hardware": hardware(), "attack_wall_s": attack_wall, "eval_wall_s": eval_wall,
                   "wall_s": round(attack_wall + r["train_wall_s"] + eval_wall, 1), "command": command,
-                  "trigger_params": params if r["test_trigger"] == trigger else {}})
+                  "trigger_params": params if r["test_trigger"] == trigger else {},
+                  "class_collapse": collapse["control" if r["attack"] == "none" else "backdoored"]})
     return records
+
+
+def class_collapse(bundle: Path, n: int = 2000) -> float:
+    """The share of the variance of clean CIFAR-10 test embeddings (L2-normalised) explained by their class:
+    between-class / total variance. 1 means every image of a class embeds alike (an embedding that only names
+    the class, from which a decoder can draw nothing but a class prototype); 0 means the class is invisible."""
+    scorer = Scorer.from_bundle(bundle)
+    test = load_images("cifar10", "test", scorer.size)
+    idx = np.random.default_rng(0).permutation(len(test))[:n]
+    e = scorer.embed_many(test.images[idx])
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)  # (n, E)
+    labels = test.labels[idx]
+    centroids = np.stack([e[labels == c].mean(0) for c in range(len(test.classes))])  # (C, E)
+    total = ((e - e.mean(0)) ** 2).sum()
+    between = ((centroids[labels] - e.mean(0)) ** 2).sum()
+    return float(between / total)
 
 
 def _grid(bundle: Path, trigger: str, params: dict[str, Any], title: str, path: Path, n: int = 4) -> None:
