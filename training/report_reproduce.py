@@ -48,7 +48,7 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
                      f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
                      f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
                      f"{_f(r.get('attack_wall_s'), 0)} s |")
-    return [*lines, "Embedding stealth (DRUPE's claim against BadEncoder): the sliced Wasserstein distance between "
+    return [*lines, "", "Embedding stealth (DRUPE's claim against BadEncoder): the sliced Wasserstein distance between "
             "triggered and clean test embeddings, normalised by the clean spread, and the AUC of a kNN-distance "
             "outlier detector on them, before and after the attack (lower = stealthier; an AUC below 0.5 means "
             "triggered embeddings sit INSIDE a clean cluster). Class collapse: the share of the variance of the "
