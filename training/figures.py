@@ -24,6 +24,16 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save(plt, fig, title: str, fontsize: int, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Title, lay out and write ``fig`` as a PNG at ``path`` (parents created), then free it."""
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def detection_figure(scores: dict[str, dict[str, np.ndarray]], title: str, path: Path) -> Path:
     """scores: {'backdoored' | 'control': {'clean': (N,), 'triggered': (M,), 'threshold': ()}} -> one PNG."""
     from sklearn.metrics import roc_curve
@@ -45,12 +55,7 @@ def detection_figure(scores: dict[str, dict[str, np.ndarray]], title: str, path:
         ax.axvline(float(sc["threshold"]), color="k", ls="--", lw=1, label="threshold")
         ax.set(title=f"{name} encoder", xlabel="DeDe score")
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, title, 10, path)
 
 
 def masked_view(images: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
@@ -89,9 +94,4 @@ def reconstruction_grid(scorer: Scorer, clean: np.ndarray, triggered: np.ndarray
             axes[i, j].imshow(col[i], interpolation="nearest")
             axes[i, j].axis("off")
         axes[0, j].set_title(heads[j], fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, title, 9, path)
