@@ -120,8 +120,9 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
 
 
 def downstream_steps(g: GridSpec) -> list[Step]:
-    """Tables 2 and 4: per attack, its in-distribution detector filters a downstream classifier's data; per clean
-    encoder, the "no attack" rows (its control bundle, poisoned with the trigger of its first attack)."""
+    """Tables 2 and 4: per attack, its in-distribution detector (and, when the grid has it, its out-of-distribution
+    one) filters a downstream classifier's data; per clean encoder, the "no attack" rows (its control bundle,
+    poisoned with the trigger of its first attack)."""
     r, steps = g.root, []
     jobs = [(a, run_name(a, "id", False), a) for a in g.attacks]
     firsts = {ATTACKS[a]["clean"]: a for a in reversed(g.attacks)}
@@ -131,7 +132,12 @@ def downstream_steps(g: GridSpec) -> list[Step]:
         cmd = [sys.executable, "-m", "training.reproduce_downstream", "--bundle", str(r / "bundles" / bundle),
                "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
                *g.sets("downstream"), "--command-line", g.command, "--out", str(cell)]
-        steps.append(Step(cell.stem, cmd, cell.exists, [f"export-{bundle}", f"attack-{trigger_from}"]))
+        deps = [f"export-{bundle}", f"attack-{trigger_from}"]
+        if attack != "none" and "ood" in g.auxes:  # the recommended detector (clean OOD aux) filters too
+            ood = run_name(attack, "ood", False)
+            cmd += ["--ood-bundle", str(r / "bundles" / ood)]
+            deps.append(f"export-{ood}")
+        steps.append(Step(cell.stem, cmd, cell.exists, deps))
     return steps
 
 
@@ -176,10 +182,10 @@ def build_grid(g: GridSpec) -> list[Step]:
                    "--command-line", g.command, "--figures", str(g.figures), "--out", str(cell)]
             steps.append(Step(f"cell-{a}-{aux}", cmd, cell.exists,
                               [f"export-{run_name(a, aux, False)}", f"export-{control_run(a, aux)}"]))
-        if aux == "id" and g.downstream:
-            steps += downstream_steps(g)
         if aux == "id" and g.baselines:
             steps += baseline_steps(g)
+    if g.downstream:  # last: it filters with the out-of-distribution detectors too
+        steps += downstream_steps(g)
     return steps
 
 

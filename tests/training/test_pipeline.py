@@ -227,10 +227,17 @@ def test_baselines_cell_records_asset_and_decree(pipeline: Path) -> None:
 def test_downstream_cell_filters_with_the_bundle_detector(pipeline: Path) -> None:
     from training.reproduce_downstream import downstream_cell
 
-    recs = downstream_cell(pipeline / "models" / "tiny-bad", "badencoder", pipeline / "bad", "tiny",
-                           ["max_train=400", "max_test=100", "epochs=1"], "test", datasets=("cifar10",))
+    bundle = pipeline / "models" / "tiny-bad"
+    recs = downstream_cell(bundle, "badencoder", pipeline / "bad", "tiny", ["max_train=400", "max_test=100",
+                           "epochs=1"], "test", datasets=("cifar10",), ood_bundle=bundle)
     assert {(r["train_set"], r["detector"]) for r in recs} == {
-        (t, d) for t in ("poisoned-1%", "clean") for d in ("none", "dede", "dede@paper-1.5x", "decree")}
+        (t, d) for t in ("poisoned-1%", "clean") for d in ("none", "dede", "dede@paper-1.5x", "dede-ood", "decree")}
+    by = {(r["train_set"], r["detector"]): r for r in recs}
+    # the same bundle as the "out-of-distribution" detector: it must flag exactly what the first one flags
+    for key in ("n_train_removed", "test_clean_flagged", "test_triggered_flagged"):
+        assert by[("poisoned-1%", "dede-ood")][key] == by[("poisoned-1%", "dede")][key]
+    assert by[("poisoned-1%", "dede-ood")]["detector_bundle"] == "tiny-bad" and "detector_bundle" not in by[
+        ("poisoned-1%", "none")]
     none = next(r for r in recs if r["detector"] == "none" and r["train_set"] == "poisoned-1%")
     assert none["n_train_removed"] == 0 and none["n_poison_train"] == 4  # 1% of 400
     assert all(r["cell"] == "downstream-badencoder" and 0 <= r["ca"] <= 1 and 0 <= r["asr"] <= 1 for r in recs)

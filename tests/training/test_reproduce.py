@@ -37,6 +37,12 @@ def test_grid_covers_every_attack_and_aux_with_a_control(tmp_path: Path) -> None
     assert f"--encoder {tmp_path / 'clip'}" in control and f"trigger_from={tmp_path / 'badclip'}" in control
     for s in steps:  # every dependency is in the grid and comes earlier
         assert all(names.index(d) < names.index(s.name) for d in s.deps)
+    down = by["downstream-badencoder"]  # filtered by the in-distribution and the out-of-distribution detector
+    assert down.cmd[down.cmd.index("--ood-bundle") + 1] == str(tmp_path / "bundles" / "badencoder-ood")
+    assert {"export-badencoder-id", "export-badencoder-ood"} <= set(down.deps)
+    assert "--ood-bundle" not in by["downstream-none-control-simclr-badencoder-id"].cmd
+    id_only = {s.name: s for s in _grid(tmp_path, attacks=["badencoder"], auxes=["id"])}
+    assert "--ood-bundle" not in id_only["downstream-badencoder"].cmd
 
 
 def test_stage_sets_reach_every_step_of_their_stage(tmp_path: Path) -> None:
