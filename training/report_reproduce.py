@@ -28,13 +28,25 @@ def _order(attack: str) -> int:
     return ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
 
 
+IMPLANT_MIN_GAIN = 0.2  # attack success after - before below this: the attack did not take
+
+
+def _implanted(attacked: dict[str, Any], clean: dict[str, Any]) -> bool:
+    after, before = attacked.get("attack_asr"), clean.get("attack_asr")
+    return after is None or before is None or after - before >= IMPLANT_MIN_GAIN
+
+
 def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
     """Each attack's own success (it must implant a backdoor before it can test a detector)."""
     seen: dict[str, dict[str, Any]] = {}
     for r in recs:
-        if r["attack"] != "none" and r["attack"] not in seen:
+        if r["attack"] != "none" and r["attack"] not in seen and r.get("kind") != "attack":
             seen[r["attack"]] = r
     ctl = {r["control_for"]: r for r in recs if r["attack"] == "none"}
+    for r in recs:  # an attack with no finished DeDe cell: its own record (before = the attack's measurement)
+        if r.get("kind") == "attack" and r["attack"] not in seen:
+            seen[r["attack"]] = r
+            ctl[r["attack"]] = {"attack_asr": r.get("asr_before"), "encoder_clean_acc": r.get("clean_accuracy_before")}
     lines = ["| attack | trigger | ASR before -> after | clean accuracy before -> after | measured by | "
              "bundle encoder kNN: ASR / CA | embedding SWD before -> after | outlier AUC before -> after | "
              "class collapse clean -> attacked | pre-training + attack wall time |",
@@ -48,6 +60,11 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
                      f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
                      f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
                      f"{_f(r.get('attack_wall_s'), 0)} s |")
+    weak = [a for a in sorted(seen, key=_order) if not _implanted(seen[a], ctl.get(a, {}))]
+    if weak:
+        lines += ["", "Did not implant a backdoor at this preset (attack success rose by less than "
+                  f"{IMPLANT_MIN_GAIN} over the clean encoder's), so no detector can be tested on it: "
+                  + ", ".join(weak) + "."]
     return [*lines, "", "Embedding stealth (DRUPE's claim against BadEncoder): the sliced Wasserstein distance between "
             "triggered and clean test embeddings, normalised by the clean spread, and the AUC of a kNN-distance "
             "outlier detector on them, before and after the attack (lower = stealthier; an AUC below 0.5 means "
@@ -158,6 +175,7 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for preset, all_recs in groups.items():
         recs = [r for r in all_recs if "aux_kind" in r]  # the DeDe cells
+        attacks = [r for r in all_recs if r.get("kind") == "attack"]
         base = [r for r in all_recs if str(r.get("cell", "")).startswith("baselines-")]
         down = [r for r in all_recs if r.get("kind") == "downstream"]
         if not recs:
@@ -176,7 +194,7 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                   "than the backdoor firing. Aux `cifar10-id-1%` = CIFAR-10 train with 1% triggered (the paper's "
                   "in-distribution set); `*-ood` = an out-of-distribution set (the paper used STL-10, which is "
                   "not available here). TPR/FPR in %. Wall times in seconds.", "",
-                  "### The attacks", "", *attack_lines(recs)]
+                  "### The attacks", "", *attack_lines(recs + attacks)]
         for test, title in TESTS:
             lines += [f"### {title}", "", *detection_lines(recs, test, preset)]
             base_rows = baseline_lines(base, test)

@@ -232,11 +232,14 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
     return failed
 
 
-def collect(root: Path) -> list[dict[str, Any]]:
+def collect(root: Path, preset: str, command: str) -> list[dict[str, Any]]:
+    """Every finished cell's records, and one ``attack`` record per attacked encoder under ``root``."""
+    from training.reproduce_cell import attack_summary
+
     records: list[dict[str, Any]] = []
     for f in sorted((root / "cells").glob("*.json")):
         records += json.loads(f.read_text())
-    return records
+    return records + [r for a in ATTACKS if (r := attack_summary(root, a, preset, command)) is not None]
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -290,7 +293,7 @@ def reproduce_cli(a: argparse.Namespace) -> None:
             print(f"{'done' if s.done() else 'todo'}  {s.name}")
         return
     failed = [] if a.publish_only else run_steps(steps, root / "logs", a.jobs, a.threads)
-    records = collect(root)
+    records = collect(root, a.preset, command)
     if records and not a.no_publish:
         publish(records, Path(a.results), Path(a.report))
     if failed:

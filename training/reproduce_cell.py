@@ -39,6 +39,21 @@ def _stage_wall(encoder_dir: Path) -> dict[str, float]:
     return {h["stage"]: float(h.get("wall_s") or 0) for h in spec.get("history", [])}
 
 
+def attack_summary(root: Path, attack: str, preset: str, command: str) -> dict[str, Any] | None:
+    """One record (``kind`` "attack") of an attacked encoder under ``root``: its own success before and after
+    (the attack step measured them), embedding stealth and wall time; None when the attack has not run. It
+    lets RESULTS.md report every attack, also one whose detectors have not been trained (or that failed)."""
+    if not (root / attack / "encoder.json").exists() or (rec := attack_record(root / attack)) is None:
+        return None
+    return {"source": "reproduce", "kind": "attack", "cell": f"attack-{attack}", "preset": preset,
+            "attack": attack, "trigger": rec["trigger"], "target_class": rec.get("target_class"),
+            "attack_asr": rec.get("attack_success_rate"), "asr_before": rec.get("asr_before"),
+            "encoder_clean_acc": rec.get("clean_accuracy"), "clean_accuracy_before": rec.get("clean_accuracy_before"),
+            "asr_method": rec.get("asr_method", "knn"), **{k: rec.get(k) for k in STEALTH},
+            "attack_wall_s": sum(_stage_wall(root / attack).values()), "train_device": rec.get("device"),
+            "command": command}
+
+
 def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path, preset: str,
                   max_images: int = 0, command: str = "dede reproduce",
                   figures: Path = Path("docs/figures"), knn_bank: int = 10000) -> list[dict[str, Any]]:

@@ -118,7 +118,7 @@ def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dic
                             "tpr": 0.5, "fpr": 0.01, "n_clean": 100, "n_triggered": 100, "aux": f"x-{aux}",
                             "aux_kind": aux, "test_trigger": "badencoder", "trigger": "badencoder",
                             "cell": f"{attack}-{aux}", "preset": "cpu", "source": "reproduce",
-                            "attack_asr": 0.9, "encoder_clean_acc": 0.5, "train_wall_s": 10.0, "eval_wall_s": 5.0,
+                            "attack_asr": 0.9 if name != "none" else 0.08, "encoder_clean_acc": 0.5, "train_wall_s": 10.0, "eval_wall_s": 5.0,
                             **({"control_for": attack} if name == "none" else {})})
     return out
 
@@ -133,7 +133,13 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-drupe", "kind": "downstream",
                  "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede", "attack": "drupe", "ca": 0.5,
                  "asr": 0.04, "bundle": "drupe-id", "wall_s": 3.0})
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-ctrl", "kind": "attack", "attack": "ctrl",
+                 "trigger": "ctrl", "attack_asr": 0.054, "asr_before": 0.06, "encoder_clean_acc": 0.495,
+                 "clean_accuracy_before": 0.492, "attack_wall_s": 7758.0})
     text = "\n".join(reproduce_lines(recs))
+    # an attack with no DeDe cell is still reported, and one that did not take is called out
+    assert "| ctrl | ctrl | 0.060 -> 0.054 | 0.492 -> 0.495 |" in text
+    assert "so no detector can be tested on it: ctrl." in text
     bad = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id"))
     assert "| 0.961 | 0.612 | 0.981 |" in bad and "met (>= 0.95)" in bad  # ours, control, the paper's Table 1
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
