@@ -98,7 +98,8 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
             f"{(_pct(ctl['tpr']) + ' / ' + _pct(ctl['fpr'])) if ctl else '-'} | "
             f"{(_pct(pap['tpr']) + ' / ' + _pct(pap['fpr'])) if pap else '-'} | "
             f"{(f'{paper[0]:.1f} / {paper[1]:.1f}') if paper else '-'} | {_f(bd.get('tpr_at_1pct_fpr'))} | "
-            f"{_f(bd.get('train_wall_s'), 0)} + {_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
+            f"{'>= ' if bd.get('train_wall_partial') else ''}{_f(bd.get('train_wall_s'), 0)} + "
+            f"{_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
     return [*lines, ""]
 
 
@@ -182,7 +183,7 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
             continue
         first = recs[0]
         commands = sorted({r.get("command", "?") for r in all_recs})
-        hardware = sorted({r.get("hardware", "?") for r in all_recs})
+        hardware = sorted({r.get("hardware", "?") for r in all_recs if r.get("kind") != "attack"})
         cells = sorted({r["cell"] for r in recs})
         lines += [f"## Reproduction of the paper's detection tables, preset `{preset}`", "",
                   "Command(s): " + "; ".join(f"`{c}`" for c in commands) + f". Hardware: {'; '.join(hardware)}. "

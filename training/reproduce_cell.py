@@ -79,6 +79,7 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
                           "asr_method": rec.get("asr_method", "knn"), "test_trigger": test_trigger,
                           **{k: rec.get(k) for k in STEALTH},
                           "train_wall_s": run["train_wall_s"], "train_device": run["device"],
+                          "train_wall_partial": run.get("train_wall_partial", False),
                           "dede_epochs": run["epochs"], "train_mask_ratio": run["train_mask_ratio"]})
                 if name == "none":
                     r.update({"control_for": attack, "attack_asr": rec.get("asr_before"),

@@ -170,7 +170,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         print(f"filled {aux_info['n_noise_filled']} out-of-norm-ball auxiliary images with noise")
     steps = max(1, len(train_images) // env.world // cfg.batch_size)  # the same on every rank
     history: list[float] = []
-    step, first_epoch, start = 0, 0, time.time()
+    step, first_epoch, start, wall_before = 0, 0, time.time(), 0.0
+    resumed: dict[str, Any] = {}
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():  # resume an interrupted run with the same config
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -180,6 +181,9 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         model.load_state_dict(ckpt["model"])  # before DDP wraps it: every rank starts from the same weights
         opt.load_state_dict(ckpt["optimizer"])
         step, first_epoch, history = ckpt["step"], ckpt["epoch"], list(ckpt["history"])
+        # training time before the interruption (checkpoints of older versions did not record it)
+        wall_before = float(ckpt.get("wall_s", 0.0))
+        resumed = {"resumed_at_epoch": first_epoch, "train_wall_partial": "wall_s" not in ckpt}
         print(f"resuming from epoch {first_epoch} (step {step})")
     net = distributed.wrap(model, env, device)  # DDP averages gradients across ranks; else the model itself
     for epoch in range(first_epoch, cfg.epochs):
@@ -205,7 +209,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
             continue
         print(f"dede epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f} ({time.time() - start:.0f}s)")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "config": asdict(cfg),
-                    "epoch": epoch + 1, "step": step, "history": history, "code_version": code_version()},
+                    "epoch": epoch + 1, "step": step, "history": history, "code_version": code_version(),
+                    "wall_s": wall_before + time.time() - start},
                    ckpt_path)
         if out_of_time(cfg.time_budget_s, start):
             print(f"time budget {cfg.time_budget_s:.0f}s used up after {epoch + 1} epochs")
@@ -229,7 +234,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "steps": step,
         "loss_history": history,
         "final_loss": history[-1] if history else None,
-        "train_wall_s": round(time.time() - start, 1),
+        "train_wall_s": round(wall_before + time.time() - start, 1),  # with the time before a resume
+        **resumed,
         "device": device,
         "world_size": env.world,
         "preset": cfg.preset,

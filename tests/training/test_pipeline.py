@@ -176,9 +176,12 @@ def test_training_resumes_from_its_checkpoint(pipeline: Path, tmp_path: Path,
     assert main(args + ["--set", "epochs=1"]) == 0
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] > 0 and "code_version" in ckpt and "optimizer" in ckpt
+    first_wall = float(ckpt["wall_s"])
     assert main(args + ["--set", "epochs=2"]) == 0  # resumes: one more epoch
     assert "resuming from epoch 1" in capsys.readouterr().out
-    assert len(json.loads((tmp_path / "r" / "run.json").read_text())["loss_history"]) == 2
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert len(run["loss_history"]) == 2 and run["resumed_at_epoch"] == 1 and run["train_wall_partial"] is False
+    assert run["train_wall_s"] > first_wall  # the time before the resume is counted too
     assert main(args + ["--set", "epochs=3", "--set", "width=64"]) == 2  # another model: refused
 
 

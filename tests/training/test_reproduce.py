@@ -118,7 +118,8 @@ def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dic
                             "tpr": 0.5, "fpr": 0.01, "n_clean": 100, "n_triggered": 100, "aux": f"x-{aux}",
                             "aux_kind": aux, "test_trigger": "badencoder", "trigger": "badencoder",
                             "cell": f"{attack}-{aux}", "preset": "cpu", "source": "reproduce",
-                            "attack_asr": 0.9 if name != "none" else 0.08, "encoder_clean_acc": 0.5, "train_wall_s": 10.0, "eval_wall_s": 5.0,
+                            "attack_asr": 0.9 if name != "none" else 0.08, "encoder_clean_acc": 0.5,
+                            "train_wall_s": 10.0, "eval_wall_s": 5.0,
                             **({"control_for": attack} if name == "none" else {})})
     return out
 
