@@ -160,7 +160,9 @@ def downstream_lines(recs: list[dict[str, Any]]) -> list[str]:
             cells = []
             for c in cols:
                 r = by.get((c, train_set, det))
-                paper = DOWNSTREAM.get(dataset, {}).get(paper_row or "", {}).get(c.split(" ")[0])
+                # the paper's "no attack" column is its clean SimCLR encoder: no numbers for our clean CLIP
+                key = "" if c.startswith("none") and c != "none (simclr)" else c.split(" ")[0]
+                paper = DOWNSTREAM.get(dataset, {}).get(paper_row or "", {}).get(key)
                 cells.append("-" if r is None else f"{_pct(r['ca'])} / {_pct(r['asr'])}"
                              + (f" ({paper[0]:.1f} / {paper[1]:.1f})" if paper else ""))
             if any(v != "-" for v in cells):
