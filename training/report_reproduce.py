@@ -220,6 +220,9 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                       "clean one counts as an error. The DeDe rows use the detector trained on the in-distribution "
                       "auxiliary set with 1% poison (the paper's setting); the out-of-distribution row, the same "
                       "encoder's detector trained on the clean out-of-distribution set (our recommendation). "
+                      "DECREE filters with the trigger it inverted on the encoder (patch triggers only). ASSET is "
+                      "not a filter here: it would train an offset classifier on each whole downstream training "
+                      "set, beyond a 2-core CPU's budget for this grid. "
                       "CA / ASR in %, the paper's numbers in brackets. "
                       f"Wall time: {sum({r['cell']: r['wall_s'] for r in down}.values()):.0f} s in all.", "",
                       *downstream_lines(down)]

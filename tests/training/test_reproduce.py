@@ -91,7 +91,10 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
             "--figures", str(tmp_path / "fig"), "--stage-set", "train:epochs=1", "--no-downstream",
             "--no-baselines"]
     assert main(args) == 0
-    records = json.loads((tmp_path / "results.json").read_text())
+    published = json.loads((tmp_path / "results.json").read_text())
+    (attack,) = [r for r in published if r.get("kind") == "attack"]  # the attacked encoder's own record
+    assert attack["attack"] == "badencoder" and 0 <= attack["attack_asr"] <= 1 and attack["attack_wall_s"] > 0
+    records = [r for r in published if r.get("kind") != "attack"]
     assert {(r["attack"], r["test"], r["threshold_rule"]) for r in records} == {
         (a, t, rule) for a in ("badencoder", "none") for t in ("balanced", "unbalanced-1%")
         for rule in ("fpr@0.01", "paper-1.5x")}
