@@ -64,6 +64,13 @@ def detection_pools(trigger: Any, max_images: int, seed: int = 0) -> dict[str, P
             "unbalanced-1%": (images, triggered[one_pct], np.r_[labels, labels[one_pct]])}
 
 
+def decree_base(n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """DECREE's clean data: (``n_images`` base images to invert the trigger on, the 2,000 base images its
+    per-sample threshold is calibrated on (1% FPR)), both from the held-out clean base set."""
+    base = split_base_and_train(0)[0]
+    return base[np.random.default_rng(2).permutation(len(base))[:n_images]], base[:2000]
+
+
 def split_base_and_train(n_train: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The clean base set (10% of CIFAR-10 train) and a disjoint training set for ASSET (images, labels)."""
     train = load_images("cifar10", "train", 32)
@@ -100,8 +107,7 @@ def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dic
 def decree_records(encoders: dict[str, tuple[Any, Any]], attack: str, trigger_name: str, trigger: Any,
                    pools: dict[str, Any], preset: str, device: str) -> list[dict[str, Any]]:
     cfg = resolve_config(DecreeConfig, DECREE_PRESETS, preset)
-    base = split_base_and_train(0)[0]
-    clean_ref = base[np.random.default_rng(2).permutation(len(base))[: cfg.n_images]]
+    clean_ref, calib = decree_base(cfg.n_images)
     records: list[dict[str, Any]] = []
     for role, (model, spec) in encoders.items():
         res = invert_trigger(model, spec, clean_ref, cfg, device=device)
@@ -109,7 +115,7 @@ def decree_records(encoders: dict[str, tuple[Any, Any]], attack: str, trigger_na
                         **res.to_dict(), "baseline_wall_s": res.wall_s})
         if role != "backdoored" or not decree_applicable(trigger_name):
             continue
-        threshold = decree_threshold(res, base[:2000])
+        threshold = decree_threshold(res, calib)
         for test, (clean, trig, _) in pools.items():
             s_clean, s_trig = decree_scores(res, clean), decree_scores(res, trig)
             records.append({"attack": attack, "detector": "decree", "aux": "cifar10-clean-50", "test": test,

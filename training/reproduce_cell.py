@@ -58,12 +58,14 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
                   max_images: int = 0, command: str = "dede reproduce",
                   figures: Path = Path("docs/figures"), knn_bank: int = 10000) -> list[dict[str, Any]]:
     start = time.time()
-    rec = attack_record(root / attack)
-    if rec is None:
+    rec, summary = attack_record(root / attack), attack_summary(root, attack, preset, command)
+    if rec is None or summary is None:
         raise ValueError(f"{root / attack} records no attack")
     trigger, params, target = rec["trigger"], rec.get("trigger_params") or {}, rec["target_class"]
-    walls = _stage_wall(root / attack)
-    attack_wall = sum(v for k, v in walls.items())  # pre-training (CTRL's poisoned one included) + attack
+    # the attack's own measurements, on every record: after the attack, or before it for the control's
+    attacked = {k: summary[k] for k in ("attack_asr", "encoder_clean_acc", "asr_method", *STEALTH)}
+    clean = {"attack_asr": summary["asr_before"], "encoder_clean_acc": summary["clean_accuracy_before"]}
+    attack_wall = summary["attack_wall_s"]  # pre-training (CTRL's poisoned one included) + attack
     tests = [(trigger, params), *EXTRA_TEST_TRIGGERS.get(attack, [])]
     records: list[dict[str, Any]] = []
     for test_trigger, test_params in tests:
@@ -75,15 +77,12 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
             run = json.loads((root / "dede" / path.name / "run.json").read_text())
             for r in recs:
                 r.update({"knn_asr": r.pop("attack_asr"), "knn_clean_acc": r.pop("encoder_clean_acc"),
-                          "attack_asr": rec.get("attack_success_rate"), "encoder_clean_acc": rec.get("clean_accuracy"),
-                          "asr_method": rec.get("asr_method", "knn"), "test_trigger": test_trigger,
-                          **{k: rec.get(k) for k in STEALTH},
+                          **attacked, "test_trigger": test_trigger,
                           "train_wall_s": run["train_wall_s"], "train_device": run["device"],
                           "train_wall_partial": run.get("train_wall_partial", False),
                           "dede_epochs": run["epochs"], "train_mask_ratio": run["train_mask_ratio"]})
                 if name == "none":
-                    r.update({"control_for": attack, "attack_asr": rec.get("asr_before"),
-                              "encoder_clean_acc": rec.get("clean_accuracy_before")})
+                    r.update({"control_for": attack, **clean})
             records += recs
         suffix = "" if test_trigger == trigger else f"-{test_trigger}"
         detection_figure(scores, f"{attack} ({test_trigger} trigger), aux {aux}, preset {preset}",

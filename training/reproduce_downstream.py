@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from training.attacks import recorded_trigger
 from training.attacks.triggers import make_trigger
 from training.baselines import decree_applicable
@@ -36,13 +34,13 @@ from training.evaluate import hardware
 def decree_detector(encoder_dir: Path, preset: str) -> Detector:
     """DECREE as a filter: invert the trigger on the (torch) encoder with clean base images only."""
     from training.baselines import DECREE_PRESETS, DecreeConfig, decree_scores, decree_threshold, invert_trigger
-    from training.reproduce_baselines import split_base_and_train
+    from training.reproduce_baselines import decree_base
 
     model, spec = load_encoder(encoder_dir)
-    base = split_base_and_train(0)[0]
     cfg = resolve_config(DecreeConfig, DECREE_PRESETS, preset)
-    res = invert_trigger(model, spec, base[np.random.default_rng(2).permutation(len(base))[: cfg.n_images]], cfg)
-    return Detector(lambda images: decree_scores(res, images), decree_threshold(res, base[:2000]))
+    clean_ref, calib = decree_base(cfg.n_images)
+    res = invert_trigger(model, spec, clean_ref, cfg)
+    return Detector(lambda images: decree_scores(res, images), decree_threshold(res, calib))
 
 
 def downstream_cell(bundle: Path, attack: str, trigger_from: Path, preset: str, overrides: list[str],

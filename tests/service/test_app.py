@@ -26,8 +26,6 @@ def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-
-
 @pytest.fixture(scope="module")
 def example() -> bytes:
     return (EXAMPLES / "clean-cat.png").read_bytes()

@@ -22,8 +22,6 @@ MODEL = "demo-cifar10-badencoder"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
-
-
 def pixels(name: str) -> np.ndarray:
     return np.asarray(Image.open(EXAMPLES / f"{name}.png").convert("RGB"))
 
