@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--no-downstream", action="store_true", help="leave out the downstream defence grid")
     p.add_argument("--no-baselines", action="store_true", help="leave out ASSET and DECREE")
+    p.add_argument("--include-weak", action="store_true",
+                   help="also train detectors (and run the downstream defence) for attacks that did not implant a "
+                        "backdoor (attack success rose by less than IMPLANT_MIN_GAIN, 0.2); by default they are "
+                        "skipped")
     p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
     p.add_argument("--no-publish", action="store_true", help="do not touch results.json / RESULTS.md")
     p.add_argument("--publish-only", action="store_true",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from training.attacks import IMPLANT_MIN_GAIN, implanted
 from training.paper import ATTACK_ORDER, paper_detection
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
@@ -28,12 +29,6 @@ def _order(attack: str) -> int:
     return ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
 
 
-IMPLANT_MIN_GAIN = 0.2  # attack success after - before below this: the attack did not take
-
-
-def _implanted(attacked: dict[str, Any], clean: dict[str, Any]) -> bool:
-    after, before = attacked.get("attack_asr"), clean.get("attack_asr")
-    return after is None or before is None or after - before >= IMPLANT_MIN_GAIN
 
 
 def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
@@ -49,7 +44,7 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
             ctl[r["attack"]] = {"attack_asr": r.get("asr_before"), "encoder_clean_acc": r.get("clean_accuracy_before")}
     lines = ["| attack | trigger | ASR before -> after | clean accuracy before -> after | measured by | "
              "bundle encoder kNN: ASR / CA | embedding SWD before -> after | outlier AUC before -> after | "
-             "class collapse clean -> attacked | pre-training + attack wall time |",
+             "class collapse clean -> attacked | pre-training + attack: epochs, wall time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for a in sorted(seen, key=_order):
         r, c = seen[a], ctl.get(a, {})
@@ -59,18 +54,28 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
                      f"{_f(r.get('swd_before'), 2)} -> {_f(r.get('swd'), 2)} | "
                      f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
                      f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
-                     f"{_f(r.get('attack_wall_s'), 0)} s |")
-    weak = [a for a in sorted(seen, key=_order) if not _implanted(seen[a], ctl.get(a, {}))]
+                     f"{_epochs(r.get('stage_epochs'))}, {_f(r.get('attack_wall_s'), 0)} s |")
+    weak = [a for a in sorted(seen, key=_order)
+            if not implanted(seen[a].get("attack_asr"), ctl.get(a, {}).get("attack_asr"))]
     if weak:
         lines += ["", "Did not implant a backdoor at this preset (attack success rose by less than "
-                  f"{IMPLANT_MIN_GAIN} over the clean encoder's), so no detector can be tested on it: "
-                  + ", ".join(weak) + "."]
+                  f"{IMPLANT_MIN_GAIN} over the clean encoder's), so no detector can be tested on it, and "
+                  "`dede reproduce` trains no detector for it and runs no downstream defence on it (its "
+                  "baselines still run: DECREE's verdict is about the encoder): " + ", ".join(weak) + "."]
     return [*lines, "", "Embedding stealth (DRUPE's claim against BadEncoder): the sliced Wasserstein distance between "
             "triggered and clean test embeddings, normalised by the clean spread, and the AUC of a kNN-distance "
             "outlier detector on them, before and after the attack (lower = stealthier; an AUC below 0.5 means "
             "triggered embeddings sit INSIDE a clean cluster). Class collapse: the share of the variance of the "
             "(normalised) clean test embeddings that their class explains (1 = the embedding only names the "
             "class, so a decoder can draw nothing but a class prototype from it).", ""]
+
+
+def _epochs(stages: dict[str, int | None] | None) -> str:
+    """Epochs per stage (``{"pretrain-simclr": 30, "attack-badencoder": 5}`` -> "30 + 5 ep"); a run stopped by
+    its time budget (a lent GPU) shows here with fewer epochs than its preset's."""
+    if not stages:
+        return "? ep"
+    return " + ".join("?" if e is None else str(e) for e in stages.values()) + " ep"
 
 
 def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[str]:
@@ -81,8 +86,8 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
             by[(attack, r["aux_kind"], r["test_trigger"], r["attack"] == "none", r["threshold_rule"])] = r
     rows = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (_order(k[0]), AUX_ORDER.index(k[1]), k[2]))
     lines = ["| attack | test trigger | aux set | AUC | AUC control | paper AUC | TPR / FPR at fpr@0.01 (deployed) "
-             "| control TPR / FPR | TPR / FPR at paper-1.5x | paper TPR / FPR | TPR@1%FPR | wall: DeDe training + "
-             "evaluation | target |",
+             "| control TPR / FPR | TPR / FPR at paper-1.5x | paper TPR / FPR | TPR@1%FPR | wall: DeDe training "
+             "(epochs) + evaluation | target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for attack, aux, trig in rows:
         bd, ctl = by.get((attack, aux, trig, False, "fpr@0.01")), by.get((attack, aux, trig, True, "fpr@0.01"))
@@ -98,8 +103,8 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
             f"{(_pct(ctl['tpr']) + ' / ' + _pct(ctl['fpr'])) if ctl else '-'} | "
             f"{(_pct(pap['tpr']) + ' / ' + _pct(pap['fpr'])) if pap else '-'} | "
             f"{(f'{paper[0]:.1f} / {paper[1]:.1f}') if paper else '-'} | {_f(bd.get('tpr_at_1pct_fpr'))} | "
-            f"{'>= ' if bd.get('train_wall_partial') else ''}{_f(bd.get('train_wall_s'), 0)} + "
-            f"{_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
+            f"{'>= ' if bd.get('train_wall_partial') else ''}{_f(bd.get('train_wall_s'), 0)} s "
+            f"({bd.get('dede_epochs', '?')} ep) + {_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
     return [*lines, ""]
 
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.attacks import not_implanted_reason
+
 ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts from (its control)
     "badencoder": {"clean": "simclr"},
     "drupe": {"clean": "simclr"},
@@ -71,6 +73,7 @@ class Step:
     cmd: list[str]
     done: Callable[[], bool]
     deps: list[str] = field(default_factory=list)
+    skip: Callable[[], str | None] | None = None  # asked once its dependencies are done: a reason not to run
 
 
 @dataclass
@@ -86,6 +89,7 @@ class GridSpec:
     command: str = "dede reproduce"
     downstream: bool = True  # also the downstream defence grid (Tables 2 and 4)
     baselines: bool = True  # also ASSET and DECREE
+    include_weak: bool = False  # also detectors and downstream runs for attacks that did not implant a backdoor
 
     def sets(self, stage: str, extra: list[str] | None = None) -> list[str]:
         out = []
@@ -99,13 +103,36 @@ def run_name(attack: str, aux: str, control: bool) -> str:
 
 
 def control_run(attack: str, aux: str) -> str:
-    """BadEncoder and DRUPE share their clean encoder and trigger, so they share one control detector."""
-    return run_name("badencoder" if attack == "drupe" else attack, aux, control=True)
+    """The control detector's run name. A control depends on the clean encoder, the auxiliary set and the DeDe
+    settings: BadEncoder and DRUPE share their clean encoder and trigger, so they share one control; an
+    out-of-distribution set carries no trigger, so there every attack on the same clean encoder shares the first
+    one's control (CTRL's own DeDe settings keep its controls apart)."""
+    if attack == "ctrl":
+        return run_name(attack, aux, control=True)
+    clean = ATTACKS[attack]["clean"]
+    if aux == "id":
+        return run_name("badencoder" if attack == "drupe" else attack, aux, control=True)
+    return run_name(next(a for a in ATTACKS if a != "ctrl" and ATTACKS[a]["clean"] == clean), aux, control=True)
+
+
+def _unless_implanted(g: GridSpec, attacks: list[str]) -> Callable[[], str | None] | None:
+    """A step's skip check: skip it when none of ``attacks`` implanted a backdoor (an attack that did not take
+    cannot test a detector), unless the grid includes weak attacks."""
+    if g.include_weak:
+        return None
+
+    def reason() -> str | None:
+        reasons = [not_implanted_reason(g.root / a) for a in attacks]
+        return "; ".join(r for r in reasons if r) if all(reasons) else None
+
+    return reason
 
 
 def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool) -> list[Step]:
-    """Train a DeDe detector on the attacked (or, for a control, the clean) encoder, then export it."""
+    """Train a DeDe detector on the attacked (or, for a control, the clean) encoder, then export it. Training is
+    skipped when no attack that needs this detector implanted a backdoor; its dependants are skipped with it."""
     r, clean = g.root, ATTACKS[attack]["clean"]
+    users = [a for a in g.attacks if control_run(a, aux) == name] if control else [attack]
     encoder = r / (clean if control else attack)
     aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux == "id"
                 else [f"aux_source={g.ood_dataset}", "poison_rate=0"])
@@ -113,7 +140,8 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     run_dir = r / "dede" / name
     return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
                                           *g.sets("train", extra), "--out", str(run_dir)),
-                 (run_dir / "run.json").exists, [f"attack-{attack}"] + ([f"pretrain-{clean}"] if control else [])),
+                 (run_dir / "run.json").exists, [f"attack-{attack}"] + ([f"pretrain-{clean}"] if control else []),
+                 _unless_implanted(g, users)),
             Step(f"export-{name}", _python("export", "--run", str(run_dir), "--name", name,
                                            "--out", str(r / "bundles")),
                  (r / "bundles" / name / "manifest.json").exists, [f"train-{name}"])]
@@ -191,7 +219,8 @@ def build_grid(g: GridSpec) -> list[Step]:
 
 def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) -> list[str]:
     """Run every step not yet done, respecting dependencies, ``jobs`` at a time. Returns failed steps (their
-    dependants are skipped); finished steps print one progress line each."""
+    dependants are skipped); a step whose ``skip`` check gives a reason is skipped with its dependants, which
+    is not a failure. Finished and skipped steps print one progress line each."""
     logs.mkdir(parents=True, exist_ok=True)
     by_name = {s.name: s for s in steps}
     assert all(d in by_name for s in steps for d in s.deps), "a step depends on a step outside the grid"
@@ -201,6 +230,7 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
     print(f"reproduce: {len(steps)} steps, {len(done)} already done, {total} to run ({jobs} at a time)")
     running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     failed: list[str] = []
+    skipped: set[str] = set()  # by their own skip check, or because a dependency was: not failures
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     finished = 0
     while todo or running:
@@ -208,7 +238,17 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
             todo.remove(s)
             failed.append(s.name)
             print(f"  skipped {s.name}: a dependency failed")
+        for s in [s for s in todo if any(d in skipped for d in s.deps)]:
+            todo.remove(s)
+            skipped.add(s.name)
+            print(f"  skipped {s.name}: a dependency was skipped")
         ready = [s for s in todo if all(d in done for d in s.deps)]
+        for s in list(ready):
+            if s.skip is not None and (reason := s.skip()):
+                ready.remove(s)
+                todo.remove(s)
+                skipped.add(s.name)
+                print(f"  skipped {s.name}: {reason}")
         while ready and len(running) < jobs:
             s = ready.pop(0)
             todo.remove(s)
@@ -286,11 +326,11 @@ def reproduce_cli(a: argparse.Namespace) -> None:
     command = a.command_line or "dede " + " ".join(sys.argv[1:])
     g = GridSpec(a.preset, root, a.attack or list(ATTACKS), a.aux or list(AUXES), a.ood_dataset,
                  parse_stage_sets(a.stage_set), a.max_images, Path(a.figures), command, not a.no_downstream,
-                 not a.no_baselines)
+                 not a.no_baselines, a.include_weak)
     steps = build_grid(g)
     if a.dry_run:
         for s in steps:
-            print(f"{'done' if s.done() else 'todo'}  {s.name}")
+            print(f"{'done' if s.done() else 'skip' if s.skip and s.skip() else 'todo'}  {s.name}")
         return
     failed = [] if a.publish_only else run_steps(steps, root / "logs", a.jobs, a.threads)
     records = collect(root, a.preset, command)

@@ -34,9 +34,8 @@ EXTRA_TEST_TRIGGERS: dict[str, list[tuple[str, dict[str, Any]]]] = {"badclip": [
 STEALTH = ("swd_before", "swd", "outlier_auc_before", "outlier_auc")  # embedding-space visibility (DRUPE's claim)
 
 
-def _stage_wall(encoder_dir: Path) -> dict[str, float]:
-    spec = json.loads((encoder_dir / "encoder.json").read_text())
-    return {h["stage"]: float(h.get("wall_s") or 0) for h in spec.get("history", [])}
+def _stages(encoder_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((encoder_dir / "encoder.json").read_text()).get("history", [])
 
 
 def attack_summary(root: Path, attack: str, preset: str, command: str) -> dict[str, Any] | None:
@@ -45,12 +44,14 @@ def attack_summary(root: Path, attack: str, preset: str, command: str) -> dict[s
     lets RESULTS.md report every attack, also one whose detectors have not been trained (or that failed)."""
     if not (root / attack / "encoder.json").exists() or (rec := attack_record(root / attack)) is None:
         return None
+    stages = _stages(root / attack)
     return {"source": "reproduce", "kind": "attack", "cell": f"attack-{attack}", "preset": preset,
             "attack": attack, "trigger": rec["trigger"], "target_class": rec.get("target_class"),
             "attack_asr": rec.get("attack_success_rate"), "asr_before": rec.get("asr_before"),
             "encoder_clean_acc": rec.get("clean_accuracy"), "clean_accuracy_before": rec.get("clean_accuracy_before"),
             "asr_method": rec.get("asr_method", "knn"), **{k: rec.get(k) for k in STEALTH},
-            "attack_wall_s": sum(_stage_wall(root / attack).values()), "train_device": rec.get("device"),
+            "attack_wall_s": sum(float(h.get("wall_s") or 0) for h in stages),
+            "stage_epochs": {h["stage"]: h.get("epochs") for h in stages}, "train_device": rec.get("device"),
             "command": command}
 
 

@@ -24,11 +24,16 @@ def test_grid_covers_every_attack_and_aux_with_a_control(tmp_path: Path) -> None
     cells = [n for n in names if n.startswith("cell-")]
     assert len(cells) == 10
     trains = [n for n in names if n.startswith("train-")]
-    # 10 backdoored detectors + controls: BadEncoder and DRUPE share theirs (same clean encoder and trigger)
-    assert len(trains) == 10 + 8 and "train-control-simclr-drupe-id" not in names
+    # 10 backdoored detectors + controls: BadEncoder and DRUPE share theirs (same clean encoder and trigger); on
+    # the trigger-free OOD set, every attack on one clean encoder shares one (CTRL's DeDe settings keep its own)
+    assert len(trains) == 10 + 7 and "train-control-simclr-drupe-id" not in names
+    assert "train-control-clip-badclip-ood" not in names and "train-control-simclr-ctrl-ood" in names
     by = {s.name: s for s in steps}
-    drupe_cell = by["cell-drupe-id"].cmd
-    assert drupe_cell[drupe_cell.index("--control") + 1].endswith("control-simclr-badencoder-id")
+    for cell, control in (("drupe-id", "control-simclr-badencoder-id"), ("drupe-ood", "control-simclr-badencoder-ood"),
+                          ("badclip-id", "control-clip-badclip-id"),
+                          ("badclip-ood", "control-clip-clip-backdoor-ood")):
+        cmd = by[f"cell-{cell}"].cmd
+        assert cmd[cmd.index("--control") + 1].endswith(control)
     ctrl = " ".join(by["train-ctrl-ood"].cmd)
     assert "mask_ratio=0.75" in ctrl and "ood_noise_quantile=0.99" in ctrl and "aux_source=gtsrb" in ctrl
     bad_id = " ".join(by["train-badencoder-id"].cmd)
@@ -73,6 +78,34 @@ def test_scheduler_resumes_and_skips_dependants_of_failures(tmp_path: Path) -> N
     assert a.read_text() == "done before" and b.read_text() == "x"
 
 
+def _attacked_encoder(path: Path, before: float, after: float) -> Path:
+    path.mkdir(parents=True)
+    (path / "encoder.json").write_text(json.dumps({"history": [
+        {"stage": "pretrain-simclr", "epochs": 6},
+        {"stage": "attack-x", "trigger": "ctrl", "asr_before": before, "attack_success_rate": after}]}))
+    return path
+
+
+def test_an_attack_that_did_not_implant_skips_its_detectors_and_their_dependants(tmp_path: Path) -> None:
+    from training.attacks import not_implanted_reason
+
+    assert not_implanted_reason(_attacked_encoder(tmp_path / "strong", 0.07, 0.97)) is None
+    weak = _attacked_encoder(tmp_path / "ctrl", 0.060, 0.054)
+    assert "did not implant a backdoor (attack success 0.060 -> 0.054" in str(not_implanted_reason(weak))
+    assert not_implanted_reason(tmp_path / "not-run-yet") is None  # unknown until the attack ran
+    steps = {s.name: s for s in _grid(tmp_path, attacks=["ctrl", "badencoder"], auxes=["id"])}
+    assert steps["train-ctrl-id"].skip is not None and steps["train-ctrl-id"].skip()
+    assert steps["train-control-simclr-ctrl-id"].skip()  # its control serves no other attack
+    assert steps["train-badencoder-id"].skip() is None  # not attacked yet here: not judged
+    assert all(s.skip is None for s in _grid(tmp_path, attacks=["ctrl"], auxes=["id"], include_weak=True))
+    # the scheduler: a skipped step's dependants are skipped too, and none of that is a failure
+    a, b, c = (tmp_path / n for n in "abc")
+    run = [Step("a", _touch(a), a.exists, skip=lambda: "no backdoor"), Step("b", _touch(b), b.exists, ["a"]),
+           Step("c", _touch(c), c.exists)]
+    assert run_steps(run, tmp_path / "logs") == []
+    assert c.exists() and not a.exists() and not b.exists()
+
+
 def test_merge_replaces_the_same_cell_and_preset_and_keeps_the_rest() -> None:
     old = [{"source": "reproduce", "preset": "cpu", "cell": "badencoder-id", "auc": 0.1},
            {"source": "reproduce", "preset": "paper", "cell": "badencoder-id", "auc": 0.3},
@@ -94,6 +127,7 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
     published = json.loads((tmp_path / "results.json").read_text())
     (attack,) = [r for r in published if r.get("kind") == "attack"]  # the attacked encoder's own record
     assert attack["attack"] == "badencoder" and 0 <= attack["attack_asr"] <= 1 and attack["attack_wall_s"] > 0
+    assert list(attack["stage_epochs"]) == ["pretrain-simclr", "attack-badencoder"]  # a budget stop shows here
     records = [r for r in published if r.get("kind") != "attack"]
     assert {(r["attack"], r["test"], r["threshold_rule"]) for r in records} == {
         (a, t, rule) for a in ("badencoder", "none") for t in ("balanced", "unbalanced-1%")
@@ -122,7 +156,7 @@ def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dic
                             "aux_kind": aux, "test_trigger": "badencoder", "trigger": "badencoder",
                             "cell": f"{attack}-{aux}", "preset": "cpu", "source": "reproduce",
                             "attack_asr": 0.9 if name != "none" else 0.08, "encoder_clean_acc": 0.5,
-                            "train_wall_s": 10.0, "eval_wall_s": 5.0,
+                            "train_wall_s": 10.0, "eval_wall_s": 5.0, "dede_epochs": 3,
                             **({"control_for": attack} if name == "none" else {})})
     return out
 
@@ -139,13 +173,15 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
                  "asr": 0.04, "bundle": "drupe-id", "wall_s": 3.0})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-ctrl", "kind": "attack", "attack": "ctrl",
                  "trigger": "ctrl", "attack_asr": 0.054, "asr_before": 0.06, "encoder_clean_acc": 0.495,
-                 "clean_accuracy_before": 0.492, "attack_wall_s": 7758.0})
+                 "clean_accuracy_before": 0.492, "attack_wall_s": 7758.0,
+                 "stage_epochs": {"pretrain-simclr": 6, "attack-ctrl": 4}})
     text = "\n".join(reproduce_lines(recs))
     # an attack with no DeDe cell is still reported, and one that did not take is called out
     assert "| ctrl | ctrl | 0.060 -> 0.054 | 0.492 -> 0.495 |" in text
-    assert "so no detector can be tested on it: ctrl." in text
+    assert "so no detector can be tested on it: ctrl." in text and "| 6 + 4 ep, 7758 s |" in text
     bad = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id"))
     assert "| 0.961 | 0.612 | 0.981 |" in bad and "met (>= 0.95)" in bad  # ours, control, the paper's Table 1
+    assert "| 10 s (3 ep) + 5 s |" in bad
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text

@@ -18,6 +18,26 @@ def attack_record(encoder: str | Path) -> dict[str, Any] | None:
     return next((h for h in reversed(history) if str(h.get("stage", "")).startswith("attack-")), None)
 
 
+IMPLANT_MIN_GAIN = 0.2  # attack success after - before below this: the attack did not implant a backdoor
+
+
+def implanted(asr_after: float | None, asr_before: float | None) -> bool:
+    """Whether an attack took: its success rate rose by at least ``IMPLANT_MIN_GAIN`` over the clean encoder's
+    (True when either is unknown: nothing to judge by)."""
+    return asr_after is None or asr_before is None or asr_after - asr_before >= IMPLANT_MIN_GAIN
+
+
+def not_implanted_reason(encoder: str | Path) -> str | None:
+    """Why no detector can be tested on this attacked encoder (its attack did not take), or None: also None
+    while the attack has not run yet."""
+    path = Path(encoder)
+    rec = attack_record(path) if (path / "encoder.json").exists() else None
+    if rec is None or implanted(rec.get("attack_success_rate"), rec.get("asr_before")):
+        return None
+    return (f"{path.name} did not implant a backdoor (attack success {rec['asr_before']:.3f} -> "
+            f"{rec['attack_success_rate']:.3f}, less than +{IMPLANT_MIN_GAIN})")
+
+
 def recorded_trigger(encoder: str | Path) -> tuple[str, dict[str, Any]]:
     """(trigger name, trigger params) of the attack recorded in an encoder's history."""
     rec = attack_record(encoder)
