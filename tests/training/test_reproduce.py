@@ -122,7 +122,7 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
     args = ["reproduce", "--preset", "tiny", "--root", str(tmp_path / "r"), "--attack", "badencoder", "--aux", "id",
             "--max-images", "64", "--results", str(tmp_path / "results.json"), "--report", str(tmp_path / "R.md"),
             "--figures", str(tmp_path / "fig"), "--stage-set", "train:epochs=1", "--no-downstream",
-            "--no-baselines"]
+            "--no-baselines", "--include-weak"]  # a tiny attack need not implant
     assert main(args) == 0
     published = json.loads((tmp_path / "results.json").read_text())
     (attack,) = [r for r in published if r.get("kind") == "attack"]  # the attacked encoder's own record
@@ -178,7 +178,7 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     text = "\n".join(reproduce_lines(recs))
     # an attack with no DeDe cell is still reported, and one that did not take is called out
     assert "| ctrl | ctrl | 0.060 -> 0.054 | 0.492 -> 0.495 |" in text
-    assert "so no detector can be tested on it: ctrl." in text and "| 6 + 4 ep, 7758 s |" in text
+    assert "DECREE's verdict is about the encoder): ctrl." in text and "| 6 + 4 ep, 7758 s |" in text
     bad = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id"))
     assert "| 0.961 | 0.612 | 0.981 |" in bad and "met (>= 0.95)" in bad  # ours, control, the paper's Table 1
     assert "| 10 s (3 ep) + 5 s |" in bad
