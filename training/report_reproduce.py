@@ -38,8 +38,12 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
         if r["attack"] != "none" and r["attack"] not in seen and r.get("kind") != "attack":
             seen[r["attack"]] = r
     ctl = {r["control_for"]: r for r in recs if r["attack"] == "none"}
-    for r in recs:  # an attack with no finished DeDe cell: its own record (before = the attack's measurement)
-        if r.get("kind") == "attack" and r["attack"] not in seen:
+    for r in recs:  # the attack's own record fills in what its cells lack (epochs), or stands alone for an
+        if r.get("kind") != "attack":  # attack with no finished DeDe cell (before = the attack's measurement)
+            continue
+        if r["attack"] in seen:
+            seen[r["attack"]] = {**r, **seen[r["attack"]]}
+        else:
             seen[r["attack"]] = r
             ctl[r["attack"]] = {"attack_asr": r.get("asr_before"), "encoder_clean_acc": r.get("clean_accuracy_before")}
     lines = ["| attack | trigger | ASR before -> after | clean accuracy before -> after | measured by | "

@@ -175,7 +175,12 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
                  "trigger": "ctrl", "attack_asr": 0.054, "asr_before": 0.06, "encoder_clean_acc": 0.495,
                  "clean_accuracy_before": 0.492, "attack_wall_s": 7758.0,
                  "stage_epochs": {"pretrain-simclr": 6, "attack-ctrl": 4}})
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-badencoder", "kind": "attack",
+                 "attack": "badencoder", "trigger": "badencoder", "attack_asr": 0.5, "attack_wall_s": 60.0,
+                 "stage_epochs": {"pretrain-simclr": 6, "attack-badencoder": 8}})
     text = "\n".join(reproduce_lines(recs))
+    # an attack with cells: the cells' numbers, completed by its own record (the epochs of each stage)
+    assert "| badencoder | badencoder | 0.080 -> 0.900 |" in text and "| 6 + 8 ep, 60 s |" in text
     # an attack with no DeDe cell is still reported, and one that did not take is called out
     assert "| ctrl | ctrl | 0.060 -> 0.054 | 0.492 -> 0.495 |" in text
     assert "DECREE's verdict is about the encoder): ctrl." in text and "| 6 + 4 ep, 7758 s |" in text
