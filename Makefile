@@ -72,7 +72,7 @@ reproduce-gpu:
 
 # throughput/latency side by side (docs/PERFORMANCE.md) and a 2-minute soak (docs/soak.json)
 bench:
-	$(PY) benchmarks/bench_service.py --bundle $(BAD) --runs $(RUNS)/dede-badencoder
+	$(PY) benchmarks/bench_service.py --bundle $(BAD) --runs $(RUNS)/dede-badencoder --compare-workers 2
 
 soak:
 	$(PY) benchmarks/soak.py --bundle $(BAD) --seconds 120
