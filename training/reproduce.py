@@ -272,6 +272,20 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
     return failed
 
 
+def dry_run(steps: list[Step]) -> dict[str, str]:
+    """Each step's state without running anything: ``done``, ``skip`` (its own skip check, or a dependency's) or
+    ``todo``. Steps come in dependency order (``build_grid`` guarantees it)."""
+    state: dict[str, str] = {}
+    for s in steps:
+        if s.done():
+            state[s.name] = "done"
+        elif any(state.get(d) == "skip" for d in s.deps) or (s.skip is not None and s.skip()):
+            state[s.name] = "skip"
+        else:
+            state[s.name] = "todo"
+    return state
+
+
 def collect(root: Path, preset: str, command: str) -> list[dict[str, Any]]:
     """Every finished cell's records, and one ``attack`` record per attacked encoder under ``root``."""
     from training.reproduce_cell import attack_summary
@@ -329,8 +343,8 @@ def reproduce_cli(a: argparse.Namespace) -> None:
                  not a.no_baselines, a.include_weak)
     steps = build_grid(g)
     if a.dry_run:
-        for s in steps:
-            print(f"{'done' if s.done() else 'skip' if s.skip and s.skip() else 'todo'}  {s.name}")
+        for s, state in dry_run(steps).items():
+            print(f"{state}  {s}")
         return
     failed = [] if a.publish_only else run_steps(steps, root / "logs", a.jobs, a.threads)
     records = collect(root, a.preset, command)

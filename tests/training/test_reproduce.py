@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_cifar
-from training.reproduce import GridSpec, Step, build_grid, merge_cells, parse_stage_sets, run_steps
+from training.reproduce import GridSpec, Step, build_grid, dry_run, merge_cells, parse_stage_sets, run_steps
 
 
 def _grid(tmp_path: Path, **kw: object) -> list[Step]:
@@ -98,6 +98,9 @@ def test_an_attack_that_did_not_implant_skips_its_detectors_and_their_dependants
     assert steps["train-control-simclr-ctrl-id"].skip()  # its control serves no other attack
     assert steps["train-badencoder-id"].skip() is None  # not attacked yet here: not judged
     assert all(s.skip is None for s in _grid(tmp_path, attacks=["ctrl"], auxes=["id"], include_weak=True))
+    states = dry_run(list(steps.values()))  # what --dry-run prints: the skipped detectors' dependants too
+    assert states["train-ctrl-id"] == states["export-ctrl-id"] == states["cell-ctrl-id"] == "skip"
+    assert states["downstream-ctrl"] == "skip" and states["train-badencoder-id"] == "todo"
     # the scheduler: a skipped step's dependants are skipped too, and none of that is a failure
     a, b, c = (tmp_path / n for n in "abc")
     run = [Step("a", _touch(a), a.exists, skip=lambda: "no backdoor"), Step("b", _touch(b), b.exists, ["a"]),
