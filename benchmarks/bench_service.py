@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -136,6 +137,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def connections_per_process(url: str) -> list[int]:
+    """Established connections to the server's port, counted per server process (largest first), from ``ss``;
+    empty when ``ss`` is missing."""
+    if not shutil.which("ss"):
+        return []
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                         text=True, timeout=10).stdout
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        if "pid=" in line:
+            pid = line.split("pid=", 1)[1].split(",", 1)[0]
+            counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
+def _sample_connections(out: list[int], url: str) -> None:
+    out.extend(connections_per_process(url))
 
 
 def start_server(bundle: str, batching: bool, workers: int = 1,
@@ -281,9 +302,15 @@ def main() -> None:
             for c in levels:
                 print(f"HTTP {key}, concurrency {c} ...")
                 cpu = process_cpu_s(proc.pid)
+                split: list[int] = []
+                sampler = threading.Timer(a.seconds / 2, _sample_connections, (split, url))
+                sampler.start()  # halfway through the load: which server process holds how many connections
                 row = (load_wrk(url, bodies, c, a.seconds) if shutil.which("wrk")
                        else asyncio.run(load(url, bodies, c, a.seconds)))
+                sampler.join()
                 row["server_cpu_ms_per_image"] = 1000 * (process_cpu_s(proc.pid) - cpu) / max(row["requests"], 1)
+                if workers > 1:
+                    row["connections_per_process"] = split  # type: ignore[assignment]
                 http[key][str(c)] = row
         finally:
             proc.terminate()
@@ -360,13 +387,16 @@ def render(res: dict, command: str) -> str:  # type: ignore[type-arg]
     if eager:
         lines.append(f"- ONNX Runtime / PyTorch eager: {_ratio(raw / eager)} "
                      f"({'met' if raw >= eager else 'missed'}: >= 1)")
-    multi = [rows["32"]["images_per_s"] for key, rows in http.items() if key.startswith(MULTI)]
+    multi = [rows["32"] for key, rows in http.items() if key.startswith(MULTI)]
     if multi:
         lines.append(f"- {res['compare_workers']} server processes (1 ORT thread each) / raw model, batching on at "
-                     f"concurrency 32, three server starts: " + ", ".join(f"{_ratio(m / raw)}" for m in multi)
-                     + " (not a goal: one event loop parses every request in a single process, so more processes "
-                     "can use more of the CPU; but the kernel spreads keep-alive connections over the processes "
-                     "unevenly, and how evenly changes from start to start)")
+                     f"concurrency 32, three server starts: "
+                     + ", ".join(f"{_ratio(m['images_per_s'] / raw)}"
+                                 + (f" (connections per process: {' / '.join(map(str, m['connections_per_process']))})"
+                                    if m.get("connections_per_process") else "") for m in multi)
+                     + ". Not a goal: one event loop parses every request in a single process, so more processes "
+                     "can use more of the CPU; each keep-alive connection stays with the process that accepted it, "
+                     "and the split above is what `ss` counted halfway through each measurement.")
     cpu32 = http["batching on"].get("32", {}).get("server_cpu_ms_per_image")
     if cpu32 and runs:
         raw_cpu = min(r["cpu_ms_per_image"] for r in runs)
