@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from training.attacks import IMPLANT_MIN_GAIN, implanted
+from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
@@ -134,6 +135,10 @@ def verdict_lines(recs: list[dict[str, Any]]) -> list[str]:
     rows = sorted((r for r in recs if r.get("kind") == "verdict"),
                   key=lambda r: (_order(r["attack"]), r["encoder_role"]))
     notes = [r["note"] for r in recs if r.get("kind") == "note"]
+    untestable = {(r["attack"], r["test_trigger"]) for r in recs  # DeDe's extra test triggers (the noise patch)
+                  if r.get("test_trigger") and r["attack"] != "none" and not decree_applicable(r["test_trigger"])}
+    notes += [f"per-sample DECREE not applicable to the {t} test of {a}: it is not a fixed patch"
+              for a, t in sorted(untestable) if any(v["attack"] == a for v in rows)]
     if not rows:
         return []
     lines = ["| attack | encoder | PL1 | verdict | best mean abs cos | inversion steps | wall |",
@@ -214,7 +219,7 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                 lines += ["Baselines on the same pools (ASSET trained on CIFAR-10 train images poisoned at the "
                           "pool's rate, as the paper describes; DECREE's per-sample score for patch triggers):", "",
                           *base_rows]
-        verdicts = verdict_lines(base)
+        verdicts = verdict_lines(base + recs)  # the DeDe cells name the extra test triggers
         if verdicts:
             lines += ["### DECREE's encoder-level verdicts", "",
                       "Trigger inversion with clean data only, on each attacked encoder and on the clean encoder it "

@@ -194,3 +194,15 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
     assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
+
+
+def test_decree_is_called_not_applicable_to_triggers_without_a_fixed_patch() -> None:
+    from training.report_reproduce import verdict_lines
+
+    verdict = {"kind": "verdict", "detector": "decree", "attack": "badclip", "encoder_role": "backdoored",
+               "pl1": 0.05, "trojaned": True, "found": True, "best_cos": 0.99, "steps": 80, "baseline_wall_s": 5.0}
+    cells = [{"attack": "badclip", "test_trigger": t, "detector": "dede"} for t in ("badclip", "noise-patch")]
+    text = "\n".join(verdict_lines([verdict, *cells]))
+    assert "| badclip | backdoored | 0.050 | trojaned |" in text
+    assert "not applicable to the noise-patch test of badclip" in text and "the badclip test" not in text
+    assert "not applicable" not in "\n".join(verdict_lines([verdict, cells[0]]))
