@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import EXAMPLES
-from tests.servers import dede_server
+from tests.conftest import DEMO_BUNDLE, EXAMPLES, ROOT
+from tests.servers import dede_server, free_port, wait_for
 
 
 def metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
-def test_counts_are_summed_over_workers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", [[], ["--reuse-port"]], ids=["shared-socket", "reuse-port"])
+def test_counts_are_summed_over_workers(tmp_path, mode) -> None:  # type: ignore[no-untyped-def]
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "PATH": "/usr/bin:/bin"}
-    with dede_server("--workers", "2", env=env) as url:
+    with dede_server("--workers", "2", *mode, env=env) as url:
         ready = 0
         deadline = time.time() + 60
         while time.time() < deadline and ready < 10:  # both workers up: several fresh connections succeed
@@ -36,3 +43,41 @@ def test_counts_are_summed_over_workers(tmp_path) -> None:  # type: ignore[no-un
             assert metric(text, "dede_images_scored_total") == 5 * len(files)
             assert metric(text, "dede_backdoor_alerts_total") == flags
             assert 'dede_model_info{' in text
+
+
+def _workers(pid: int) -> set[int]:
+    """The spawned worker processes of a ``--reuse-port`` server (not multiprocessing's resource tracker)."""
+    kids = {int(c) for t in Path(f"/proc/{pid}/task").glob("*/children") for c in t.read_text().split()}
+    return {k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()}
+
+
+def test_reuse_port_replaces_a_dead_worker_and_stops_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    env = dict(os.environ) | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(DEMO_BUNDLE),
+                             "--port", str(port), "--workers", "2", "--reuse-port"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/readyz", proc=proc)
+        first = _workers(proc.pid)
+        assert len(first) == 2
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 60
+        while time.time() < deadline and (victim in _workers(proc.pid) or len(_workers(proc.pid)) < 2):
+            time.sleep(0.2)
+        assert victim not in _workers(proc.pid) and len(_workers(proc.pid)) == 2  # replaced
+        ok = 0
+        while time.time() < deadline and ok < 10:  # fresh connections reach whichever socket: all answer
+            try:
+                ok += httpx.get(url + "/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert ok == 10
+        workers = _workers(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)  # SIGTERM reached every worker

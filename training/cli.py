@@ -98,6 +98,11 @@ def cmd_serve(a: argparse.Namespace) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # no stale values from an earlier run
         os.makedirs(metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if a.reuse_port and a.workers > 1:
+        from service.reuseport import serve
+
+        serve(a.host, a.port, a.workers)
+        return
     uvicorn.run("service.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers)
 
 
@@ -205,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--reuse-port", action="store_true",
+                   help="with --workers: one SO_REUSEPORT socket per process (Linux), so that the kernel spreads "
+                        "connections evenly over the processes")
     p.set_defaults(func=cmd_serve)
     return parser
 
