@@ -51,6 +51,8 @@ def _workers(pid: int) -> set[int]:
     return {k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()}
 
 
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="this kernel does not list a process's children in /proc (CONFIG_PROC_CHILDREN)")
 def test_reuse_port_replaces_a_dead_worker_and_stops_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     env = dict(os.environ) | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
