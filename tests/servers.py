@@ -38,8 +38,10 @@ def wait_for(url: str, seconds: float = 60, proc: subprocess.Popen[bytes] | None
 
 
 @contextmanager
-def dede_server(*args: str, bundle: Path = DEMO_BUNDLE, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``dede serve`` on a free loopback port, ready; yields its base URL and stops it afterwards."""
+def dede_process(*args: str, bundle: Path = DEMO_BUNDLE,
+                 env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``dede serve`` on a free loopback port, ready; yields the process and its base URL, and stops it
+    (SIGTERM) afterwards."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle),
                              "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
@@ -48,7 +50,14 @@ def dede_server(*args: str, bundle: Path = DEMO_BUNDLE, env: dict[str, str] | No
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url + "/readyz", proc=proc)
-        yield url
+        yield proc, url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
+
+
+@contextmanager
+def dede_server(*args: str, bundle: Path = DEMO_BUNDLE, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``dede_process``, when only the URL matters."""
+    with dede_process(*args, bundle=bundle, env=env) as (_, url):
+        yield url

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import DEMO_BUNDLE, EXAMPLES, ROOT
-from tests.servers import dede_server, free_port, wait_for
+from tests.conftest import EXAMPLES
+from tests.servers import dede_process, dede_server
 
 
 def metric(text: str, name: str) -> float:
@@ -54,14 +52,8 @@ def _workers(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
                     reason="this kernel does not list a process's children in /proc (CONFIG_PROC_CHILDREN)")
 def test_reuse_port_replaces_a_dead_worker_and_stops_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
     env = dict(os.environ) | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(DEMO_BUNDLE),
-                             "--port", str(port), "--workers", "2", "--reuse-port"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url + "/readyz", proc=proc)
+    with dede_process("--workers", "2", "--reuse-port", env=env) as (proc, url):
         first = _workers(proc.pid)
         assert len(first) == 2
         victim = min(first)
@@ -78,8 +70,5 @@ def test_reuse_port_replaces_a_dead_worker_and_stops_on_sigterm(tmp_path) -> Non
                 time.sleep(0.2)
         assert ok == 10
         workers = _workers(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     assert proc.returncode == 0
     assert not any(Path(f"/proc/{w}").exists() for w in workers)  # SIGTERM reached every worker

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from training.attacks import ATTACK_NAMES
+from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
 
 
 def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="leave out ASSET and DECREE")
     p.add_argument("--include-weak", action="store_true",
                    help="also train detectors (and run the downstream defence) for attacks that did not implant a "
-                        "backdoor (attack success rose by less than IMPLANT_MIN_GAIN, 0.2); by default they are "
+                        f"backdoor (attack success rose by less than {IMPLANT_MIN_GAIN}); by default they are "
                         "skipped")
     p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
     p.add_argument("--no-publish", action="store_true", help="do not touch results.json / RESULTS.md")

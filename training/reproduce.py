@@ -231,6 +231,7 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
     running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     failed: list[str] = []
     skipped: set[str] = set()  # by their own skip check, or because a dependency was: not failures
+    checked: set[str] = set()  # skip checks already passed (a ready step may wait for a free slot)
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     finished = 0
     while todo or running:
@@ -243,7 +244,8 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
             skipped.add(s.name)
             print(f"  skipped {s.name}: a dependency was skipped")
         ready = [s for s in todo if all(d in done for d in s.deps)]
-        for s in list(ready):
+        for s in [s for s in ready if s.name not in checked]:
+            checked.add(s.name)
             if s.skip is not None and (reason := s.skip()):
                 ready.remove(s)
                 todo.remove(s)
