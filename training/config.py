@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import time
 import typing
@@ -93,7 +94,10 @@ def save_config(cfg: Any, directory: str | Path) -> None:
 
 
 def code_version() -> str:
-    """The git commit of the repository (with ``+dirty`` when there are local changes), else the package."""
+    """``$DEDE_CODE_VERSION`` when set (a copy of the tree without ``.git``, e.g. on a lent GPU machine), else the
+    git commit of the repository (with ``+dirty`` when there are local changes), else the package version."""
+    if os.environ.get("DEDE_CODE_VERSION"):
+        return os.environ["DEDE_CODE_VERSION"]
     root = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
@@ -102,15 +106,19 @@ def code_version() -> str:
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
-        return f"dede-{version('dede')}"
+        try:
+            return f"dede-{version('dede')}"
+        except PackageNotFoundError:
+            return "unknown"
 
 
 def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
+    return device
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: int, cosine: bool = True

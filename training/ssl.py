@@ -49,6 +49,7 @@ class PretrainConfig:
     poison_target_class: str = "truck"
     max_images: int = 0  # 0 = the whole training split
     time_budget_s: float = 0.0  # > 0: stop after the epoch that uses up this wall time (epochs done are recorded)
+    amp: bool = True  # bf16 autocast of the forward passes on CUDA (no effect on CPU)
     knn_images: int = 10000  # train/test images used by the kNN probe at the end
     seed: int = 0
     device: str = "auto"
@@ -164,7 +165,9 @@ def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = images_t[idx].permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) in [0, 1]
             v1, v2 = normalise(simclr_augment(x), spec), normalise(simclr_augment(x), spec)
-            loss = nt_xent(head(model(v1)), head(model(v2)), cfg.temperature)
+            with torch.autocast("cuda", torch.bfloat16, enabled=cfg.amp and device.startswith("cuda")):
+                z1, z2 = head(model(v1)), head(model(v2))  # (B, proj_dim) each
+            loss = nt_xent(z1.float(), z2.float(), cfg.temperature)
             value = optimizer_step(opt, loss, step)
             sched.step()
             step += 1
