@@ -65,8 +65,8 @@ reproduce:
 # so that it fits a short loan; the epochs each stage finished are recorded and shown in RESULTS.md, so a
 # budget-stopped run is never mistaken for the paper's schedule. Resumable: rerun it if cut off. The auxiliary
 # set is in-distribution (CIFAR-10 train, 1% triggered: the paper's Table 1 setting), so one dataset suffices.
-GPU_BUDGET ?= --stage-set pretrain:time_budget_s=160 --stage-set attack:time_budget_s=60 \
-	--stage-set train:time_budget_s=100
+GPU_BUDGET ?= --stage-set pretrain:time_budget_s=150 --stage-set attack:time_budget_s=55 \
+	--stage-set train:time_budget_s=95
 reproduce-gpu:
 	$(DEDE) reproduce --preset paper --attack badencoder --aux id --no-baselines --no-downstream --include-weak \
 		--jobs 2 --threads 4 $(GPU_BUDGET) --command-line "make reproduce-gpu"

@@ -472,8 +472,9 @@ def gpu_section(path: Path) -> list[str]:
         return []
     g = json.loads(path.read_text())
     command = g.get("command", "python benchmarks/gpu_check.py")
-    lines = ["## GPU", "", f"`{command}` on {g['device'] or 'an unnamed GPU'} (onnxruntime {g['onnxruntime']}, "
-             f"providers {', '.join(g['available_providers'])}):", ""]
+    lines = ["## GPU", "", f"`{command}` on {g['device'] or 'an unnamed GPU'} (bundle `{g.get('bundle', '?')}`, "
+             f"onnxruntime {g['onnxruntime']}, providers {', '.join(g['available_providers'])}; "
+             f"whole check {g.get('wall_s', '?')} s):", ""]
     for key, label in (("ort_cuda", "ONNX Runtime, CUDA (IO binding)"), ("ort_cpu", "ONNX Runtime, that host's CPU"),
                        ("torch_eager_cuda", "PyTorch eager, CUDA")):
         part = g.get(key) or {}
@@ -482,6 +483,13 @@ def gpu_section(path: Path) -> list[str]:
             lines.append(f"- {label}: {rates} images/s")
         else:
             lines.append(f"- {label}: not measured ({part.get('skipped', 'no result')})")
+    measured = {k: (g.get(k) or {}).get("images_per_s") for k in ("ort_cuda", "ort_cpu", "torch_eager_cuda")}
+    cpu = measured["ort_cpu"]
+    for key, label in (("ort_cuda", "ONNX Runtime on CUDA"), ("torch_eager_cuda", "PyTorch eager on CUDA")):
+        gpu = measured[key]
+        if gpu and cpu:
+            b = max(gpu, key=int)
+            lines.append(f"- {label} / ONNX Runtime on that host's CPU, same run, batch {b}: {gpu[b] / cpu[b]:.1f}x")
     return [*lines, ""]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from training.attacks import IMPLANT_MIN_GAIN, implanted
+from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
 
@@ -32,7 +32,7 @@ def _order(attack: str) -> int:
 
 
 
-def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
+def attack_lines(recs: list[dict[str, Any]], preset: str) -> list[str]:
     """Each attack's own success (it must implant a backdoor before it can test a detector)."""
     seen: dict[str, dict[str, Any]] = {}
     for r in recs:
@@ -59,7 +59,7 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
                      f"{_f(r.get('swd_before'), 2)} -> {_f(r.get('swd'), 2)} | "
                      f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
                      f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
-                     f"{_epochs(r.get('stage_epochs'))}, {_f(r.get('attack_wall_s'), 0)} s |")
+                     f"{_epochs(r.get('stage_epochs'), preset)}, {_f(r.get('attack_wall_s'), 0)} s |")
     weak = [a for a in sorted(seen, key=_order)
             if not implanted(seen[a].get("attack_asr"), ctl.get(a, {}).get("attack_asr"))]
     if weak:
@@ -75,12 +75,39 @@ def attack_lines(recs: list[dict[str, Any]]) -> list[str]:
             "class, so a decoder can draw nothing but a class prototype from it).", ""]
 
 
-def _epochs(stages: dict[str, int | None] | None) -> str:
-    """Epochs per stage (``{"pretrain-simclr": 30, "attack-badencoder": 5}`` -> "30 + 5 ep"); a run stopped by
-    its time budget (a lent GPU) shows here with fewer epochs than its preset's."""
+def planned_epochs(stage: str, preset: str) -> int | None:
+    """The epochs ``preset`` schedules for a stage named as in ``stage_epochs`` ('pretrain-simclr',
+    'pretrain-clip', 'attack-<name>') or 'dede'; None for a preset or stage not known here."""
+    from training.config import resolve_config
+
+    if stage.startswith("attack-"):
+        return attack_preset_epochs(stage.removeprefix("attack-"), preset)
+    if stage == "pretrain-simclr":
+        from training.ssl import PRETRAIN_PRESETS as presets
+        from training.ssl import PretrainConfig as cls
+    elif stage == "pretrain-clip":
+        from training.clip_train import CLIP_PRESETS as presets  # type: ignore[assignment]
+        from training.clip_train import ClipConfig as cls  # type: ignore[assignment]
+    elif stage == "dede":
+        from training.train_dede import TRAIN_PRESETS as presets  # type: ignore[assignment]
+        from training.train_dede import TrainConfig as cls  # type: ignore[assignment]
+    else:
+        return None
+    return int(resolve_config(cls, presets, preset).epochs) if preset in presets else None
+
+
+def _epochs(stages: dict[str, int | None] | None, preset: str) -> str:
+    """Epochs per stage (``{"pretrain-simclr": 30, "attack-badencoder": 5}`` -> "30 + 5 ep"); a stage that
+    stopped short of its preset's schedule (its time budget, on a lent GPU) shows as done/scheduled: "23/1000"."""
     if not stages:
         return "? ep"
-    return " + ".join("?" if e is None else str(e) for e in stages.values()) + " ep"
+    return " + ".join(_done_of(e, planned_epochs(stage, preset)) for stage, e in stages.items()) + " ep"
+
+
+def _done_of(done: int | None, planned: int | None) -> str:
+    if done is None:
+        return "?"
+    return f"{done}/{planned}" if planned is not None and done < planned else str(done)
 
 
 def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[str]:
@@ -109,7 +136,8 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
             f"{(_pct(pap['tpr']) + ' / ' + _pct(pap['fpr'])) if pap else '-'} | "
             f"{(f'{paper[0]:.1f} / {paper[1]:.1f}') if paper else '-'} | {_f(bd.get('tpr_at_1pct_fpr'))} | "
             f"{'>= ' if bd.get('train_wall_partial') else ''}{_f(bd.get('train_wall_s'), 0)} s "
-            f"({bd.get('dede_epochs', '?')} ep) + {_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
+            f"({_done_of(bd.get('dede_epochs'), planned_epochs('dede', preset))} ep) + "
+            f"{_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
     return [*lines, ""]
 
 
@@ -210,8 +238,10 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                   "same auxiliary set: it measures how much of the signal is the trigger's own pixels rather "
                   "than the backdoor firing. Aux `cifar10-id-1%` = CIFAR-10 train with 1% triggered (the paper's "
                   "in-distribution set); `*-ood` = an out-of-distribution set (the paper used STL-10, which is "
-                  "not available here). TPR/FPR in %. Wall times in seconds.", "",
-                  "### The attacks", "", *attack_lines(recs + attacks)]
+                  "not available here). TPR/FPR in %. Wall times in seconds. Epochs `n/N`: the stage stopped after n "
+                  "of the N epochs its preset schedules (a wall-clock budget, `time_budget_s`, on a short GPU "
+                  "loan).", "",
+                  "### The attacks", "", *attack_lines(recs + attacks, preset)]
         for test, title in TESTS:
             lines += [f"### {title}", "", *detection_lines(recs, test, preset)]
             base_rows = baseline_lines(base, test)

@@ -159,7 +159,7 @@ def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dic
                             "aux_kind": aux, "test_trigger": "badencoder", "trigger": "badencoder",
                             "cell": f"{attack}-{aux}", "preset": "cpu", "source": "reproduce",
                             "attack_asr": 0.9 if name != "none" else 0.08, "encoder_clean_acc": 0.5,
-                            "train_wall_s": 10.0, "eval_wall_s": 5.0, "dede_epochs": 3,
+                            "train_wall_s": 10.0, "eval_wall_s": 5.0, "dede_epochs": 15,
                             **({"control_for": attack} if name == "none" else {})})
     return out
 
@@ -177,7 +177,7 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-ctrl", "kind": "attack", "attack": "ctrl",
                  "trigger": "ctrl", "attack_asr": 0.054, "asr_before": 0.06, "encoder_clean_acc": 0.495,
                  "clean_accuracy_before": 0.492, "attack_wall_s": 7758.0,
-                 "stage_epochs": {"pretrain-simclr": 6, "attack-ctrl": 4}})
+                 "stage_epochs": {"pretrain-simclr": 6, "attack-ctrl": 6}})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-badencoder", "kind": "attack",
                  "attack": "badencoder", "trigger": "badencoder", "attack_asr": 0.5, "attack_wall_s": 60.0,
                  "stage_epochs": {"pretrain-simclr": 6, "attack-badencoder": 8}})
@@ -186,14 +186,26 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "| badencoder | badencoder | 0.080 -> 0.900 |" in text and "| 6 + 8 ep, 60 s |" in text
     # an attack with no DeDe cell is still reported, and one that did not take is called out
     assert "| ctrl | ctrl | 0.060 -> 0.054 | 0.492 -> 0.495 |" in text
-    assert "DECREE's verdict is about the encoder): ctrl." in text and "| 6 + 4 ep, 7758 s |" in text
+    assert "DECREE's verdict is about the encoder): ctrl." in text and "| 6 + 6 ep, 7758 s |" in text
     bad = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id"))
     assert "| 0.961 | 0.612 | 0.981 |" in bad and "met (>= 0.95)" in bad  # ours, control, the paper's Table 1
-    assert "| 10 s (3 ep) + 5 s |" in bad
+    assert "| 10 s (15 ep) + 5 s |" in bad  # the cpu preset's 15 epochs: no "n/N"
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
     assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
+
+
+def test_a_stage_stopped_by_its_budget_shows_the_epochs_its_preset_schedules() -> None:
+    from training.report_reproduce import _epochs, planned_epochs
+
+    assert planned_epochs("pretrain-simclr", "paper") == 1000 and planned_epochs("attack-badencoder", "paper") == 200
+    assert planned_epochs("dede", "cpu") == 15 and planned_epochs("attack-ctrl", "cpu") == 6
+    assert planned_epochs("pretrain-clip", "cpu") == 5 and planned_epochs("attack-drupe", "paper") == 120
+    assert planned_epochs("dede", "custom") is None and planned_epochs("attack-unknown", "cpu") is None
+    assert _epochs({"pretrain-simclr": 23, "attack-badencoder": 24}, "paper") == "23/1000 + 24/200 ep"
+    assert _epochs({"pretrain-simclr": 6, "attack-badencoder": 8}, "cpu") == "6 + 8 ep"  # full schedules
+    assert _epochs({"pretrain-simclr": None, "attack-badencoder": 3}, "custom") == "? + 3 ep"
 
 
 def test_decree_is_called_not_applicable_to_triggers_without_a_fixed_patch() -> None:

@@ -55,6 +55,20 @@ _ATTACKS = {
     "badclip": ("badclip", "BadClipConfig", "BADCLIP_PRESETS", "badclip"),
 }
 ATTACK_NAMES = tuple(_ATTACKS)
+
+
+def attack_preset_epochs(method: str, preset: str) -> int | None:
+    """The epochs ``preset`` schedules for an attack (None for an unknown attack or preset)."""
+    import importlib
+
+    from training.config import resolve_config
+
+    if method not in _ATTACKS:
+        return None
+    module, cls_name, presets_name, _ = _ATTACKS[method]
+    mod = importlib.import_module(f"training.attacks.{module}")
+    presets = getattr(mod, presets_name)
+    return int(resolve_config(getattr(mod, cls_name), presets, preset).epochs) if preset in presets else None
 FROM_SCRATCH = {"ctrl"}  # data poisoning trains its own encoder: there --encoder is the optional clean control
 
 
