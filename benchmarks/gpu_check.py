@@ -86,6 +86,18 @@ def throughput(scorer: Any, size: int, seconds: float) -> dict[str, float]:
     return out
 
 
+def preload_cuda_libraries() -> str:
+    """onnxruntime-gpu >= 1.21 can load CUDA and cuDNN from the nvidia-* wheels (those PyTorch installs) before
+    the first CUDA session; without them on the loader path the CUDA provider falls back to the CPU."""
+    if not hasattr(ort, "preload_dlls"):
+        return "not offered by this onnxruntime"
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # reported in the JSON; the check goes on
+        return f"failed: {type(exc).__name__}: {exc}"
+    return "done"
+
+
 def device_name() -> str | None:
     try:
         import torch
@@ -138,6 +150,7 @@ def main() -> None:
                            "command": " ".join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]])}
     print("ONNX Runtime", ort.__version__, "providers:", available, "device:", res["device"], flush=True)
     if "CUDAExecutionProvider" in available:
+        res["preload_dlls"] = preload_cuda_libraries()
         scorer, impl = load_scorer(bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
         res["ort_cuda"] = {"provider_in_use": scorer.provider, "scorer": impl,
                            "images_per_s": throughput(scorer, size, a.seconds)}
