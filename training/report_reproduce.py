@@ -148,14 +148,25 @@ def baseline_lines(recs: list[dict[str, Any]], test: str) -> list[str]:
     if not rows:
         return []
     lines = ["| baseline | attack | AUC (last epoch) | AUC (best epoch, oracle) | TPR / FPR at its threshold | "
-             "paper TPR / FPR / AUC | wall |", "|---|---|---|---|---|---|---|"]
+             "paper TPR / FPR / AUC | ASSET step 2: flagged, poisoned share (training set's) | wall |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = paper_detection(test, r["detector"], "id", r["attack"])
         lines.append(f"| {r['detector']} ({r['threshold_rule']}) | {r['attack']} | {_f(r['auc'])} | "
                      f"{_f(r.get('auc_best_epoch'))} | {_pct(r['tpr'])} / {_pct(r['fpr'])} | "
                      + (f"{paper[0]:.1f} / {paper[1]:.1f} / {paper[2]:.3f}" if paper else "-")
-                     + f" | {_f(r.get('baseline_wall_s'), 0)} s |")
+                     + f" | {_flag_share(r)} | {_f(r.get('baseline_wall_s'), 0)} s |")
     return [*lines, ""]
+
+
+def _flag_share(r: dict[str, Any]) -> str:
+    """How often ASSET's outlier step flagged a poisoned training sample, next to the poison's share of the
+    training set: step 3 can only learn the trigger if the first is well above the second."""
+    flagged, hit, rate = r.get("asset_flagged"), r.get("asset_flagged_poisoned"), r.get("asset_train_poison_rate")
+    if flagged is None or hit is None or rate is None:
+        return "-"
+    share = f"{_pct(hit / flagged)}%" if flagged else "-"
+    return f"{flagged}, {share} ({_pct(rate)}%)"
 
 
 def verdict_lines(recs: list[dict[str, Any]]) -> list[str]:

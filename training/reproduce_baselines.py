@@ -91,8 +91,10 @@ def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dic
         poisoned = train.copy()
         idx = np.random.default_rng(1).choice(len(train), int(round(rate * len(train))), replace=False)
         poisoned[idx] = trigger.apply(train[idx])
+        is_poisoned = np.zeros(len(train), bool)
+        is_poisoned[idx] = True
         res = run_asset(encoder, spec, base, np.r_[clean, trig], cfg, pool_labels=labels, train_images=poisoned,
-                        train_labels=train_labels, device=device, log=True)
+                        train_labels=train_labels, device=device, log=True, train_poisoned=is_poisoned)
         n = len(clean)
         met = detection_metrics(res.scores[:n], res.scores[n:], res.threshold)
         best = max(detection_metrics(s[:n], s[n:], res.threshold)["auc"] for s in res.scores_per_epoch)
@@ -100,7 +102,9 @@ def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dic
                         "test": test, "test_trigger": None, "threshold_rule": "asset-get_t", "threshold": res.threshold,
                         "deployed": True, **met, "auc_best_epoch": best,
                         "tpr_at_1pct_fpr": tpr_at_fpr(res.scores[:n], res.scores[n:], 0.01),
-                        "asset_epochs": cfg.epochs, "baseline_wall_s": res.wall_s})
+                        "asset_epochs": cfg.epochs, "baseline_wall_s": res.wall_s,
+                        "asset_train_poison_rate": len(idx) / len(train), "asset_flagged": sum(res.flagged_per_epoch),
+                        "asset_flagged_poisoned": sum(res.flagged_poisoned_per_epoch or [])})
     return records
 
 

@@ -106,10 +106,14 @@ def test_asset_scores_an_obviously_different_group_above_the_clean_pool() -> Non
     pool = np.concatenate([_noise(244, 1), make_trigger("badencoder", 32).apply(_noise(12, 2))])
     labels = rng.integers(0, 10, len(pool))
     cfg = resolve_config(AssetConfig, ASSET_PRESETS, "tiny", overrides=["epochs=15"])
-    result = run_asset(encoder, spec, _noise(256, 3), pool, cfg, labels)
     truth = np.r_[np.zeros(244), np.ones(12)]
+    result = run_asset(encoder, spec, _noise(256, 3), pool, cfg, labels, train_poisoned=truth.astype(bool))
     assert result.scores.shape == (256,) and result.scores_per_epoch.shape == (15, 256)
     assert sum(result.flagged_per_epoch) > 0
+    # step 2 finds the triggered images far more often than their 12/256 share: that is what step 3 learns from
+    assert result.flagged_poisoned_per_epoch is not None
+    assert sum(result.flagged_poisoned_per_epoch) / sum(result.flagged_per_epoch) > 0.5
+    assert all(0 <= p <= f for p, f in zip(result.flagged_poisoned_per_epoch, result.flagged_per_epoch, strict=True))
     assert roc_auc_score(truth, result.scores) > 0.85
     assert result.flags[244:].mean() > result.flags[:244].mean()
     assert result.to_dict()["n"] == 256
@@ -119,6 +123,13 @@ def test_asset_needs_labels_for_its_cross_entropy_objective() -> None:
     spec = EncoderSpec("pool4", embed_dim=48)
     with pytest.raises(ValueError, match="labels"):
         run_asset(nn.Flatten(), spec, _noise(8, 0), _noise(8, 1), AssetConfig(epochs=1))
+
+
+def test_asset_checks_the_poison_mask_against_its_training_set() -> None:
+    spec = EncoderSpec("pool4", embed_dim=48)
+    with pytest.raises(ValueError, match="train_poisoned has 3 entries for 8"):
+        run_asset(nn.Flatten(), spec, _noise(8, 0), _noise(8, 1), AssetConfig(epochs=1), np.zeros(8, np.int64),
+                  train_poisoned=np.zeros(3, bool))
 
 
 # --- DECREE -------------------------------------------------------------------------------------------

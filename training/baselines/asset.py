@@ -232,29 +232,37 @@ def offset_scores(clf: nn.Module, images: np.ndarray, labels: np.ndarray | None,
 @dataclass
 class AssetResult:
     """scores: (N,) of the last epoch (higher = more suspicious); scores_per_epoch: (epochs, N); threshold and
-    flags (N,) by ``asset_threshold`` on ``scores``; flagged_per_epoch: training samples flagged in step 2."""
+    flags (N,) by ``asset_threshold`` on ``scores``; flagged_per_epoch: training samples flagged in step 2;
+    flagged_poisoned_per_epoch: how many of those carried the trigger (None when the caller did not say which
+    training samples did). Step 3 can only learn the trigger if step 2 flags poisoned samples more often than
+    their share of the training set."""
 
     scores: np.ndarray
     scores_per_epoch: np.ndarray
     threshold: float
     flags: np.ndarray
     flagged_per_epoch: list[int]
+    flagged_poisoned_per_epoch: list[int] | None
     steps: int
     wall_s: float
     config: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "n_flagged": int(self.flags.sum()), "n": int(len(self.scores)),
-                "flagged_per_epoch": self.flagged_per_epoch, "steps": self.steps, "wall_s": self.wall_s,
-                "config": self.config}
+                "flagged_per_epoch": self.flagged_per_epoch,
+                "flagged_poisoned_per_epoch": self.flagged_poisoned_per_epoch, "steps": self.steps,
+                "wall_s": self.wall_s, "config": self.config}
 
 
 def run_asset(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray, pool_images: np.ndarray,
               cfg: AssetConfig, pool_labels: np.ndarray | None = None, train_images: np.ndarray | None = None,
-              train_labels: np.ndarray | None = None, device: str = "cpu", log: bool = False) -> AssetResult:
+              train_labels: np.ndarray | None = None, device: str = "cpu", log: bool = False,
+              train_poisoned: np.ndarray | None = None) -> AssetResult:
     """ASSET on ``encoder``: base_images uint8 (M, H, W, 3) clean; pool_images uint8 (N, H, W, 3) scored, with
     pool_labels int (N,) (needed by the ``ce`` objective). Trains on train_images/train_labels when given
-    (the script: the poisoned train split at the pool's poison rate), else on the pool (transductive)."""
+    (the script: the poisoned train split at the pool's poison rate), else on the pool (transductive).
+    train_poisoned: bool (T,) over the training images (the pool when transductive), for the diagnostic
+    ``flagged_poisoned_per_epoch`` only; the method never sees it."""
     if cfg.objective == "ce" and pool_labels is None:
         raise ValueError("ASSET's 'ce' objective needs pool_labels (or use objective='var')")
     if train_images is None:
@@ -271,9 +279,11 @@ def run_asset(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray, po
     base = torch.from_numpy(base_images[: cfg.base_pool or None])  # (M', H, W, 3) uint8
     train = torch.from_numpy(train_images)  # (T, H, W, 3) uint8
     ytrain = None if train_labels is None else torch.from_numpy(np.asarray(train_labels)).long()
-    per_epoch, flagged_per_epoch, step = [], [], 0
+    if train_poisoned is not None and len(train_poisoned) != len(train):
+        raise ValueError(f"train_poisoned has {len(train_poisoned)} entries for {len(train)} training images")
+    per_epoch, flagged_per_epoch, flagged_poisoned, step = [], [], [], 0
     for epoch in range(cfg.epochs):
-        perm, n_flagged = rng.permutation(len(train)), 0
+        perm, n_flagged, n_flagged_poisoned = rng.permutation(len(train)), 0, 0
         for i in range(0, len(train), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             pos = to_input(train[idx].to(device), spec)  # (b, 3, H, W)
@@ -288,16 +298,21 @@ def run_asset(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray, po
                 y = None if ytrain is None else ytrain[idx][flagged.cpu()].to(device)
                 optimizer_step(opt_max, -sample_loss(clf(pos[flagged]), y, cfg.objective).mean(), step)
             n_flagged += len(flagged)
+            if train_poisoned is not None:
+                n_flagged_poisoned += int(train_poisoned[idx[flagged.cpu().numpy()]].sum())
             step += 1
         per_epoch.append(offset_scores(clf, pool_images, pool_labels, spec, cfg, device))
         flagged_per_epoch.append(n_flagged)
+        flagged_poisoned.append(n_flagged_poisoned)
         if log:
-            print(f"asset epoch {epoch + 1}/{cfg.epochs}: {n_flagged} flagged, "
+            print(f"asset epoch {epoch + 1}/{cfg.epochs}: {n_flagged} flagged"
+                  + (f" ({n_flagged_poisoned} poisoned)" if train_poisoned is not None else "") + ", "
                   f"mean score {per_epoch[-1].mean():.3f} ({time.time() - start:.0f}s)", flush=True)
     scores = per_epoch[-1] if per_epoch else np.zeros(len(pool_images))
     threshold = asset_threshold(scores, cfg.threshold_eps)
     return AssetResult(scores, np.stack(per_epoch) if per_epoch else np.zeros((0, len(pool_images))), threshold,
-                       scores > threshold, flagged_per_epoch, step, round(time.time() - start, 1), asdict(cfg))
+                       scores > threshold, flagged_per_epoch, flagged_poisoned if train_poisoned is not None else None,
+                       step, round(time.time() - start, 1), asdict(cfg))
 
 
 def asset_scores(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray, pool_images: np.ndarray,
