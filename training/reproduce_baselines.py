@@ -33,6 +33,7 @@ from training.baselines import (
     AssetConfig,
     DecreeConfig,
     asset_epochs,
+    asset_threshold,
     decree_applicable,
     decree_scores,
     decree_threshold,
@@ -80,31 +81,45 @@ def split_base_and_train(n_train: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return train.images[order[:n_base]], train.images[rest], train.labels[rest]
 
 
-def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dict[str, Any], preset: str,
-                  n_train: int, device: str) -> list[dict[str, Any]]:
+def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dict[str, Pool], preset: str,
+                  n_train: int, device: str, train_rate: float | None = None) -> list[dict[str, Any]]:
+    """ASSET's records on each pool. ``train_rate`` None: one ASSET run per pool, trained at that pool's poison
+    rate (the paper's text); a number: one run trained at that rate (the official script's ``--poison_rate
+    0.01``), scoring every pool at once (they share the clean images)."""
     cfg = resolve_config(AssetConfig, ASSET_PRESETS, preset, None, [f"epochs={asset_epochs(attack)}"]
                          if preset != "tiny" else [])
     base, train, train_labels = split_base_and_train(n_train)
+    groups = ([(len(p[1]) / (len(p[0]) + len(p[1])), {name: p}) for name, p in pools.items()]
+              if train_rate is None else [(train_rate, pools)])
     records = []
-    for test, (clean, trig, labels) in pools.items():
-        rate = len(trig) / (len(clean) + len(trig))  # the pool's poison rate
-        poisoned = train.copy()
-        idx = np.random.default_rng(1).choice(len(train), int(round(rate * len(train))), replace=False)
-        poisoned[idx] = trigger.apply(train[idx])
+    for rate, group in groups:
         is_poisoned = np.zeros(len(train), bool)
-        is_poisoned[idx] = True
-        res = run_asset(encoder, spec, base, np.r_[clean, trig], cfg, pool_labels=labels, train_images=poisoned,
-                        train_labels=train_labels, device=device, log=True, train_poisoned=is_poisoned)
+        is_poisoned[np.random.default_rng(1).choice(len(train), int(round(rate * len(train))), replace=False)] = True
+        poisoned = train.copy()
+        poisoned[is_poisoned] = trigger.apply(train[is_poisoned])
+        clean, _, labels = next(iter(group.values()))
         n = len(clean)
-        met = detection_metrics(res.scores[:n], res.scores[n:], res.threshold)
-        best = max(detection_metrics(s[:n], s[n:], res.threshold)["auc"] for s in res.scores_per_epoch)
-        records.append({"attack": attack, "detector": "asset", "aux": f"cifar10-train-{len(train)}-at-pool-rate",
-                        "test": test, "test_trigger": None, "threshold_rule": "asset-get_t", "threshold": res.threshold,
-                        "deployed": True, **met, "auc_best_epoch": best,
-                        "tpr_at_1pct_fpr": tpr_at_fpr(res.scores[:n], res.scores[n:], 0.01),
-                        "asset_epochs": cfg.epochs, "baseline_wall_s": res.wall_s,
-                        "asset_train_poison_rate": len(idx) / len(train), "asset_flagged": sum(res.flagged_per_epoch),
-                        "asset_flagged_poisoned": sum(res.flagged_poisoned_per_epoch or [])})
+        pool = np.concatenate([clean, *(trig for _, trig, _ in group.values())])  # (n + sum M, H, W, 3)
+        pool_labels = np.concatenate([labels[:n], *(lab[n:] for _, _, lab in group.values())])
+        res = run_asset(encoder, spec, base, pool, cfg, pool_labels=pool_labels, train_images=poisoned,
+                        train_labels=train_labels, device=device, log=True, train_poisoned=is_poisoned)
+        offset = n
+        for test, (_, trig, _) in group.items():
+            idx = np.r_[np.arange(n), np.arange(offset, offset + len(trig))]  # this pool's clean + triggered
+            offset += len(trig)
+            scores = res.scores[idx]
+            threshold = asset_threshold(scores, cfg.threshold_eps)
+            met = detection_metrics(scores[:n], scores[n:], threshold)
+            best = max(detection_metrics(s[idx][:n], s[idx][n:], threshold)["auc"] for s in res.scores_per_epoch)
+            aux = (f"cifar10-train-{len(train)}-at-pool-rate" if train_rate is None
+                   else f"cifar10-train-{len(train)}-at-{100 * train_rate:g}%")
+            records.append({"attack": attack, "detector": "asset", "aux": aux, "test": test, "test_trigger": None,
+                            "threshold_rule": "asset-get_t", "threshold": threshold, "deployed": True, **met,
+                            "auc_best_epoch": best, "tpr_at_1pct_fpr": tpr_at_fpr(scores[:n], scores[n:], 0.01),
+                            "asset_epochs": cfg.epochs, "baseline_wall_s": res.wall_s,
+                            "asset_train_poison_rate": float(is_poisoned.mean()),
+                            "asset_flagged": sum(res.flagged_per_epoch),
+                            "asset_flagged_poisoned": sum(res.flagged_poisoned_per_epoch or [])})
     return records
 
 
@@ -135,7 +150,8 @@ def decree_records(encoders: dict[str, tuple[Any, Any]], attack: str, trigger_na
 
 
 def baselines_cell(root: Path, attack: str, clean: str, preset: str, max_images: int, command: str,
-                   asset_train: int | None = None) -> list[dict[str, Any]]:
+                   asset_train: int | None = None, asset_train_rate: float | None = None, asset_only: bool = False,
+                   cell: str | None = None) -> list[dict[str, Any]]:
     start = time.time()
     rec = attack_record(root / attack)
     if rec is None:
@@ -144,14 +160,15 @@ def baselines_cell(root: Path, attack: str, clean: str, preset: str, max_images:
     device = pick_device("auto")
     bad, bad_spec = load_encoder(root / attack)
     pools = detection_pools(trigger, max_images)
-    records = decree_records({"backdoored": (bad, bad_spec), "clean": load_encoder(root / clean)}, attack,
-                             rec["trigger"], trigger, pools, preset, device)
+    records = [] if asset_only else decree_records(
+        {"backdoored": (bad, bad_spec), "clean": load_encoder(root / clean)}, attack, rec["trigger"], trigger, pools,
+        preset, device)
     records += asset_records(bad, bad_spec, attack, trigger, pools, preset,
-                             asset_train or ASSET_TRAIN.get(preset, 4000), device)
+                             asset_train or ASSET_TRAIN.get(preset, 4000), device, asset_train_rate)
     wall = round(time.time() - start, 1)
     for r in records:
-        r.update({"source": "reproduce", "cell": f"baselines-{attack}", "trigger": rec["trigger"], "preset": preset,
-                  "hardware": hardware(), "wall_s": wall, "command": command})
+        r.update({"source": "reproduce", "cell": cell or f"baselines-{attack}", "trigger": rec["trigger"],
+                  "preset": preset, "hardware": hardware(), "wall_s": wall, "command": command})
     return records
 
 
@@ -163,10 +180,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", required=True)
     p.add_argument("--max-images", type=int, default=0)
     p.add_argument("--asset-train", type=int, default=None, help="ASSET's training images (default by preset)")
+    p.add_argument("--asset-train-rate", type=float, default=None,
+                   help="train ASSET once at this poison rate and score every pool (the official script: 0.01); "
+                        "default: one run per pool at the pool's own rate (the paper's text)")
+    p.add_argument("--asset-only", action="store_true", help="leave DECREE out")
+    p.add_argument("--cell", default=None, help="the records' cell name (default baselines-<attack>)")
     p.add_argument("--command-line", default="dede reproduce")
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
-    records = baselines_cell(a.root, a.attack, a.clean, a.preset, a.max_images, a.command_line, a.asset_train)
+    records = baselines_cell(a.root, a.attack, a.clean, a.preset, a.max_images, a.command_line, a.asset_train,
+                             a.asset_train_rate, a.asset_only, a.cell)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1))

@@ -225,6 +225,25 @@ def test_baselines_cell_records_asset_and_decree(pipeline: Path) -> None:
     assert det[("asset", "balanced")]["n_clean"] == det[("asset", "balanced")]["n_triggered"] == 64
     assert det[("asset", "unbalanced-1%")]["n_triggered"] == 1  # 1% of 64 rounds down to one
     assert all(0 <= r["auc"] <= 1 and r["source"] == "reproduce" and r["cell"] == "baselines-bad" for r in det.values())
+    # the paper's text: each pool's ASSET trained at that pool's own poison rate
+    assert det[("asset", "balanced")]["asset_train_poison_rate"] == 0.5
+    assert det[("asset", "unbalanced-1%")]["asset_train_poison_rate"] == pytest.approx(1 / 65, abs=0.005)
+
+
+def test_asset_trained_once_at_a_fixed_rate_scores_every_pool(pipeline: Path) -> None:
+    """The official script's setting: one ASSET run, training set 1% triggered, both pools scored by it."""
+    from training.reproduce_baselines import baselines_cell
+
+    recs = baselines_cell(pipeline, "bad", "clean", "tiny", max_images=64, command="test", asset_train=200,
+                          asset_train_rate=0.01, asset_only=True, cell="baselines-bad-asset200")
+    assert {(r["detector"], r["test"]) for r in recs} == {("asset", "balanced"), ("asset", "unbalanced-1%")}
+    bal, unbal = sorted(recs, key=lambda r: r["test"])
+    assert bal["aux"] == unbal["aux"] == "cifar10-train-200-at-1%" and bal["asset_train_poison_rate"] == 0.01
+    # one run: the same training, flags and wall time behind both records; each pool its own threshold
+    for key in ("asset_flagged", "asset_flagged_poisoned", "baseline_wall_s"):
+        assert bal[key] == unbal[key]
+    assert (bal["n_clean"], bal["n_triggered"], unbal["n_triggered"]) == (64, 64, 1)
+    assert all(r["cell"] == "baselines-bad-asset200" and 0 <= r["auc"] <= 1 for r in recs)
 
 
 def test_downstream_cell_filters_with_the_bundle_detector(pipeline: Path) -> None:

@@ -170,6 +170,7 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     recs = _cell_records("badencoder", "id", 0.961, 0.612) + _cell_records("drupe", "ood", 0.912, 0.55)
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "baselines-drupe", "attack": "drupe",
                  "detector": "asset", "test": "balanced", "threshold_rule": "asset-get_t", "auc": 0.777,
+                 "aux": "cifar10-train-4000-at-1%",
                  "tpr": 0.3, "fpr": 0.2, "auc_best_epoch": 0.8, "asset_flagged": 200, "asset_flagged_poisoned": 3,
                  "asset_train_poison_rate": 0.01})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-drupe", "kind": "downstream",
@@ -194,7 +195,7 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
-    assert "| 200, 1.5% (1.0%) |" in text  # ASSET's step-2 flags: 3 of 200 poisoned, against 1% of the set
+    assert "| cifar10-train-4000-at-1% | 200, 1.5% (1.0%) |" in text  # step-2 flags: 3 of 200 poisoned, vs 1%
     assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
 
 
