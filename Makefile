@@ -73,7 +73,7 @@ reproduce-gpu:
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance
-# AUC at 4,000 training images a matter of scale? (about 45 minutes on 2 cores)
+# AUC at 4,000 training images a matter of scale? (32 minutes on the 2-core CPU machine)
 asset-scale:
 	$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack badencoder --clean simclr \
 		--preset cpu --asset-only --asset-train 45000 --asset-train-rate 0.01 --cell baselines-badencoder-asset45000 \
