@@ -93,6 +93,16 @@ def save_config(cfg: Any, directory: str | Path) -> None:
     print("config:", json.dumps(dataclasses.asdict(cfg)))
 
 
+def preset_epochs(module: str, cls_name: str, presets_name: str, preset: str) -> int | None:
+    """The epochs ``preset`` schedules for the run whose config class and presets live in ``module`` (e.g.
+    ``"training.ssl", "PretrainConfig", "PRETRAIN_PRESETS"``); None for a preset that module does not have."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    presets = getattr(mod, presets_name)
+    return int(resolve_config(getattr(mod, cls_name), presets, preset).epochs) if preset in presets else None
+
+
 def code_version() -> str:
     """``$DEDE_CODE_VERSION`` when set (a copy of the tree without ``.git``, e.g. on a lent GPU machine), else the
     git commit of the repository (with ``+dirty`` when there are local changes), else the package version."""

@@ -75,25 +75,20 @@ def attack_lines(recs: list[dict[str, Any]], preset: str) -> list[str]:
             "class, so a decoder can draw nothing but a class prototype from it).", ""]
 
 
+# stage name (as in ``stage_epochs``) -> (module, config class, presets) of the run that trains it
+_STAGE_CONFIGS = {"pretrain-simclr": ("training.ssl", "PretrainConfig", "PRETRAIN_PRESETS"),
+                  "pretrain-clip": ("training.clip_train", "ClipConfig", "CLIP_PRESETS"),
+                  "dede": ("training.train_dede", "TrainConfig", "TRAIN_PRESETS")}
+
+
 def planned_epochs(stage: str, preset: str) -> int | None:
     """The epochs ``preset`` schedules for a stage named as in ``stage_epochs`` ('pretrain-simclr',
     'pretrain-clip', 'attack-<name>') or 'dede'; None for a preset or stage not known here."""
-    from training.config import resolve_config
+    from training.config import preset_epochs
 
     if stage.startswith("attack-"):
         return attack_preset_epochs(stage.removeprefix("attack-"), preset)
-    if stage == "pretrain-simclr":
-        from training.ssl import PRETRAIN_PRESETS as presets
-        from training.ssl import PretrainConfig as cls
-    elif stage == "pretrain-clip":
-        from training.clip_train import CLIP_PRESETS as presets  # type: ignore[assignment]
-        from training.clip_train import ClipConfig as cls  # type: ignore[assignment]
-    elif stage == "dede":
-        from training.train_dede import TRAIN_PRESETS as presets  # type: ignore[assignment]
-        from training.train_dede import TrainConfig as cls  # type: ignore[assignment]
-    else:
-        return None
-    return int(resolve_config(cls, presets, preset).epochs) if preset in presets else None
+    return preset_epochs(*_STAGE_CONFIGS[stage], preset) if stage in _STAGE_CONFIGS else None
 
 
 def _epochs(stages: dict[str, int | None] | None, preset: str) -> str:

@@ -55,21 +55,17 @@ _ATTACKS = {
     "badclip": ("badclip", "BadClipConfig", "BADCLIP_PRESETS", "badclip"),
 }
 ATTACK_NAMES = tuple(_ATTACKS)
+FROM_SCRATCH = {"ctrl"}  # data poisoning trains its own encoder: there --encoder is the optional clean control
 
 
 def attack_preset_epochs(method: str, preset: str) -> int | None:
     """The epochs ``preset`` schedules for an attack (None for an unknown attack or preset)."""
-    import importlib
-
-    from training.config import resolve_config
+    from training.config import preset_epochs
 
     if method not in _ATTACKS:
         return None
     module, cls_name, presets_name, _ = _ATTACKS[method]
-    mod = importlib.import_module(f"training.attacks.{module}")
-    presets = getattr(mod, presets_name)
-    return int(resolve_config(getattr(mod, cls_name), presets, preset).epochs) if preset in presets else None
-FROM_SCRATCH = {"ctrl"}  # data poisoning trains its own encoder: there --encoder is the optional clean control
+    return preset_epochs(f"training.attacks.{module}", cls_name, presets_name, preset)
 
 
 def run_attack(method: str, encoder_dir: str | None, out: str, preset: str | None, config_file: str | None,
