@@ -78,7 +78,8 @@ def raw_measure(bundle: str, images: np.ndarray, batch: int, seconds: float) -> 
             "cpu_ms_per_image": 1000 * (time.process_time() - cpu) / done, "load_avg": os.getloadavg()[0]}
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process, from /proc (Linux with CONFIG_PROC_CHILDREN)."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         out += [int(c) for c in task.read_text().split()]
@@ -93,7 +94,7 @@ def process_cpu_s(pid: int) -> float:
         p = todo.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            todo += _children(p)
+            todo += child_pids(p)
         except FileNotFoundError:  # exited meanwhile
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -475,15 +476,16 @@ def gpu_section(path: Path) -> list[str]:
     lines = ["## GPU", "", f"`{command}` on {g['device'] or 'an unnamed GPU'} (bundle `{g.get('bundle', '?')}`, "
              f"onnxruntime {g['onnxruntime']}, providers {', '.join(g['available_providers'])}; "
              f"whole check {g.get('wall_s', '?')} s):", ""]
+    measured: dict[str, dict[str, float] | None] = {}
     for key, label in (("ort_cuda", "ONNX Runtime, CUDA (IO binding)"), ("ort_cpu", "ONNX Runtime, that host's CPU"),
                        ("torch_eager_cuda", "PyTorch eager, CUDA")):
         part = g.get(key) or {}
+        measured[key] = part.get("images_per_s")
         if "images_per_s" in part:
             rates = ", ".join(f"batch {b}: {v:.0f}" for b, v in part["images_per_s"].items() if v)
             lines.append(f"- {label}: {rates} images/s")
         else:
             lines.append(f"- {label}: not measured ({part.get('skipped', 'no result')})")
-    measured = {k: (g.get(k) or {}).get("images_per_s") for k in ("ort_cuda", "ort_cpu", "torch_eager_cuda")}
     cpu = measured["ort_cpu"]
     for key, label in (("ort_cuda", "ONNX Runtime on CUDA"), ("torch_eager_cuda", "PyTorch eager on CUDA")):
         gpu = measured[key]

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.bench_service import child_pids
 from tests.conftest import EXAMPLES
 from tests.servers import dede_process, dede_server
 
@@ -45,8 +46,7 @@ def test_counts_are_summed_over_workers(tmp_path, mode) -> None:  # type: ignore
 
 def _workers(pid: int) -> set[int]:
     """The spawned worker processes of a ``--reuse-port`` server (not multiprocessing's resource tracker)."""
-    kids = {int(c) for t in Path(f"/proc/{pid}/task").glob("*/children") for c in t.read_text().split()}
-    return {k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()}
+    return {k for k in child_pids(pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()}
 
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),

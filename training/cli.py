@@ -98,12 +98,12 @@ def cmd_serve(a: argparse.Namespace) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # no stale values from an earlier run
         os.makedirs(metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    if a.reuse_port and a.workers > 1:
-        from service.reuseport import serve
+    from service.reuseport import APP, serve
 
+    if a.reuse_port and a.workers > 1:
         serve(a.host, a.port, a.workers)
         return
-    uvicorn.run("service.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers)
+    uvicorn.run(APP, factory=True, host=a.host, port=a.port, workers=a.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:

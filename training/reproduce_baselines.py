@@ -91,6 +91,8 @@ def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dic
     base, train, train_labels = split_base_and_train(n_train)
     groups = ([(len(p[1]) / (len(p[0]) + len(p[1])), {name: p}) for name, p in pools.items()]
               if train_rate is None else [(train_rate, pools)])
+    aux = (f"cifar10-train-{len(train)}-at-pool-rate" if train_rate is None
+           else f"cifar10-train-{len(train)}-at-{100 * train_rate:g}%")
     records = []
     for rate, group in groups:
         is_poisoned = np.zeros(len(train), bool)
@@ -111,8 +113,6 @@ def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dic
             threshold = asset_threshold(scores, cfg.threshold_eps)
             met = detection_metrics(scores[:n], scores[n:], threshold)
             best = max(detection_metrics(s[idx][:n], s[idx][n:], threshold)["auc"] for s in res.scores_per_epoch)
-            aux = (f"cifar10-train-{len(train)}-at-pool-rate" if train_rate is None
-                   else f"cifar10-train-{len(train)}-at-{100 * train_rate:g}%")
             records.append({"attack": attack, "detector": "asset", "aux": aux, "test": test, "test_trigger": None,
                             "threshold_rule": "asset-get_t", "threshold": threshold, "deployed": True, **met,
                             "auc_best_epoch": best, "tpr_at_1pct_fpr": tpr_at_fpr(scores[:n], scores[n:], 0.01),
