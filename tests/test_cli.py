@@ -8,6 +8,7 @@ from training.cli import build_parser, main
 
 def test_every_subcommand_exists() -> None:
     sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert sub is not None
     assert set(sub) == {"pretrain", "attack", "train", "calibrate", "export", "evaluate", "scan", "serve", "study",
                         "reproduce"}
 

@@ -35,7 +35,8 @@ set; we report the last epoch (no choice made on test data).
 The encoder and the detectors are callables (``EmbedFn``, ``Detector.score_fn``) so a torch encoder, a bundle
 through ONNX Runtime (``training.downstream_bundle``) or a baseline detector all plug in. Each image set is
 embedded and scored once per call; the poisoned training set reuses the clean set's rows except the stamped
-ones.
+ones. A detector that is trained on the data it filters (ASSET) is a ``TrainedFilter``: it is fitted on each
+training set as the user holds it.
 """
 
 from __future__ import annotations
@@ -61,26 +62,43 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> (N,) score
 
 @dataclass(frozen=True)
 class Detector:
-    """A detector as a filter: ``score_fn`` gives (N,) scores, higher = more suspicious; an input is flagged when
-    its score is above ``threshold`` (the service's rule), or where ``flag_fn(scores)`` is True (a rule that
-    adapts to the scored set, e.g. ASSET's adjusted-outlyingness cut).
-
-    ``pooled=False``: scores are per input (DeDe), so each image set is scored once and the poisoned training
-    set reuses the clean set's scores. ``pooled=True``: a score depends on the set scored with it (ASSET); the
-    grid then scores each training set as it is (poisoned or clean) and the test inputs as one pool (clean and
-    triggered together)."""
+    """A per-input detector as a filter (DeDe, DECREE): ``score_fn`` gives (N,) scores, higher = more
+    suspicious; an input is flagged when its score is above ``threshold`` (the service's rule). Each image set is
+    scored once; the poisoned training set reuses the clean set's scores."""
 
     score_fn: ScoreFn
-    threshold: float = float("nan")
-    flag_fn: Callable[[np.ndarray], np.ndarray] | None = None
-    pooled: bool = False
+    threshold: float
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
-        if self.flag_fn is not None:
-            return np.asarray(self.flag_fn(np.asarray(scores)), dtype=bool)
-        if np.isnan(self.threshold):
-            raise ValueError("a Detector needs a threshold or a flag_fn")
         return np.asarray(scores) > self.threshold
+
+
+LabelledScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # images (N, H, W, 3), labels (N,) -> (N,)
+
+
+@dataclass(frozen=True)
+class FittedFilter:
+    """A trained filter fitted on one training set: its flags there (N,), and the score function and threshold
+    that flag further labelled inputs (score > threshold); ``info`` goes into the records."""
+
+    train_flags: np.ndarray
+    score_fn: LabelledScoreFn
+    threshold: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainedFilter:
+    """A detector that is trained on the training set it filters (ASSET, a poisoned-data detector).
+    ``fit(images, labels, n_classes, trusted)`` sees one training set as the user holds it (uint8 (N, H, W, 3),
+    labels (N,), the relabelled poison included) and a small trusted clean subset of the training split
+    (uint8 (M, H, W, 3), ``DownstreamConfig.trusted`` images, as ASSET assumes), and returns a ``FittedFilter``.
+    Each training set is fitted on its own. A test input is scored by the filter fitted on the training set of
+    the record, with the label that the downstream classifier trained on the filtered set predicts for it: a
+    deployed filter has no other label, and for a triggered input the backdoor sends to the target, that is the
+    target class, as the official ASSET script labels its triggered test images."""
+
+    fit: Callable[[np.ndarray, np.ndarray, int, np.ndarray], FittedFilter]
 
 
 @dataclass
@@ -97,6 +115,7 @@ class DownstreamConfig:
     targets: list[str] = field(default_factory=lambda: ["cifar10:truck", "gtsrb:12_priority_road"])
     max_train: int = 0  # 0 = the whole training split
     max_test: int = 0  # 0 = the whole test split
+    trusted: int = 1000  # trusted clean training images a TrainedFilter gets (ASSET's base set; its script uses 1000)
     image_size: int = 32
     seed: int = 0
     device: str = "cpu"
@@ -292,39 +311,63 @@ def _assemble(values: dict[str, np.ndarray], poison_idx: np.ndarray, poisoned: b
     return out
 
 
-def _threshold_of(det: Detector | None) -> float | None:
-    return None if det is None or det.flag_fn is not None or np.isnan(det.threshold) else float(det.threshold)
+InputFlags = Callable[[str, np.ndarray], np.ndarray]  # ("test" | "triggered", predicted labels (T,)) -> (T,) flags
 
 
-def _no_flags(n_train: int, emb: dict[str, np.ndarray], cfg: DownstreamConfig) -> dict[str, np.ndarray]:
-    out = {f"train:{kind}": np.zeros(n_train, bool) for kind in cfg.train_sets}
-    return out | {"test": np.zeros(len(emb["test"]), bool), "triggered": np.zeros(len(emb["triggered"]), bool)}
+@dataclass
+class _Flags:
+    """One detector's flags for one training set: ``train`` (N,) True = flagged; ``inputs(name, pred)`` flags the
+    test inputs ``name`` ("test": (T,) clean, "triggered": (T',)) given the classifier's predictions for them."""
+
+    train: np.ndarray
+    inputs: InputFlags
+    threshold: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def _detector_flags(det: Detector, sets: _ImageSets, poison_idx: np.ndarray,
-                    cfg: DownstreamConfig) -> dict[str, np.ndarray]:
-    """Flags of every training set (``train:<kind>``, (N,)) and of the test sets (``test`` (T,),
-    ``triggered`` (T',)); per-input detectors score each image set once."""
-    if not det.pooled:
+def _train_labels(labels: np.ndarray, poison_idx: np.ndarray, target: int, poisoned: bool,
+                  cfg: DownstreamConfig) -> np.ndarray:
+    """The labels (N,) of a training set as the user holds it: dirty-label poison relabelled to the target."""
+    y = labels.copy()
+    if poisoned and cfg.dirty_label:
+        y[poison_idx] = target
+    return y
+
+
+def _detector_flags(det: Detector | TrainedFilter, sets: _ImageSets, splits: DownstreamSplits,
+                    poison_idx: np.ndarray, cfg: DownstreamConfig) -> dict[str, _Flags]:
+    """Flags per training set kind. A per-input detector scores each image set once; a trained filter is fitted
+    on each training set (with the trusted clean subset) and flags that set, and the test inputs once the
+    classifier has predicted their labels."""
+    if isinstance(det, Detector):
         fl = {k: det.flags(v) for k, v in sets.apply(det.score_fn).items()}
-        out = {f"train:{kind}": _assemble(fl, poison_idx, kind == "poisoned") for kind in cfg.train_sets}
-        return out | {"test": fl["test"], "triggered": fl["triggered"]}
+        return {kind: _Flags(_assemble(fl, poison_idx, kind == "poisoned"), lambda name, pred: fl[name],
+                             float(det.threshold)) for kind in cfg.train_sets}
     images = {"train": sets.train, "poison": sets.poison}
-    out = {f"train:{kind}": det.flags(det.score_fn(_assemble(images, poison_idx, kind == "poisoned")))
-           for kind in cfg.train_sets}
-    pool = det.flags(det.score_fn(np.concatenate([sets.test, sets.triggered])))  # (T + T',)
-    return out | {"test": pool[: len(sets.test)], "triggered": pool[len(sets.test) :]}
+    trusted = sets.train[np.sort(_rng(cfg, splits.name, "trusted").permutation(len(sets.train))[: cfg.trusted])]
+    out = {}
+    for kind in cfg.train_sets:
+        poisoned = kind == "poisoned"
+        y = _train_labels(splits.train.labels, poison_idx, splits.target, poisoned, cfg)
+        f = det.fit(_assemble(images, poison_idx, poisoned), y, len(splits.train.classes), trusted)
+
+        def inputs(name: str, pred: np.ndarray, f: FittedFilter = f) -> np.ndarray:
+            return np.asarray(f.score_fn(getattr(sets, name), pred)) > f.threshold
+
+        out[kind] = _Flags(np.asarray(f.train_flags, bool), inputs, float(f.threshold),
+                           {"trusted_images": len(trusted), **f.info})
+    return out
 
 
 def downstream_grid(embed_fn: EmbedFn, trigger: Trigger, attack_name: str,
-                    detectors: Mapping[str, Detector] | None = None,
+                    detectors: Mapping[str, Detector | TrainedFilter] | None = None,
                     datasets: Sequence[str | DownstreamSplits] = ("cifar10", "gtsrb"),
                     cfg: DownstreamConfig | None = None,
-                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                    log: Callable[[str], None] = print, baseline: bool = True) -> list[dict[str, Any]]:
     """Records for every (dataset, training set in ``cfg.train_sets``, detector): detector ``none`` (no
-    filtering, the paper's "No Def." rows) first, then each of ``detectors``. ``datasets`` are names read with
-    ``load_splits`` or ready ``DownstreamSplits``. A clean encoder with ``attack_name="none"`` gives the
-    paper's "No Attack" column."""
+    filtering, the paper's "No Def." rows; left out with ``baseline=False``) first, then each of ``detectors``.
+    ``datasets`` are names read with ``load_splits`` or ready ``DownstreamSplits``. A clean encoder with
+    ``attack_name="none"`` gives the paper's "No Attack" column."""
     cfg = cfg or DownstreamConfig()
     detectors = dict(detectors or {})
     if "none" in detectors:
@@ -334,13 +377,13 @@ def downstream_grid(embed_fn: EmbedFn, trigger: Trigger, attack_name: str,
     records: list[dict[str, Any]] = []
     for d in datasets:
         splits = d if isinstance(d, DownstreamSplits) else load_splits(d, cfg)
-        records += _dataset_records(splits, embed_fn, trigger, attack_name, detectors, cfg, log)
+        records += _dataset_records(splits, embed_fn, trigger, attack_name, detectors, cfg, log, baseline)
     return records
 
 
 def _dataset_records(splits: DownstreamSplits, embed_fn: EmbedFn, trigger: Trigger, attack_name: str,
-                     detectors: dict[str, Detector], cfg: DownstreamConfig,
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+                     detectors: dict[str, Detector | TrainedFilter], cfg: DownstreamConfig,
+                     log: Callable[[str], None], baseline: bool) -> list[dict[str, Any]]:
     target, train, test = splits.target, splits.train, splits.test
     n_classes = len(train.classes)
     poison_idx = poison_indices(train.labels, target, cfg.poison_rate, _rng(cfg, splits.name, "poison"),
@@ -352,11 +395,14 @@ def _dataset_records(splits: DownstreamSplits, embed_fn: EmbedFn, trigger: Trigg
     emb = {k: l2_normalise(v) for k, v in sets.apply(embed_fn).items()}
     embed_s = time.perf_counter() - t0
     log(f"{splits.name}: embedded {sum(len(v) for v in emb.values())} images in {embed_s:.1f}s")
-    flags: dict[str, dict[str, np.ndarray]] = {"none": _no_flags(len(train.labels), emb, cfg)}
-    score_s: dict[str, float] = {"none": 0.0}
+    flags: dict[str, dict[str, _Flags]] = {}
+    score_s: dict[str, float] = {}
+    if baseline:
+        none = _Flags(np.zeros(len(train.labels), bool), lambda name, pred: np.zeros(len(pred), bool))
+        flags["none"], score_s["none"] = {kind: none for kind in cfg.train_sets}, 0.0
     for name, det in detectors.items():
         t0 = time.perf_counter()
-        flags[name] = _detector_flags(det, sets, poison_idx, cfg)
+        flags[name] = _detector_flags(det, sets, splits, poison_idx, cfg)
         score_s[name] = time.perf_counter() - t0
         log(f"{splits.name}: scored with {name} in {score_s[name]:.1f}s")
     records = []
@@ -364,30 +410,28 @@ def _dataset_records(splits: DownstreamSplits, embed_fn: EmbedFn, trigger: Trigg
         poisoned = kind == "poisoned"
         set_name = train_set_name(kind, cfg)
         x = _assemble(emb, poison_idx, poisoned)  # (N, E)
-        y = train.labels.copy()
+        y = _train_labels(train.labels, poison_idx, target, poisoned, cfg)  # (N,)
         is_poison = np.zeros(len(y), bool)
-        if poisoned:
-            is_poison[poison_idx] = True
-            if cfg.dirty_label:
-                y[poison_idx] = target
-        for det_name, fl in flags.items():
+        is_poison[poison_idx] = poisoned
+        for det_name, by_kind in flags.items():
             t0 = time.perf_counter()
-            removed = fl[f"train:{kind}"]  # (N,) True = flagged, dropped from training
-            keep = ~removed
+            fl = by_kind[kind]
+            keep = ~fl.train  # (N,) flagged samples are dropped from training
             model = train_classifier(x[keep], y[keep], n_classes, cfg, cfg.seed)
-            metrics = downstream_metrics(predict(model, emb["test"]), test.labels, fl["test"],
-                                         predict(model, emb["triggered"]), fl["triggered"], target)
+            pred, pred_trig = predict(model, emb["test"]), predict(model, emb["triggered"])  # (T,), (T',)
+            metrics = downstream_metrics(pred, test.labels, fl.inputs("test", pred), pred_trig,
+                                         fl.inputs("triggered", pred_trig), target)
             records.append({
                 "kind": "downstream", "dataset": splits.name, "train_set": set_name, "detector": det_name,
                 "attack": attack_name, "ca": metrics.pop("ca"), "asr": metrics.pop("asr"),
-                "n_train": int(len(y)), "n_train_removed": int(removed.sum()),
-                "n_poison_train": int(is_poison.sum()), "n_poison_removed": int((removed & is_poison).sum()),
+                "n_train": int(len(y)), "n_train_removed": int(fl.train.sum()),
+                "n_poison_train": int(is_poison.sum()), "n_poison_removed": int((fl.train & is_poison).sum()),
                 "n_test_clean": int(len(test.labels)), "n_test_triggered": int(non_target.sum()),
                 **metrics, "target_class": splits.target_class, "n_classes": n_classes,
                 "poison_label": "dirty" if cfg.dirty_label else "clean", "seed": cfg.seed,
-                "threshold": _threshold_of(detectors.get(det_name)), "epochs": cfg.epochs, "preset": cfg.preset,
+                "threshold": fl.threshold, "epochs": cfg.epochs, "preset": cfg.preset,
                 "embed_s": round(embed_s, 1),
-                "score_s": round(score_s[det_name], 1), "train_s": round(time.perf_counter() - t0, 1),
+                "score_s": round(score_s[det_name], 1), "train_s": round(time.perf_counter() - t0, 1), **fl.info,
             })
             r = records[-1]
             log(f"{splits.name:>8} {set_name:>12} {det_name:>10}: CA {r['ca']:.3f} ASR {r['asr']:.3f} "

@@ -11,6 +11,9 @@ For a preset P (tiny / cpu / paper) everything lives under one root (default ``r
     bundles/<run>/                     exported bundles (``dede export``; self-verified)
     cells/<attack>-<aux>.json          records of one cell (balanced and 1% test sets, both threshold rules,
                                        backdoored and control), plus figures in docs/figures/
+    cells/baselines-<attack>.json      ASSET and DECREE on the same test sets
+    cells/downstream-<attack>.json     the downstream defence (no filter, DeDe, DECREE); downstream-asset-<attack>:
+                                       ASSET as the filter; downstream-none-<control>: the clean encoder
     logs/<step>.log                    each step's output
 
 aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set) or ``ood``
@@ -149,23 +152,27 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
 
 def downstream_steps(g: GridSpec) -> list[Step]:
     """Tables 2 and 4: per attack, its in-distribution detector (and, when the grid has it, its out-of-distribution
-    one) filters a downstream classifier's data; per clean encoder, the "no attack" rows (its control bundle,
-    poisoned with the trigger of its first attack)."""
+    one) filters a downstream classifier's data, and, with the baselines, ASSET does in a cell of its own; per
+    clean encoder, the "no attack" rows (its control bundle, poisoned with the trigger of its first attack)."""
     r, steps = g.root, []
     jobs = [(a, run_name(a, "id", False), a) for a in g.attacks]
     firsts = {ATTACKS[a]["clean"]: a for a in reversed(g.attacks)}
     jobs += [("none", control_run(a, "id"), a) for a in firsts.values()]
     for attack, bundle, trigger_from in jobs:
         cell = r / "cells" / (f"downstream-{attack}.json" if attack != "none" else f"downstream-none-{bundle}.json")
-        cmd = [sys.executable, "-m", "training.reproduce_downstream", "--bundle", str(r / "bundles" / bundle),
-               "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
-               *g.sets("downstream"), "--command-line", g.command, "--out", str(cell)]
-        deps = [f"export-{bundle}", f"attack-{trigger_from}"]
+        base = [sys.executable, "-m", "training.reproduce_downstream", "--bundle", str(r / "bundles" / bundle),
+                "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
+                *g.sets("downstream"), "--command-line", g.command]
+        needs = [f"export-{bundle}", f"attack-{trigger_from}"]
+        cmd, deps = [*base, "--out", str(cell)], list(needs)
         if attack != "none" and "ood" in g.auxes:  # the recommended detector (clean OOD aux) filters too
             ood = run_name(attack, "ood", False)
             cmd += ["--ood-bundle", str(r / "bundles" / ood)]
             deps.append(f"export-{ood}")
         steps.append(Step(cell.stem, cmd, cell.exists, deps))
+        if attack != "none" and g.baselines:  # ASSET fitted on each downstream training set: a cell of its own
+            asset = r / "cells" / f"downstream-asset-{attack}.json"
+            steps.append(Step(asset.stem, [*base, "--asset", "--out", str(asset)], asset.exists, needs))
     return steps
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from training.attacks.triggers import make_trigger
+from training.attacks.triggers import PatchTrigger, make_trigger
 from training.baselines.asset import (
     ASSET_PRESETS,
     AssetConfig,
@@ -158,6 +158,7 @@ class PatchBackdoor(nn.Module):
     def __init__(self, clean: nn.Module, row: int, size: int, scale: float) -> None:
         super().__init__()
         self.clean, self.row, self.size, self.scale = clean, row, size, scale
+        self.target: torch.Tensor
         target = torch.randn(32, generator=torch.Generator().manual_seed(1))
         self.register_buffer("target", F.normalize(target, dim=0))
         self.embed_dim = 32
@@ -196,6 +197,7 @@ def test_decree_separates_a_backdoored_encoder_from_its_clean_original() -> None
     spec = EncoderSpec("tiny", embed_dim=32)
     clean = TinyEncoder().eval()
     trigger = make_trigger("clip-patch", 32)  # white 3x3 at rows/cols 27-29
+    assert isinstance(trigger, PatchTrigger)
     images = _noise(64, 0)
     with torch.no_grad():
         from training.encoders import to_input

@@ -19,6 +19,8 @@ from training.downstream import (
     DownstreamClassifier,
     DownstreamConfig,
     DownstreamSplits,
+    FittedFilter,
+    TrainedFilter,
     downstream_grid,
     downstream_metrics,
     load_splits,
@@ -197,27 +199,55 @@ def test_load_splits_subsamples_and_names_the_target(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown target class 'dog'"):
         _ = load_splits(str(root), cfg).target
 
-def test_pooled_detector_scores_each_training_set_and_the_test_pool() -> None:
-    """A set-dependent detector (ASSET-like) sees the poisoned training set whole and the test inputs as one pool;
-    its flags may come from a rule fitted on the scored set (``flag_fn``)."""
-    sizes: list[int] = []
+def test_trained_filter_is_fitted_on_each_training_set_it_filters() -> None:
+    """A trained filter (ASSET-like) is fitted on each training set as the user holds it (relabelled poison
+    included) with a trusted clean subset, flags that set, and scores the test inputs with the labels the
+    downstream classifier predicts for them (the target, for triggered inputs the backdoor hijacks)."""
+    fits: list[tuple[int, int, int, int, bool]] = []
+    seen: list[np.ndarray] = []  # the labels the test inputs are scored with
 
-    def pooled_score(images: np.ndarray) -> np.ndarray:
-        sizes.append(len(images))
-        return _trigger_score(images)
+    def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, trusted: np.ndarray) -> FittedFilter:
+        stamped = _trigger_score(images) > 0.5
+        fits.append((len(images), int(stamped.sum()), n_classes, len(trusted), bool((labels[stamped] == 2).all())))
+        def score(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            seen.append(y)
+            return _trigger_score(x)
 
-    cfg = DownstreamConfig(epochs=2, batch_size=200, hidden=[32, 16])
-    pooled = Detector(pooled_score, flag_fn=lambda s: s > np.median(s), pooled=True)
-    recs = downstream_grid(_backdoored_embed, TRIGGER, "badencoder", {"pooled": pooled}, [_synthetic_splits()],
-                           cfg, log=lambda s: None)
-    assert sizes == [600, 600, 250]  # poisoned training set, clean training set, 150 clean + 100 triggered
+        return FittedFilter(stamped, score, 0.5, {"fitted_on": len(images)})
+
+    cfg = DownstreamConfig(epochs=10, batch_size=100, hidden=[32, 16], trusted=50)
+    splits = _synthetic_splits()
+    recs = downstream_grid(_backdoored_embed, TRIGGER, "badencoder", {"trained": TrainedFilter(fit)}, [splits],
+                           cfg, log=lambda s: None, baseline=False)
+    assert fits == [(600, 6, 3, 50, True), (600, 0, 3, 50, True)]  # poisoned set (relabelled to 2), clean set
     r = {(r["train_set"], r["detector"]): r for r in recs}
-    assert r["poisoned-1%", "pooled"]["n_poison_removed"] == r["poisoned-1%", "pooled"]["n_train_removed"] == 6
-    assert r["clean", "pooled"]["n_train_removed"] == 0
-    assert r["poisoned-1%", "pooled"]["test_triggered_flagged"] == 100
-    assert r["poisoned-1%", "pooled"]["test_clean_flagged"] == 0
-    with pytest.raises(ValueError, match="threshold or a flag_fn"):
-        Detector(_trigger_score).flags(np.zeros(3))
+    assert set(r) == {("poisoned-1%", "trained"), ("clean", "trained")}  # no unfiltered baseline asked for
+    assert r["poisoned-1%", "trained"]["n_poison_removed"] == r["poisoned-1%", "trained"]["n_train_removed"] == 6
+    assert r["clean", "trained"]["n_train_removed"] == 0 and r["clean", "trained"]["fitted_on"] == 600
+    assert r["clean", "trained"]["trusted_images"] == 50
+    assert r["poisoned-1%", "trained"]["test_triggered_flagged"] == 100
+    assert r["poisoned-1%", "trained"]["test_clean_flagged"] == 0 and r["poisoned-1%", "trained"]["threshold"] == 0.5
+    assert [len(y) for y in seen] == [150, 100, 150, 100]  # per training set: clean test images, triggered copies
+    assert (seen[0] == splits.test.labels).mean() > 0.95  # the classifier's predictions, not the ground truth:
+    assert (seen[1] == 2).mean() > 0.95  # the backdoor sends the triggered copies to the target
+
+
+def test_asset_filter_trains_on_a_capped_subset_and_scores_every_image(tmp_path: Path) -> None:
+    """ASSET as a downstream filter, for real at the tiny preset: trained on ``max_train`` images of the set it
+    filters, it scores all of them and, with the same offset classifier and threshold, the labelled test inputs."""
+    from training.encoders import EncoderSpec, create_encoder, save_encoder
+    from training.reproduce_downstream import asset_filter
+
+    torch.manual_seed(0)
+    save_encoder(create_encoder("cifar_resnet18", width=4), EncoderSpec("cifar_resnet18", {"width": 4}), tmp_path)
+    splits = _synthetic_splits(n_train=240, n_test=30)
+    fitted = asset_filter(tmp_path, "badencoder", "tiny", max_train=100).fit(
+        splits.train.images, splits.train.labels, 3, splits.train.images[:40])
+    assert fitted.train_flags.shape == (240,) and fitted.train_flags.dtype == bool
+    assert np.isfinite(fitted.threshold) and fitted.info["asset_train_images"] == 100
+    assert fitted.info["asset_epochs"] == 2  # the tiny preset's schedule
+    scores = fitted.score_fn(splits.test.images, splits.test.labels)
+    assert scores.shape == (30,) and np.isfinite(scores).all() and scores.min() >= 0  # cross-entropies
 
 
 def test_torch_embed_fn_matches_embed() -> None:

@@ -41,6 +41,7 @@ def test_save_load_round_trip(tmp_path: Path, example_images: np.ndarray) -> Non
 
 def test_timm_encoder_from_safetensors(tmp_path: Path) -> None:
     ref = create_encoder("timm:resnet10t").eval()
+    assert isinstance(ref.model, torch.nn.Module)
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in ref.model.state_dict().items()}, weights)
     m = create_encoder("timm:resnet10t", weights=str(weights)).eval()

@@ -46,8 +46,15 @@ def test_grid_covers_every_attack_and_aux_with_a_control(tmp_path: Path) -> None
     assert down.cmd[down.cmd.index("--ood-bundle") + 1] == str(tmp_path / "bundles" / "badencoder-ood")
     assert {"export-badencoder-id", "export-badencoder-ood"} <= set(down.deps)
     assert "--ood-bundle" not in by["downstream-none-control-simclr-badencoder-id"].cmd
+    asset = by["downstream-asset-badencoder"]  # ASSET filters in a cell of its own, with the attacked encoder
+    assert "--asset" in asset.cmd and "--ood-bundle" not in asset.cmd and "--asset" not in down.cmd
+    assert asset.cmd[asset.cmd.index("--trigger-from") + 1] == str(tmp_path / "badencoder")
+    assert {n for n in names if n.startswith("downstream-asset-")} == {
+        f"downstream-asset-{a}" for a in ("badencoder", "drupe", "ctrl", "clip-backdoor", "badclip")}
     id_only = {s.name: s for s in _grid(tmp_path, attacks=["badencoder"], auxes=["id"])}
     assert "--ood-bundle" not in id_only["downstream-badencoder"].cmd
+    assert not any(n.startswith("downstream-asset-") for n in (s.name for s in _grid(
+        tmp_path, attacks=["badencoder"], auxes=["id"], baselines=False)))
 
 
 def test_stage_sets_reach_every_step_of_their_stage(tmp_path: Path) -> None:
@@ -94,13 +101,15 @@ def test_an_attack_that_did_not_implant_skips_its_detectors_and_their_dependants
     assert "did not implant a backdoor (attack success 0.060 -> 0.054" in str(not_implanted_reason(weak))
     assert not_implanted_reason(tmp_path / "not-run-yet") is None  # unknown until the attack ran
     steps = {s.name: s for s in _grid(tmp_path, attacks=["ctrl", "badencoder"], auxes=["id"])}
-    assert steps["train-ctrl-id"].skip is not None and steps["train-ctrl-id"].skip()
-    assert steps["train-control-simclr-ctrl-id"].skip()  # its control serves no other attack
-    assert steps["train-badencoder-id"].skip() is None  # not attacked yet here: not judged
+    skips = {n: s.skip for n, s in steps.items() if s.skip is not None}
+    assert skips["train-ctrl-id"]()
+    assert skips["train-control-simclr-ctrl-id"]()  # its control serves no other attack
+    assert skips["train-badencoder-id"]() is None  # not attacked yet here: not judged
     assert all(s.skip is None for s in _grid(tmp_path, attacks=["ctrl"], auxes=["id"], include_weak=True))
     states = dry_run(list(steps.values()))  # what --dry-run prints: the skipped detectors' dependants too
     assert states["train-ctrl-id"] == states["export-ctrl-id"] == states["cell-ctrl-id"] == "skip"
-    assert states["downstream-ctrl"] == "skip" and states["train-badencoder-id"] == "todo"
+    assert states["downstream-ctrl"] == states["downstream-asset-ctrl"] == "skip"
+    assert states["train-badencoder-id"] == "todo"
     # the scheduler: a skipped step's dependants are skipped too, and none of that is a failure
     a, b, c = (tmp_path / n for n in "abc")
     run = [Step("a", _touch(a), a.exists, skip=lambda: "no backdoor"), Step("b", _touch(b), b.exists, ["a"]),
@@ -176,6 +185,12 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-drupe", "kind": "downstream",
                  "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede", "attack": "drupe", "ca": 0.5,
                  "asr": 0.04, "bundle": "drupe-id", "wall_s": 3.0})
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-asset-drupe", "kind": "downstream",
+                 "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "asset", "attack": "drupe", "ca": 0.45,
+                 "asr": 0.9, "bundle": "drupe-id", "wall_s": 700.0, "n_train": 20220, "n_train_removed": 310,
+                 "n_poison_train": 202, "n_poison_removed": 4, "n_test_clean": 12630, "n_test_triggered": 12360,
+                 "test_clean_flagged": 150, "test_triggered_flagged": 160, "asset_train_images": 10000,
+                 "trusted_images": 1000, "asset_epochs": 10, "asset_flagged": 55})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-ctrl", "kind": "attack", "attack": "ctrl",
                  "trigger": "ctrl", "attack_asr": 0.054, "asr_before": 0.06, "encoder_clean_acc": 0.495,
                  "clean_accuracy_before": 0.492, "attack_wall_s": 7758.0,
@@ -197,6 +212,9 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
     assert "| cifar10-train-4000-at-1% | 200, 1.5% (1.0%) |" in text  # step-2 flags: 3 of 200 poisoned, vs 1%
     assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
+    assert "| ASSET (fitted on the set it filters), poisoned-1% | 45.0 / 90.0 (80.8 / 54.1) |" in text
+    assert "trains on 10,000 images of it" in text and "base set is 1,000 trusted clean images" in text
+    assert "| drupe | gtsrb | 310 of 20220 | 4 of 202 | 150 of 12630 / 160 of 12360 | 10, 55 | 700 s |" in text
 
 
 def test_a_stage_stopped_by_its_budget_shows_the_epochs_its_preset_schedules() -> None:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from training.attacks.triggers import badencoder_trigger, make_trigger
+from training.attacks.triggers import FrequencyTrigger, PatchTrigger, badencoder_trigger, make_trigger
 
 
 def test_badencoder_trigger_on_32px_is_white_rows_cols_21_to_30() -> None:
@@ -26,6 +26,7 @@ def test_ctrl_trigger_changes_exactly_the_chosen_dct_coefficients_of_the_chroma_
 
     imgs = _images()
     trig = make_trigger("ctrl", 32)
+    assert isinstance(trig, FrequencyTrigger)
     c = dct_matrix(32)
     delta = rgb_to_ycrcb(trig.apply_float(imgs)) - rgb_to_ycrcb(imgs.astype(np.float64))  # (N, H, W, 3)
     for ch in range(3):
@@ -61,9 +62,10 @@ def test_clip_patch_is_a_3x3_white_square_at_27_to_29_and_scales_to_224() -> Non
     out = make_trigger("clip-patch", 32).apply(np.zeros((1, 32, 32, 3), np.uint8))
     white = (out[0] == 255).all(-1)
     assert white[27:30, 27:30].all() and white.sum() == 9
-    t = make_trigger("clip-patch", 224)
+    t, small = make_trigger("clip-patch", 224), make_trigger("clip-patch", 32, {"size": 5})
+    assert isinstance(t, PatchTrigger) and isinstance(small, PatchTrigger)
     assert (t.row, t.size) == (185, 24)  # CLIP Backdoor's square at 185-208
-    assert make_trigger("clip-patch", 32, {"size": 5}).size == 5
+    assert small.size == 5
 
 
 def test_badclip_pattern_round_trips_at_the_centre() -> None:

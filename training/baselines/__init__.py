@@ -20,6 +20,7 @@ from training.baselines.asset import (
     asset_scores,
     asset_threshold,
     medcouple,
+    offset_scores,
     run_asset,
 )
 from training.baselines.decree import (
@@ -37,7 +38,7 @@ from training.baselines.decree import (
 __all__ = [
     "ASSET_PRESETS", "AssetConfig", "AssetResult", "adjusted_outlyingness", "asset_base_images", "asset_epochs",
     "asset_flags", "asset_scores",
-    "asset_threshold", "medcouple", "run_asset",
+    "asset_threshold", "medcouple", "offset_scores", "run_asset",
     "DECREE_APPLICABLE", "DECREE_PRESETS", "DecreeConfig", "DecreeResult", "decree_applicable", "decree_flags",
     "decree_scores", "decree_threshold", "invert_trigger",
 ]

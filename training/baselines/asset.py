@@ -232,10 +232,11 @@ def offset_scores(clf: nn.Module, images: np.ndarray, labels: np.ndarray | None,
 @dataclass
 class AssetResult:
     """scores: (N,) of the last epoch (higher = more suspicious); scores_per_epoch: (epochs, N); threshold and
-    flags (N,) by ``asset_threshold`` on ``scores``; flagged_per_epoch: training samples flagged in step 2;
-    flagged_poisoned_per_epoch: how many of those carried the trigger (None when the caller did not say which
-    training samples did). Step 3 can only learn the trigger if step 2 flags poisoned samples more often than
-    their share of the training set."""
+    flags (N,) by ``asset_threshold`` on ``scores`` (NaN and none for an empty pool); model: the trained offset
+    classifier C (``offset_scores`` scores further images with it); flagged_per_epoch: training samples flagged
+    in step 2; flagged_poisoned_per_epoch: how many of those carried the trigger (None when the caller did not
+    say which training samples did). Step 3 can only learn the trigger if step 2 flags poisoned samples more
+    often than their share of the training set."""
 
     scores: np.ndarray
     scores_per_epoch: np.ndarray
@@ -246,6 +247,7 @@ class AssetResult:
     steps: int
     wall_s: float
     config: dict[str, Any]
+    model: nn.Module
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "n_flagged": int(self.flags.sum()), "n": int(len(self.scores)),
@@ -306,13 +308,14 @@ def run_asset(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray, po
         flagged_poisoned.append(n_flagged_poisoned)
         if log:
             print(f"asset epoch {epoch + 1}/{cfg.epochs}: {n_flagged} flagged"
-                  + (f" ({n_flagged_poisoned} poisoned)" if train_poisoned is not None else "") + ", "
-                  f"mean score {per_epoch[-1].mean():.3f} ({time.time() - start:.0f}s)", flush=True)
+                  + (f" ({n_flagged_poisoned} poisoned)" if train_poisoned is not None else "")
+                  + (f", mean score {per_epoch[-1].mean():.3f}" if len(pool_images) else "")
+                  + f" ({time.time() - start:.0f}s)", flush=True)
     scores = per_epoch[-1] if per_epoch else np.zeros(len(pool_images))
-    threshold = asset_threshold(scores, cfg.threshold_eps)
+    threshold = asset_threshold(scores, cfg.threshold_eps) if len(scores) else float("nan")
     return AssetResult(scores, np.stack(per_epoch) if per_epoch else np.zeros((0, len(pool_images))), threshold,
                        scores > threshold, flagged_per_epoch, flagged_poisoned if train_poisoned is not None else None,
-                       step, round(time.time() - start, 1), asdict(cfg))
+                       step, round(time.time() - start, 1), asdict(cfg), clf.eval())
 
 
 def asset_scores(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray, pool_images: np.ndarray,
