@@ -28,11 +28,9 @@ import numpy as np
 from training.attacks import attack_record
 from training.attacks.triggers import make_trigger
 from training.baselines import (
-    ASSET_PRESETS,
     DECREE_PRESETS,
-    AssetConfig,
     DecreeConfig,
-    asset_epochs,
+    asset_config,
     asset_threshold,
     decree_applicable,
     decree_scores,
@@ -86,8 +84,7 @@ def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dic
     """ASSET's records on each pool. ``train_rate`` None: one ASSET run per pool, trained at that pool's poison
     rate (the paper's text); a number: one run trained at that rate (the official script's ``--poison_rate
     0.01``), scoring every pool at once (they share the clean images)."""
-    cfg = resolve_config(AssetConfig, ASSET_PRESETS, preset, None, [f"epochs={asset_epochs(attack)}"]
-                         if preset != "tiny" else [])
+    cfg = asset_config(attack, preset)
     base, train, train_labels = split_base_and_train(n_train)
     groups = ([(len(p[1]) / (len(p[0]) + len(p[1])), {name: p}) for name, p in pools.items()]
               if train_rate is None else [(train_rate, pools)])

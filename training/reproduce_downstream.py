@@ -26,8 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from training.attacks import recorded_trigger
 from training.attacks.triggers import make_trigger
@@ -63,16 +66,11 @@ def decree_detector(encoder_dir: Path, preset: str) -> Detector:
 def asset_filter(encoder_dir: Path, attack: str, preset: str, max_train: int, seed: int = 0) -> TrainedFilter:
     """ASSET as a trained filter on the (torch) attacked encoder, at the preset's ASSET settings (epochs by attack).
     It trains on at most ``max_train`` (0 = all) seeded random images of the training set it filters."""
-    from dataclasses import replace
-
-    import numpy as np
-
-    from training.baselines import ASSET_PRESETS, AssetConfig, asset_epochs, asset_threshold, offset_scores, run_asset
+    from training.baselines import asset_config, asset_threshold, offset_scores, run_asset
     from training.config import pick_device
 
     model, spec = load_encoder(encoder_dir)
-    base_cfg = resolve_config(AssetConfig, ASSET_PRESETS, preset, None,
-                              [f"epochs={asset_epochs(attack)}"] if preset != "tiny" else [])
+    base_cfg = asset_config(attack, preset)
     device = pick_device("auto")
 
     def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, trusted: np.ndarray) -> FittedFilter:

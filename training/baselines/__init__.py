@@ -15,7 +15,7 @@ from training.baselines.asset import (
     AssetResult,
     adjusted_outlyingness,
     asset_base_images,
-    asset_epochs,
+    asset_config,
     asset_flags,
     asset_scores,
     asset_threshold,
@@ -36,7 +36,7 @@ from training.baselines.decree import (
 )
 
 __all__ = [
-    "ASSET_PRESETS", "AssetConfig", "AssetResult", "adjusted_outlyingness", "asset_base_images", "asset_epochs",
+    "ASSET_PRESETS", "AssetConfig", "AssetResult", "adjusted_outlyingness", "asset_base_images", "asset_config",
     "asset_flags", "asset_scores",
     "asset_threshold", "medcouple", "offset_scores", "run_asset",
     "DECREE_APPLICABLE", "DECREE_PRESETS", "DecreeConfig", "DecreeResult", "decree_applicable", "decree_flags",

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import optimizer_step
+from training.config import optimizer_step, resolve_config
 from training.encoders import CifarResNet18, EncoderSpec, to_input
 
 
@@ -83,8 +83,11 @@ ASSET_PRESETS: dict[str, dict[str, Any]] = {
 ASSET_EPOCHS = {"ctrl": 30}  # the official setting; every other attack: 10
 
 
-def asset_epochs(attack: str) -> int:
-    return ASSET_EPOCHS.get(attack, 10)
+def asset_config(attack: str, preset: str) -> AssetConfig:
+    """ASSET's config for ``attack`` at ``preset``: the preset's settings with the official epochs per attack
+    (``ASSET_EPOCHS``; the tiny preset keeps its own few epochs)."""
+    overrides = [] if preset == "tiny" else [f"epochs={ASSET_EPOCHS.get(attack, 10)}"]
+    return resolve_config(AssetConfig, ASSET_PRESETS, preset, None, overrides)
 
 
 # --- robust statistics ---------------------------------------------------------------------------------
