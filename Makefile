@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study reproduce reproduce-gpu asset-scale bench soak mask-variance test lint
+.PHONY: demo evaluate examples study reproduce reproduce-gpu asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -78,6 +78,16 @@ asset-scale:
 	$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack badencoder --clean simclr \
 		--preset cpu --asset-only --asset-train 45000 --asset-train-rate 0.01 --cell baselines-badencoder-asset45000 \
 		--command-line "make asset-scale" --out runs/reproduce-cpu/cells/baselines-badencoder-asset45000.json
+	$(DEDE) reproduce --preset cpu --publish-only --command-line "dede reproduce --preset cpu --jobs 2 --threads 1"
+
+# ASSET with the triggered images labelled with the attack's target class (training set and pools), as the
+# official script labels its triggered test images and as a poisoned downstream set carries them: do the labels
+# explain why ASSET filters downstream data well but ranks the detection pools at chance? (cpu preset, BadEncoder;
+# about 40 minutes on the 2-core CPU machine while other training shared it)
+asset-labels:
+	$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack badencoder --clean simclr --preset cpu \
+		--asset-only --target-labels --cell baselines-badencoder-target-labels --command-line "make asset-labels" \
+		--out runs/reproduce-cpu/cells/baselines-badencoder-target-labels.json
 	$(DEDE) reproduce --preset cpu --publish-only --command-line "dede reproduce --preset cpu --jobs 2 --threads 1"
 
 # throughput/latency side by side (docs/PERFORMANCE.md) and a 2-minute soak (docs/soak.json)

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=presets, default="cpu")
     p.add_argument("--root", default=None, help="working directory (default runs/reproduce-<preset>)")
     p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all)")
-    p.add_argument("--aux", action="append", default=[], help="'id' and/or 'ood' (repeatable; default both)")
+    p.add_argument("--aux", action="append", default=[],
+                   help="'id', 'ood' and/or 'id-robust' (repeatable; default all)")
     p.add_argument("--ood-dataset", default="gtsrb", help="out-of-distribution auxiliary set (gtsrb, imagenette, "
                                                           "or a path)")
     p.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",

@@ -16,8 +16,10 @@ For a preset P (tiny / cpu / paper) everything lives under one root (default ``r
                                        ASSET as the filter; downstream-none-<control>: the clean encoder
     logs/<step>.log                    each step's output
 
-aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set) or ``ood``
-(``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input).
+aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set), ``ood``
+(``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input) or
+``id-robust`` (the ``id`` set, with DeDe trained robustly: ``drop_worst`` leaves the 5% highest-loss samples of
+each batch out, our answer to a poisoned auxiliary set; not in the paper, and its control is trained the same way).
 CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
 
 Every step is a subprocess whose finished output marks it done, so an interrupted run resumes where it
@@ -47,9 +49,11 @@ ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts 
     "clip-backdoor": {"clean": "clip"},
     "badclip": {"clean": "clip"},
 }
-AUXES = ("id", "ood")
+AUXES = ("id", "ood", "id-robust")
+POISONED_AUXES = ("id", "id-robust")  # CIFAR-10 train with 1% of the images triggered with the attack's trigger
 STAGES = ("pretrain", "attack", "train", "downstream")
 CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
+ROBUST_DEDE = ["drop_worst=0.05"]  # id-robust: our defence against a poisoned auxiliary set (5x its poison rate)
 
 
 def _python(*args: str) -> list[str]:
@@ -113,7 +117,7 @@ def control_run(attack: str, aux: str) -> str:
     if attack == "ctrl":
         return run_name(attack, aux, control=True)
     clean = ATTACKS[attack]["clean"]
-    if aux == "id":
+    if aux in POISONED_AUXES:
         return run_name("badencoder" if attack == "drupe" else attack, aux, control=True)
     return run_name(next(a for a in ATTACKS if a != "ctrl" and ATTACKS[a]["clean"] == clean), aux, control=True)
 
@@ -137,9 +141,9 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     r, clean = g.root, ATTACKS[attack]["clean"]
     users = [a for a in g.attacks if control_run(a, aux) == name] if control else [attack]
     encoder = r / (clean if control else attack)
-    aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux == "id"
+    aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux in POISONED_AUXES
                 else [f"aux_source={g.ood_dataset}", "poison_rate=0"])
-    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else [])
+    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + (ROBUST_DEDE if aux == "id-robust" else [])
     run_dir = r / "dede" / name
     return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
                                           *g.sets("train", extra), "--out", str(run_dir)),
@@ -153,16 +157,28 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
 def downstream_steps(g: GridSpec) -> list[Step]:
     """Tables 2 and 4: per attack, its in-distribution detector (and, when the grid has it, its out-of-distribution
     one) filters a downstream classifier's data, and, with the baselines, ASSET does in a cell of its own; per
-    clean encoder, the "no attack" rows (its control bundle, poisoned with the trigger of its first attack)."""
+    clean encoder, the "no attack" rows (its control bundle, poisoned with the trigger of its first attack). With
+    aux ``id-robust``, the robust detector filters too, in a cell of its own (``downstream-robust-<attack>``)."""
     r, steps = g.root, []
+
+    def command(bundle: str, attack: str, trigger_from: str) -> list[str]:
+        return [sys.executable, "-m", "training.reproduce_downstream", "--bundle", str(r / "bundles" / bundle),
+                "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
+                *g.sets("downstream"), "--command-line", g.command]
+
+    if "id-robust" in g.auxes:
+        for a in g.attacks:
+            bundle, cell = run_name(a, "id-robust", False), r / "cells" / f"downstream-robust-{a}.json"
+            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", "dede-robust", "--out", str(cell)],
+                              cell.exists, [f"export-{bundle}", f"attack-{a}"]))
+    if "id" not in g.auxes:  # the other cells filter with the paper's detector
+        return steps
     jobs = [(a, run_name(a, "id", False), a) for a in g.attacks]
     firsts = {ATTACKS[a]["clean"]: a for a in reversed(g.attacks)}
     jobs += [("none", control_run(a, "id"), a) for a in firsts.values()]
     for attack, bundle, trigger_from in jobs:
         cell = r / "cells" / (f"downstream-{attack}.json" if attack != "none" else f"downstream-none-{bundle}.json")
-        base = [sys.executable, "-m", "training.reproduce_downstream", "--bundle", str(r / "bundles" / bundle),
-                "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
-                *g.sets("downstream"), "--command-line", g.command]
+        base = command(bundle, attack, trigger_from)
         needs = [f"export-{bundle}", f"attack-{trigger_from}"]
         cmd, deps = [*base, "--out", str(cell)], list(needs)
         if attack != "none" and "ood" in g.auxes:  # the recommended detector (clean OOD aux) filters too

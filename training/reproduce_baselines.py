@@ -80,28 +80,36 @@ def split_base_and_train(n_train: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def asset_records(encoder: Any, spec: Any, attack: str, trigger: Any, pools: dict[str, Pool], preset: str,
-                  n_train: int, device: str, train_rate: float | None = None) -> list[dict[str, Any]]:
+                  n_train: int, device: str, train_rate: float | None = None,
+                  target_label: int | None = None) -> list[dict[str, Any]]:
     """ASSET's records on each pool. ``train_rate`` None: one ASSET run per pool, trained at that pool's poison
     rate (the paper's text); a number: one run trained at that rate (the official script's ``--poison_rate
-    0.01``), scoring every pool at once (they share the clean images)."""
+    0.01``), scoring every pool at once (they share the clean images). ``target_label``: every triggered image,
+    in the training set and in the pools, is labelled with the attack's target class instead of its own (the
+    official script's test labels, and what a poisoned downstream set and a hijacked prediction carry)."""
     cfg = asset_config(attack, preset)
     base, train, train_labels = split_base_and_train(n_train)
     groups = ([(len(p[1]) / (len(p[0]) + len(p[1])), {name: p}) for name, p in pools.items()]
               if train_rate is None else [(train_rate, pools)])
     aux = (f"cifar10-train-{len(train)}-at-pool-rate" if train_rate is None
            else f"cifar10-train-{len(train)}-at-{100 * train_rate:g}%")
+    aux += "" if target_label is None else "-target-labelled"
     records = []
     for rate, group in groups:
         is_poisoned = np.zeros(len(train), bool)
         is_poisoned[np.random.default_rng(1).choice(len(train), int(round(rate * len(train))), replace=False)] = True
-        poisoned = train.copy()
+        poisoned, poisoned_labels = train.copy(), train_labels.copy()
         poisoned[is_poisoned] = trigger.apply(train[is_poisoned])
+        if target_label is not None:
+            poisoned_labels[is_poisoned] = target_label
         clean, _, labels = next(iter(group.values()))
         n = len(clean)
         pool = np.concatenate([clean, *(trig for _, trig, _ in group.values())])  # (n + sum M, H, W, 3)
         pool_labels = np.concatenate([labels[:n], *(lab[n:] for _, _, lab in group.values())])
+        if target_label is not None:
+            pool_labels[n:] = target_label
         res = run_asset(encoder, spec, base, pool, cfg, pool_labels=pool_labels, train_images=poisoned,
-                        train_labels=train_labels, device=device, log=True, train_poisoned=is_poisoned)
+                        train_labels=poisoned_labels, device=device, log=True, train_poisoned=is_poisoned)
         offset = n
         for test, (_, trig, _) in group.items():
             idx = np.r_[np.arange(n), np.arange(offset, offset + len(trig))]  # this pool's clean + triggered
@@ -148,7 +156,7 @@ def decree_records(encoders: dict[str, tuple[Any, Any]], attack: str, trigger_na
 
 def baselines_cell(root: Path, attack: str, clean: str, preset: str, max_images: int, command: str,
                    asset_train: int | None = None, asset_train_rate: float | None = None, asset_only: bool = False,
-                   cell: str | None = None) -> list[dict[str, Any]]:
+                   cell: str | None = None, target_labels: bool = False) -> list[dict[str, Any]]:
     start = time.time()
     rec = attack_record(root / attack)
     if rec is None:
@@ -161,7 +169,9 @@ def baselines_cell(root: Path, attack: str, clean: str, preset: str, max_images:
         {"backdoored": (bad, bad_spec), "clean": load_encoder(root / clean)}, attack, rec["trigger"], trigger, pools,
         preset, device)
     records += asset_records(bad, bad_spec, attack, trigger, pools, preset,
-                             asset_train or ASSET_TRAIN.get(preset, 4000), device, asset_train_rate)
+                             asset_train or ASSET_TRAIN.get(preset, 4000), device, asset_train_rate,
+                             load_images("cifar10", "test", 32).classes.index(rec["target_class"]) if target_labels
+                             else None)
     wall = round(time.time() - start, 1)
     for r in records:
         r.update({"source": "reproduce", "cell": cell or f"baselines-{attack}", "trigger": rec["trigger"],
@@ -181,12 +191,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="train ASSET once at this poison rate and score every pool (the official script: 0.01); "
                         "default: one run per pool at the pool's own rate (the paper's text)")
     p.add_argument("--asset-only", action="store_true", help="leave DECREE out")
+    p.add_argument("--target-labels", action="store_true",
+                   help="label ASSET's triggered images (training set and pools) with the attack's target class")
     p.add_argument("--cell", default=None, help="the records' cell name (default baselines-<attack>)")
     p.add_argument("--command-line", default="dede reproduce")
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
     records = baselines_cell(a.root, a.attack, a.clean, a.preset, a.max_images, a.command_line, a.asset_train,
-                             a.asset_train_rate, a.asset_only, a.cell)
+                             a.asset_train_rate, a.asset_only, a.cell, a.target_labels)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1))

@@ -75,13 +75,10 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
             recs, sc = evaluate_bundle(path, "cifar10", name, test_trigger, target, max_images,
                                        trigger_params=test_params, knn_bank=knn_bank)
             scores[label] = sc
-            run = json.loads((root / "dede" / path.name / "run.json").read_text())
+            trained = detector_fields(json.loads((root / "dede" / path.name / "run.json").read_text()))
             for r in recs:
                 r.update({"knn_asr": r.pop("attack_asr"), "knn_clean_acc": r.pop("encoder_clean_acc"),
-                          **attacked, "test_trigger": test_trigger,
-                          "train_wall_s": run["train_wall_s"], "train_device": run["device"],
-                          "train_wall_partial": run.get("train_wall_partial", False),
-                          "dede_epochs": run["epochs"], "train_mask_ratio": run["train_mask_ratio"]})
+                          **attacked, "test_trigger": test_trigger, **trained})
                 if name == "none":
                     r.update({"control_for": attack, **clean})
             records += recs
@@ -99,6 +96,18 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
                   "trigger_params": params if r["test_trigger"] == trigger else {},
                   "class_collapse": collapse["control" if r["attack"] == "none" else "backdoored"]})
     return records
+
+
+def detector_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """What a cell's records say about the DeDe training behind a bundle (its ``run.json``). A detector trained
+    robustly (``drop_worst`` > 0, aux ``id-robust``) is named ``dede-robust``, so that its records differ from
+    the paper's detector on the same auxiliary set."""
+    out = {"train_wall_s": run["train_wall_s"], "train_device": run["device"],
+           "train_wall_partial": run.get("train_wall_partial", False), "dede_epochs": run["epochs"],
+           "train_mask_ratio": run["train_mask_ratio"]}
+    if run.get("drop_worst"):
+        out.update({"detector": "dede-robust", "dede_drop_worst": run["drop_worst"]})
+    return out
 
 
 def class_collapse(bundle: Path, n: int = 2000) -> float:

@@ -95,23 +95,30 @@ def asset_filter(encoder_dir: Path, attack: str, preset: str, max_train: int, se
 
 def downstream_cell(bundle: Path, attack: str, trigger_from: Path, preset: str, overrides: list[str],
                     command: str, threads: int = 0, datasets: tuple[str, ...] = ("cifar10", "gtsrb"),
-                    ood_bundle: Path | None = None, asset_train: int | None = None) -> list[dict[str, Any]]:
+                    ood_bundle: Path | None = None, asset_train: int | None = None,
+                    only: str | None = None) -> list[dict[str, Any]]:
     """Records for one encoder: detector ``none`` always, ``dede`` (at the bundle's deployed threshold) and
     ``dede@paper-1.5x`` for an attacked encoder, ``dede-ood`` (``ood_bundle``'s detector) when given. With
-    ``asset_train`` (a number; 0 = the whole training set): ASSET's records alone, poisoned training set only."""
+    ``asset_train`` (a number; 0 = the whole training set): ASSET's records alone, poisoned training set only.
+    With ``only`` (a detector name, e.g. ``dede-robust``): the bundle's detector alone at its deployed threshold,
+    recorded under that name, poisoned training set only (cell ``downstream-<only minus dede->-<attack>``)."""
     start = time.time()
     cfg = resolve_config(DownstreamConfig, DOWNSTREAM_PRESETS, preset, None, overrides)
     models = BundleModels(bundle, threads=threads)
     name, params = recorded_trigger(trigger_from)
     trigger = make_trigger(name, models.manifest.encoder.input_size, params)
-    if asset_train is not None:
+    if asset_train is not None or only is not None:  # one filter alone, in a cell of its own
         if attack == "none":
-            raise ValueError("ASSET filters an attacked encoder's downstream data; --attack none has none")
+            raise ValueError("a single-filter cell filters an attacked encoder's downstream data; --attack none "
+                             "has none")
+        alone: dict[str, Detector | TrainedFilter] = (
+            {"asset": asset_filter(trigger_from, attack, preset, asset_train)} if asset_train is not None
+            else {str(only): models.detector()})
         cfg.train_sets = ["poisoned"]
-        records = downstream_grid(models.embed, trigger, attack, {"asset": asset_filter(trigger_from, attack, preset,
-                                                                                          asset_train)},
-                                  datasets=datasets, cfg=cfg, baseline=False)
-        return _finish(records, f"downstream-asset-{attack}", bundle, name, preset, command, start, {})
+        records = downstream_grid(models.embed, trigger, attack, alone, datasets=datasets, cfg=cfg, baseline=False)
+        (det,) = alone
+        return _finish(records, f"downstream-{det.removeprefix('dede-')}-{attack}", bundle, name, preset, command,
+                       start, {} if det == "asset" else {det: bundle.name})
     detectors = {} if attack == "none" else {"dede": models.detector(),
                                              "dede@paper-1.5x": models.detector("paper-1.5x")}
     sources = {"dede": bundle.name, "dede@paper-1.5x": bundle.name}
@@ -152,13 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--asset", action="store_true", help="ASSET as the filter, alone (a cell of its own)")
     p.add_argument("--asset-train", type=int, default=None,
                    help="images ASSET trains on per training set (0 = all; default by preset)")
+    p.add_argument("--only", metavar="NAME", help="the bundle's detector alone, recorded as NAME (e.g. dede-robust; "
+                   "a cell of its own)")
     p.add_argument("--command-line", default="dede reproduce")
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
     asset_train = (a.asset_train if a.asset_train is not None else ASSET_DOWNSTREAM_TRAIN.get(a.preset, 0)
                    ) if a.asset else None
     records = downstream_cell(a.bundle, a.attack, a.trigger_from, a.preset, a.overrides, a.command_line, a.threads,
-                              tuple(a.dataset) or ("cifar10", "gtsrb"), a.ood_bundle, asset_train)
+                              tuple(a.dataset) or ("cifar10", "gtsrb"), a.ood_bundle, asset_train, a.only)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1))

@@ -229,6 +229,7 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "train_mask_ratio": cfg.mask_ratio,
         "test_mask_ratio": alpha_test,
         "score": cfg.score,
+        "drop_worst": cfg.drop_worst,
         "aux": aux_info | {"name": aux_name(cfg)},
         "epochs": len(history),
         "steps": step,

@@ -226,3 +226,41 @@ def test_decree_applies_to_patch_triggers_only_and_presets_resolve() -> None:
     assert cfg.lr_milestones == [100, 300] and cfg.lambda_min == 1e-7 and cfg.preset == "paper-224"
     with pytest.raises(ValueError, match="unknown config key"):
         resolve_config(AssetConfig, ASSET_PRESETS, "cpu", overrides=["nope=1"])
+
+
+def test_asset_records_can_label_every_triggered_image_with_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--target-labels``: the triggered training images and the pools' triggered copies carry the target class
+    (the official script's test labels); the clean images keep their own."""
+    from types import SimpleNamespace
+
+    import training.reproduce_baselines as rb
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    train_labels = np.arange(100) % 10
+    monkeypatch.setattr(rb, "split_base_and_train", lambda n, seed=0: (train[:10], train, train_labels))
+    seen: list[dict[str, np.ndarray]] = []
+
+    def fake_asset(encoder, spec, base, pool, cfg, pool_labels, train_images, train_labels, train_poisoned,
+                   **kw):  # type: ignore[no-untyped-def]
+        seen.append({"pool": pool_labels, "train": train_labels, "poisoned": train_poisoned})
+        scores = np.r_[np.zeros(20), np.ones(len(pool) - 20)]
+        return SimpleNamespace(scores=scores, scores_per_epoch=[scores], wall_s=0.0, flagged_per_epoch=[0],
+                               flagged_poisoned_per_epoch=[0])
+
+    monkeypatch.setattr(rb, "run_asset", fake_asset)
+    clean = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    trigger = make_trigger("badencoder", 32)
+    pools = {"balanced": (clean, trigger.apply(clean), np.r_[labels, labels])}
+    (own,) = rb.asset_records(None, None, "badencoder", trigger, pools, "tiny", 100, "cpu", train_rate=0.1)
+    (target,) = rb.asset_records(None, None, "badencoder", trigger, pools, "tiny", 100, "cpu", train_rate=0.1,
+                                 target_label=9)
+    assert own["aux"] == "cifar10-train-100-at-10%" and target["aux"] == "cifar10-train-100-at-10%-target-labelled"
+    plain, relabelled = seen
+    assert (plain["pool"] == np.r_[labels, labels]).all() and (plain["train"] == train_labels).all()
+    assert (relabelled["pool"][:20] == labels).all() and (relabelled["pool"][20:] == 9).all()
+    poisoned = relabelled["poisoned"]
+    assert poisoned.sum() == 10 and (relabelled["train"][poisoned] == 9).all()
+    assert (relabelled["train"][~poisoned] == train_labels[~poisoned]).all()
+    assert target["auc"] == 1.0  # the fake scores rank every triggered copy first

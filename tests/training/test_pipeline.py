@@ -148,6 +148,8 @@ def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path
     assert all(0 <= r["auc"] <= 1 for r in recs)
     config = json.loads((tmp_path / "differential" / "t" / "control" / "config.json").read_text())
     assert config["emb_dropout"] == 0.5 and config["drop_worst"] == 0.1 and config["preset"] == "study"
+    run = json.loads((tmp_path / "differential" / "t" / "control" / "run.json").read_text())
+    assert run["drop_worst"] == 0.1  # what reproduce's cells read to name a robust detector
     # resumable: a second call reuses the finished runs instead of training again
     mtime = (tmp_path / "differential" / "t" / "control" / "dede.safetensors").stat().st_mtime
     again = cell_records("differential", "t", TINY_STUDY + ["emb_dropout=0.5", "drop_worst=0.1", "epochs=2"],
@@ -263,3 +265,12 @@ def test_downstream_cell_filters_with_the_bundle_detector(pipeline: Path) -> Non
     none = next(r for r in recs if r["detector"] == "none" and r["train_set"] == "poisoned-1%")
     assert none["n_train_removed"] == 0 and none["n_poison_train"] == 4  # 1% of 400
     assert all(r["cell"] == "downstream-badencoder" and 0 <= r["ca"] <= 1 and 0 <= r["asr"] <= 1 for r in recs)
+    # one detector alone (the robust one of the grid), poisoned set only: the same flags under its own name
+    (alone,) = downstream_cell(bundle, "badencoder", pipeline / "bad", "tiny", ["max_train=400", "max_test=100",
+                               "epochs=1"], "test", datasets=("cifar10",), only="dede-robust")
+    assert alone["cell"] == "downstream-robust-badencoder" and alone["detector_bundle"] == "tiny-bad"
+    assert (alone["detector"], alone["train_set"]) == ("dede-robust", "poisoned-1%")
+    for key in ("n_train_removed", "test_clean_flagged", "test_triggered_flagged"):
+        assert alone[key] == by[("poisoned-1%", "dede")][key]
+    with pytest.raises(ValueError, match="single-filter cell"):
+        downstream_cell(bundle, "none", pipeline / "bad", "tiny", [], "test", datasets=("cifar10",), only="x")

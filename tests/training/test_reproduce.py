@@ -57,6 +57,36 @@ def test_grid_covers_every_attack_and_aux_with_a_control(tmp_path: Path) -> None
         tmp_path, attacks=["badencoder"], auxes=["id"], baselines=False)))
 
 
+def test_robust_cells_train_both_detectors_robustly_on_the_poisoned_set(tmp_path: Path) -> None:
+    steps = _grid(tmp_path, attacks=["badencoder", "drupe"], auxes=["id", "id-robust"])
+    by = {s.name: s for s in steps}
+    for name in ("badencoder-id-robust", "drupe-id-robust", "control-simclr-badencoder-id-robust"):
+        line = " ".join(by[f"train-{name}"].cmd)  # the same 1%-poisoned set as `id`, trained with drop_worst
+        assert "drop_worst=0.05" in line and "poison_rate=0.01" in line and "trigger_from=" in line
+    assert not any("drop_worst" in " ".join(by[f"train-{n}"].cmd)
+                   for n in ("badencoder-id", "control-simclr-badencoder-id"))
+    cmd = by["cell-drupe-id-robust"].cmd  # a robust control of its own, shared by the attacks with one trigger
+    assert cmd[cmd.index("--control") + 1].endswith("control-simclr-badencoder-id-robust")
+    robust = by["downstream-robust-drupe"]  # the robust detector filters alone, in a cell of its own
+    assert robust.cmd[robust.cmd.index("--only") + 1] == "dede-robust" and "--ood-bundle" not in robust.cmd
+    assert robust.cmd[robust.cmd.index("--bundle") + 1] == str(tmp_path / "bundles" / "drupe-id-robust")
+    assert "export-drupe-id-robust" in robust.deps and "--only" not in by["downstream-drupe"].cmd
+    robust_only = [s.name for s in _grid(tmp_path, attacks=["badencoder"], auxes=["id-robust"])]
+    assert "cell-badencoder-id-robust" in robust_only  # no `id` bundle: no cell that filters with one
+    assert [n for n in robust_only if n.startswith("downstream-")] == ["downstream-robust-badencoder"]
+
+
+def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
+    from training.reproduce_cell import detector_fields
+
+    run = {"train_wall_s": 12.5, "device": "cpu", "epochs": 15, "train_mask_ratio": 0.9, "drop_worst": 0.0}
+    plain = detector_fields(run)
+    assert plain["dede_epochs"] == 15 and plain["train_wall_partial"] is False and "detector" not in plain
+    assert "detector" not in detector_fields({k: v for k, v in run.items() if k != "drop_worst"})  # older runs
+    robust = detector_fields(run | {"drop_worst": 0.05})
+    assert robust["detector"] == "dede-robust" and robust["dede_drop_worst"] == 0.05
+
+
 def test_stage_sets_reach_every_step_of_their_stage(tmp_path: Path) -> None:
     sets = parse_stage_sets(["train:epochs=1", "pretrain:time_budget_s=60"])
     steps = _grid(tmp_path, attacks=["badencoder"], auxes=["id"], stage_sets=sets)
@@ -177,6 +207,9 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     from training.report_reproduce import reproduce_lines
 
     recs = _cell_records("badencoder", "id", 0.961, 0.612) + _cell_records("drupe", "ood", 0.912, 0.55)
+    for r in (robust := _cell_records("badencoder", "id-robust", 0.944, 0.633)):
+        r.update({"detector": "dede-robust", "dede_drop_worst": 0.05, "aux": "x-id"})
+    recs += robust
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "baselines-drupe", "attack": "drupe",
                  "detector": "asset", "test": "balanced", "threshold_rule": "asset-get_t", "auc": 0.777,
                  "aux": "cifar10-train-4000-at-1%",
@@ -185,6 +218,9 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-drupe", "kind": "downstream",
                  "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede", "attack": "drupe", "ca": 0.5,
                  "asr": 0.04, "bundle": "drupe-id", "wall_s": 3.0})
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-robust-drupe", "kind": "downstream",
+                 "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede-robust", "attack": "drupe",
+                 "ca": 0.48, "asr": 0.02, "bundle": "drupe-id-robust", "wall_s": 300.0})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-asset-drupe", "kind": "downstream",
                  "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "asset", "attack": "drupe", "ca": 0.45,
                  "asr": 0.9, "bundle": "drupe-id", "wall_s": 700.0, "n_train": 20220, "n_train_removed": 310,
@@ -207,12 +243,19 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     bad = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id"))
     assert "| 0.961 | 0.612 | 0.981 |" in bad and "met (>= 0.95)" in bad  # ours, control, the paper's Table 1
     assert "| 10 s (15 ep) + 5 s |" in bad  # the cpu preset's 15 epochs: no "n/N"
+    rob = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id, robust"))
+    assert "x-id, robust (drop_worst 0.05) | 0.944 | 0.633 | 0.981 |" in rob and "missed (>= 0.95)" in rob
+    assert text.index("| x-id |") < text.index("| x-id, robust")  # after the paper's rows of the attack
+    assert "the share x of highest-loss samples" in text  # the legend, only where a robust cell is shown
+    assert "highest-loss" not in "\n".join(reproduce_lines([r for r in recs if "dede_drop_worst" not in r]))
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
     assert "| cifar10-train-4000-at-1% | 200, 1.5% (1.0%) |" in text  # step-2 flags: 3 of 200 poisoned, vs 1%
     assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
     assert "| ASSET (fitted on the set it filters), poisoned-1% | 45.0 / 90.0 (80.8 / 54.1) |" in text
+    assert "| DeDe, robust training on the poisoned aux (deployed), poisoned-1% | 48.0 / 2.0 |" in text
+    assert "a cell of its own: `downstream-robust-<attack>`" in text
     assert "trains on 10,000 images of it" in text and "base set is 1,000 trusted clean images" in text
     assert "| drupe | gtsrb | 310 of 20220 | 4 of 202 | 150 of 12630 / 160 of 12360 | 10, 55 | 700 s |" in text
 
