@@ -13,7 +13,8 @@ For a preset P (tiny / cpu / paper) everything lives under one root (default ``r
                                        backdoored and control), plus figures in docs/figures/
     cells/baselines-<attack>.json      ASSET and DECREE on the same test sets
     cells/downstream-<attack>.json     the downstream defence (no filter, DeDe, DECREE); downstream-asset-<attack>:
-                                       ASSET as the filter; downstream-none-<control>: the clean encoder
+                                       ASSET as the filter; downstream-robust-<attack>: the id-robust detector;
+                                       downstream-none-<control>: the clean encoder
     logs/<step>.log                    each step's output
 
 aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set), ``ood``
