@@ -83,7 +83,7 @@ asset-scale:
 # ASSET with the triggered images labelled with the attack's target class (training set and pools), as the
 # official script labels its triggered test images and as a poisoned downstream set carries them: do the labels
 # explain why ASSET filters downstream data well but ranks the detection pools at chance? (cpu preset, BadEncoder;
-# about 40 minutes on the 2-core CPU machine while other training shared it)
+# about 45 minutes on the 2-core CPU machine while other training shared it)
 asset-labels:
 	$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack badencoder --clean simclr --preset cpu \
 		--asset-only --target-labels --cell baselines-badencoder-target-labels --command-line "make asset-labels" \

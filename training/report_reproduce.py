@@ -11,11 +11,11 @@ from typing import Any
 from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
+from training.reproduce import AUXES, ROBUST_DETECTOR
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
-AUX_ORDER = ("id", "ood", "id-robust")
 PAPER_AUX = {"id-robust": "id"}  # the paper's row a cell is compared with (robust training is ours)
-DEDE_DETECTORS = ("dede", "dede-robust")
+DEDE_DETECTORS = ("dede", ROBUST_DETECTOR)
 ROBUST_NOTE = ("; `, robust (drop_worst x)` = the in-distribution set with DeDe trained robustly, the share x of "
                "highest-loss samples of each batch left out of the loss after the first epoch (not the paper's "
                "method: our defence against a poisoned auxiliary set; its control is trained the same way, and it "
@@ -117,7 +117,7 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
         if r.get("test") == test and r.get("detector", "dede") in DEDE_DETECTORS and "aux_kind" in r:
             attack = r.get("control_for") or r["attack"]
             by[(attack, r["aux_kind"], r["test_trigger"], r["attack"] == "none", r["threshold_rule"])] = r
-    rows = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (_order(k[0]), AUX_ORDER.index(k[1]), k[2]))
+    rows = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (_order(k[0]), AUXES.index(k[1]), k[2]))
     lines = ["| attack | test trigger | aux set | AUC | AUC control | paper AUC | TPR / FPR at fpr@0.01 (deployed) "
              "| control TPR / FPR | TPR / FPR at paper-1.5x | paper TPR / FPR | TPR@1%FPR | wall: DeDe training "
              "(epochs) + evaluation | target |",
@@ -213,8 +213,8 @@ def downstream_lines(recs: list[dict[str, Any]]) -> list[str]:
                  ("DeDe (deployed fpr@0.01), poisoned-1%", "poisoned-1%", "dede", "dede"),
                  ("DeDe (paper-1.5x), poisoned-1%", "poisoned-1%", "dede@paper-1.5x", None),
                  ("DeDe, out-of-distribution aux (deployed), poisoned-1%", "poisoned-1%", "dede-ood", None),
-                 ("DeDe, robust training on the poisoned aux (deployed), poisoned-1%", "poisoned-1%", "dede-robust",
-                  None),
+                 ("DeDe, robust training on the poisoned aux (deployed), poisoned-1%", "poisoned-1%",
+                  ROBUST_DETECTOR, None),
                  ("DECREE (patch triggers), poisoned-1%", "poisoned-1%", "decree", None),
                  ("ASSET (fitted on the set it filters), poisoned-1%", "poisoned-1%", "asset", "asset")]
         lines += [f"#### Downstream {dataset} (paper: Table {'2' if dataset == 'cifar10' else '4'})", "",
@@ -322,7 +322,7 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                       "encoder's detector trained on the clean out-of-distribution set (our recommendation)"
                       + ("; the robust row, the detector trained robustly on the in-distribution set (aux "
                          "`id-robust`, a cell of its own: `downstream-robust-<attack>`)"
-                         if any(r["detector"] == "dede-robust" for r in down) else "") + ". "
+                         if any(r["detector"] == ROBUST_DETECTOR for r in down) else "") + ". "
                       "DECREE filters with the trigger it inverted on the encoder (patch triggers only). "
                       + asset_downstream_note(asset_down) +
                       "CA / ASR in %, the paper's numbers in brackets. "

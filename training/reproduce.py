@@ -55,6 +55,7 @@ POISONED_AUXES = ("id", "id-robust")  # CIFAR-10 train with 1% of the images tri
 STAGES = ("pretrain", "attack", "train", "downstream")
 CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
 ROBUST_DEDE = ["drop_worst=0.05"]  # id-robust: our defence against a poisoned auxiliary set (5x its poison rate)
+ROBUST_DETECTOR = "dede-robust"  # the records' name of a detector trained that way
 
 
 def _python(*args: str) -> list[str]:
@@ -170,7 +171,7 @@ def downstream_steps(g: GridSpec) -> list[Step]:
     if "id-robust" in g.auxes:
         for a in g.attacks:
             bundle, cell = run_name(a, "id-robust", False), r / "cells" / f"downstream-robust-{a}.json"
-            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", "dede-robust", "--out", str(cell)],
+            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", ROBUST_DETECTOR, "--out", str(cell)],
                               cell.exists, [f"export-{bundle}", f"attack-{a}"]))
     if "id" not in g.auxes:  # the other cells filter with the paper's detector
         return steps

@@ -39,7 +39,7 @@ from training.baselines import (
     run_asset,
 )
 from training.config import pick_device, resolve_config
-from training.data import load_images
+from training.data import ImageSet, load_images
 from training.encoders import load_encoder
 from training.evaluate import hardware
 from training.metrics import detection_metrics, tpr_at_fpr
@@ -50,9 +50,9 @@ ASSET_TRAIN = {"tiny": 256, "cpu": 4000, "paper": 50000}  # ASSET's training set
 Pool = tuple[np.ndarray, np.ndarray, np.ndarray]  # clean (N, H, W, 3), triggered (M, H, W, 3), labels (N + M,)
 
 
-def detection_pools(trigger: Any, max_images: int, seed: int = 0) -> dict[str, Pool]:
-    """The DeDe cells' pools (``training.evaluate.evaluate_bundle``): name -> (clean, triggered, labels of both)."""
-    test = load_images("cifar10", "test", 32)
+def detection_pools(test: ImageSet, trigger: Any, max_images: int, seed: int = 0) -> dict[str, Pool]:
+    """The DeDe cells' pools (``training.evaluate.evaluate_bundle``) from the CIFAR-10 test set ``test``: name ->
+    (clean, triggered, labels of both)."""
     images, labels = test.images, test.labels
     if max_images:
         sel = np.random.default_rng(seed).permutation(len(images))[:max_images]
@@ -164,14 +164,14 @@ def baselines_cell(root: Path, attack: str, clean: str, preset: str, max_images:
     trigger = make_trigger(rec["trigger"], 32, rec.get("trigger_params") or {})
     device = pick_device("auto")
     bad, bad_spec = load_encoder(root / attack)
-    pools = detection_pools(trigger, max_images)
+    test = load_images("cifar10", "test", 32)
+    pools = detection_pools(test, trigger, max_images)
     records = [] if asset_only else decree_records(
         {"backdoored": (bad, bad_spec), "clean": load_encoder(root / clean)}, attack, rec["trigger"], trigger, pools,
         preset, device)
     records += asset_records(bad, bad_spec, attack, trigger, pools, preset,
                              asset_train or ASSET_TRAIN.get(preset, 4000), device, asset_train_rate,
-                             load_images("cifar10", "test", 32).classes.index(rec["target_class"]) if target_labels
-                             else None)
+                             test.classes.index(rec["target_class"]) if target_labels else None)
     wall = round(time.time() - start, 1)
     for r in records:
         r.update({"source": "reproduce", "cell": cell or f"baselines-{attack}", "trigger": rec["trigger"],

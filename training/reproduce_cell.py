@@ -26,6 +26,7 @@ from training.attacks.triggers import make_trigger
 from training.data import load_images
 from training.evaluate import evaluate_bundle, hardware
 from training.figures import detection_figure, reconstruction_grid
+from training.reproduce import ROBUST_DETECTOR
 
 # the paper's BadCLIP test sets used a random noise patch
 EXTRA_TEST_TRIGGERS: dict[str, list[tuple[str, dict[str, Any]]]] = {"badclip": [("noise-patch", {})]}
@@ -106,7 +107,7 @@ def detector_fields(run: dict[str, Any]) -> dict[str, Any]:
            "train_wall_partial": run.get("train_wall_partial", False), "dede_epochs": run["epochs"],
            "train_mask_ratio": run["train_mask_ratio"]}
     if run.get("drop_worst"):
-        out.update({"detector": "dede-robust", "dede_drop_worst": run["drop_worst"]})
+        out.update({"detector": ROBUST_DETECTOR, "dede_drop_worst": run["drop_worst"]})
     return out
 
 
