@@ -33,7 +33,7 @@ log = logging.getLogger("dede.service")
 def load_scorer(settings: Settings) -> Scorer:
     scorer = Scorer.from_bundle(settings.bundle, settings.provider_list, settings.intra_op_threads,
                                 settings.mask_draws)
-    if settings.require_gpu and scorer.provider != "CUDAExecutionProvider":
+    if settings.require_gpu and not scorer.on_gpu:
         raise BundleError(f"DEDE_REQUIRE_GPU is set but ONNX Runtime runs on {scorer.provider} "
                           "(CUDA libraries missing or onnxruntime-gpu not installed)")
     size = scorer.manifest.encoder.input_size

@@ -84,6 +84,7 @@ class Provenance(_Strict):
     created: str
     train_wall_s: float = 0.0
     device: str = "cpu"
+    drop_worst: float | None = None  # robust training: share of each batch left out (None: not recorded)
     victim: dict[str, Any] = {}  # what is known of how the encoder was made (attack, target class...)
 
 

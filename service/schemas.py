@@ -64,6 +64,7 @@ class Info(BaseModel):
     threshold_rule: str
     aux_dataset: str
     poison_rate: float
+    drop_worst: float | None = None  # robust training's share of each batch left out; None: not recorded
     preset: str
     created: str
     code_version: str

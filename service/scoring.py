@@ -27,6 +27,7 @@ from service.manifest import Manifest, load_manifest
 from service.scores import compute_score
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # run on the GPU, take CUDA device memory
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Scorer:
         self.size = manifest.encoder.input_size
         self._enc_in = self.encoder.get_inputs()[0].name
         self._enc_out = self.encoder.get_outputs()[0].name
-        self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._device = "cuda" if self.on_gpu else "cpu"
         if mask_draws < 1:
             raise ValueError("mask_draws must be >= 1")
         self.mask_draws = mask_draws
@@ -77,6 +78,11 @@ class Scorer:
     def provider(self) -> str:
         """The execution provider actually running the detector (ORT falls back silently)."""
         return self.detector.get_providers()[0]
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the models actually run on the GPU (CUDA, or TensorRT, which falls back to CUDA)."""
+        return self.provider in GPU_PROVIDERS
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, 3) -> float32 (B, 3, H, W)."""

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(64, gt=0, description="images per /score/batch request")
     providers: str = Field("CUDAExecutionProvider,CPUExecutionProvider",
                            description="ONNX Runtime execution providers, in order of preference")
-    require_gpu: bool = Field(False, description="refuse to start unless CUDA is the provider in use")
+    require_gpu: bool = Field(False, description="refuse to start unless CUDA or TensorRT is the provider in use")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0 = ORT default)")
     mask_draws: int = Field(1, ge=1, le=64, description="masks averaged per image when the test mask keeps patches")
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")

@@ -160,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the paper's detection grid (attacks x auxiliary sets), resumable")
     p.add_argument("--preset", choices=presets, default="cpu")
-    p.add_argument("--root", default=None, help="working directory (default runs/reproduce-<preset>)")
-    p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all)")
+    p.add_argument("--root", default=None,
+                   help="working directory (default runs/reproduce-<preset>, or runs/reproduce-<preset>-<variant>)")
+    p.add_argument("--variant", default="", help="train one clean encoder and its attacks differently: 'slip' (the "
+                                                 "mini-CLIP with SLIP's image-only term); detection cells only")
+    p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all, or "
+                                                                  "all on the variant's encoder)")
     p.add_argument("--aux", action="append", default=[],
                    help="'id', 'ood' and/or 'id-robust' (repeatable; default all)")
     p.add_argument("--ood-dataset", default="gtsrb", help="out-of-distribution auxiliary set (gtsrb, imagenette, "

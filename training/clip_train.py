@@ -4,6 +4,13 @@ Each training image is paired with the caption "<random template>.format(<its cl
 image per step; the loss is CLIP's symmetric InfoNCE with a learnable logit scale. The whole dataset is one
 uint8 tensor on the device; augmentation (random shift + horizontal flip, the usual CIFAR recipe) runs in
 batches on the device. AdamW (decay on matrices only, as CLIP), linear warm-up then cosine.
+
+``ssl_weight`` > 0 adds SLIP's image-only term (Mu et al., "SLIP: Self-supervision meets Language-Image
+Pre-training", 2022): SimCLR's NT-Xent between two strong views of each image through the image tower's backbone
+and a projection head of its own (``SslTerm``). Captions made from 10 class names carry nothing but the class,
+so plain CLIP on them learns an embedding that mostly names the class; the image-only term keeps what tells one
+image from another. Off by default (the paper's attacks target plain CLIP); ``dede reproduce --variant slip``
+trains the mini-CLIP and its attacks with it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training.augment import simclr_augment
 from training.clip_model import (
     TEMPLATES,
     ClipInfo,
@@ -31,7 +39,7 @@ from training.clip_model import (
 from training.config import optimizer_step, pick_device, save_config, warmup_cosine
 from training.data import ImageSet, load_images
 from training.encoders import EncoderSpec, create_encoder, embed
-from training.ssl import encoder_knn_accuracy, normalise
+from training.ssl import ProjectionHead, encoder_knn_accuracy, normalise, nt_xent
 
 
 @dataclass
@@ -52,6 +60,8 @@ class ClipConfig:
     max_shift: int = 4  # random translation in pixels (reflection padding) + horizontal flip
     max_images: int = 0  # 0 = the whole training split
     eval_images: int = 10000  # test images for zero-shot accuracy and the kNN probe (0 = all)
+    ssl_weight: float = 0.0  # > 0: SLIP's image-only SimCLR term, with this weight (see the module docstring)
+    ssl_temperature: float = 0.5  # NT-Xent temperature of that term (the project's SimCLR recipe)
     seed: int = 0
     device: str = "auto"
 
@@ -94,6 +104,21 @@ def caption_tokens(tokenizer: WordTokenizer, classnames: list[str], templates: l
 def random_captions(labels: torch.Tensor, n_templates: int) -> torch.Tensor:
     """labels (B,) -> caption rows (B,) of ``caption_tokens``: the image's class, a random template."""
     return labels * n_templates + torch.randint(0, n_templates, labels.shape, device=labels.device)
+
+
+class SslTerm(nn.Module):
+    """SLIP's image-only term: SimCLR's NT-Xent between two strong views of each image, through the image
+    tower's backbone (B, 8w) and a projection head of its own (8w -> 128), which is not part of the saved CLIP."""
+
+    def __init__(self, features: int, temperature: float, out_dim: int = 128) -> None:
+        super().__init__()
+        self.head = ProjectionHead(features, out_dim)
+        self.temperature = temperature
+
+    def forward(self, backbone: nn.Module, x: torch.Tensor, spec: EncoderSpec) -> torch.Tensor:
+        """x: (B, 3, H, W) in [0, 1], not augmented -> the scalar loss."""
+        v1, v2 = normalise(simclr_augment(x), spec), normalise(simclr_augment(x), spec)
+        return nt_xent(self.head(backbone(v1)), self.head(backbone(v2)), self.temperature)
 
 
 def eval_subset(dataset: str, split: str, size: int, n: int, seed: int = 0) -> ImageSet:
@@ -157,12 +182,14 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
     labels_t = torch.from_numpy(labels).to(device)  # (N,)
     clip, spec, info = build_clip(cfg, data.classes)
     clip = clip.to(device)
+    slip = SslTerm(clip.image.backbone.embed_dim, cfg.ssl_temperature).to(device) if cfg.ssl_weight else None
     tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates).to(device)  # (C*T, L)
     steps_per_epoch = len(images_t) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(images_t)} images is fewer than one batch of {cfg.batch_size}")
     total = cfg.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(decay_groups(clip, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(decay_groups(nn.ModuleList([clip, *([slip] if slip else [])]), cfg.weight_decay),
+                            lr=cfg.lr)
     sched = warmup_cosine(opt, total, max(1, int(cfg.warmup_fraction * total)))
     start, step, loss_avg = time.time(), 0, float("nan")
     clip.train()
@@ -172,11 +199,14 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
         running = 0.0
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = normalise(random_shift_flip(to_unit(images_t[idx]), cfg.max_shift), spec)  # (B, 3, H, W)
+            unit = to_unit(images_t[idx])  # (B, 3, H, W) in [0, 1]
+            x = normalise(random_shift_flip(unit, cfg.max_shift), spec)
             img = F.normalize(clip.image(x), dim=-1)  # (B, D)
             txt = F.normalize(clip.text(tokens), dim=-1)  # (C*T, D): every caption once
             caption = random_captions(labels_t[idx], len(info.templates))  # (B,)
             loss = clip_loss(clip.scale() * img @ txt[caption].T)  # (B, B) logits
+            if slip is not None:
+                loss = loss + cfg.ssl_weight * slip(clip.image.backbone, unit, spec)
             value = optimizer_step(opt, loss, step)
             sched.step()
             step += 1

@@ -100,7 +100,8 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                     "aux_images": run["aux"]["n_train"], "poison_rate": run["aux"]["poison_rate"],
                     "epochs": run["epochs"], "final_loss": run["final_loss"], "preset": run["preset"],
                     "code_version": run["code_version"], "created": run["created"],
-                    "train_wall_s": run["train_wall_s"], "device": run["device"], "victim": victim_info},
+                    "train_wall_s": run["train_wall_s"], "device": run["device"],
+                    "drop_worst": run.get("drop_worst"), "victim": victim_info},
     )
 
 

@@ -1,6 +1,6 @@
 """The ``dede reproduce`` sections of ``docs/RESULTS.md``: our numbers next to the paper's Tables 1 and 3.
 
-Rendered from the records with ``"source": "reproduce"`` (one group per preset), never typed in.
+Rendered from the records with ``"source": "reproduce"`` (one group per preset and variant), never typed in.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
-from training.reproduce import AUXES, ROBUST_DETECTOR
+from training.reproduce import AUXES, ROBUST_DETECTOR, VARIANTS
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
 PAPER_AUX = {"id-robust": "id"}  # the paper's row a cell is compared with (robust training is ours)
@@ -265,11 +265,12 @@ def asset_filter_lines(recs: list[dict[str, Any]]) -> list[str]:
 
 
 def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[r.get("preset", "?")].append(r)
+        groups[(r.get("preset", "?"), r.get("variant", ""))].append(r)
     lines: list[str] = []
-    for preset, all_recs in groups.items():
+    for (preset, variant), all_recs in groups.items():
+        grid = f"{preset}-{variant}" if variant else preset  # reproduce.GridSpec.label: the figures' names
         recs = [r for r in all_recs if "aux_kind" in r]  # the DeDe cells
         attacks = [r for r in all_recs if r.get("kind") == "attack"]
         base = [r for r in all_recs if str(r.get("cell", "")).startswith("baselines-")]
@@ -282,7 +283,10 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
         commands = sorted({r.get("command", "?") for r in all_recs})
         hardware = sorted({r.get("hardware", "?") for r in all_recs if r.get("kind") != "attack"})
         cells = sorted({r["cell"] for r in recs})
-        lines += [f"## Reproduction of the paper's detection tables, preset `{preset}`", "",
+        title = f"preset `{preset}`" + (f", variant `{variant}`" if variant else "")
+        about = (f"Variant `{variant}`: {VARIANTS[variant].about} (`dede reproduce --variant {variant}`), to test a "
+                 "diagnosis; compare with the same rows of the plain grid. " if variant in VARIANTS else "")
+        lines += [f"## Reproduction of the paper's detection tables, {title}", "", about +
                   "Command(s): " + "; ".join(f"`{c}`" for c in commands) + f". Hardware: {'; '.join(hardware)}. "
                   f"Cells: {len(cells)} ({', '.join(cells)}). Test images: {first['n_clean']} clean CIFAR-10 test "
                   "images per cell.", "",
@@ -332,9 +336,9 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                   "ground truth for clean and triggered images):", ""]
         for cell in cells:
             extra = sorted({r["test_trigger"] for r in recs if r["cell"] == cell and r["test_trigger"] != r["trigger"]})
-            lines.append(f"- {cell}: [detection](figures/reproduce-{preset}-{cell}.png), "
-                         + "".join(f"[detection, {t} trigger](figures/reproduce-{preset}-{cell}-{t}.png), "
+            lines.append(f"- {cell}: [detection](figures/reproduce-{grid}-{cell}.png), "
+                         + "".join(f"[detection, {t} trigger](figures/reproduce-{grid}-{cell}-{t}.png), "
                                    for t in extra)
-                         + f"[reconstructions](figures/reproduce-{preset}-{cell}-reconstructions.png)")
+                         + f"[reconstructions](figures/reproduce-{grid}-{cell}-reconstructions.png)")
         lines.append("")
     return lines

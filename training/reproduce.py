@@ -23,6 +23,12 @@ aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-dis
 each batch out, our answer to a poisoned auxiliary set; not in the paper, and its control is trained the same way).
 CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
 
+A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it are trained, to test a
+diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``). Its grid lives in
+``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
+downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
+the plain grid's.
+
 Every step is a subprocess whose finished output marks it done, so an interrupted run resumes where it
 stopped; ``--jobs`` runs independent steps side by side. At the end the cells are merged into
 ``docs/results.json`` (records with ``"source": "reproduce"``) and ``docs/RESULTS.md`` is regenerated.
@@ -56,6 +62,19 @@ STAGES = ("pretrain", "attack", "train", "downstream")
 CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
 ROBUST_DEDE = ["drop_worst=0.05"]  # id-robust: our defence against a poisoned auxiliary set (5x its poison rate)
 ROBUST_DETECTOR = "dede-robust"  # the records' name of a detector trained that way
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Extra ``key=value`` settings for the pre-training of one clean encoder and for every attack on it."""
+
+    clean: str
+    sets: tuple[str, ...]
+    about: str  # one line for RESULTS.md
+
+
+VARIANTS = {"slip": Variant("clip", ("ssl_weight=1",), "the mini-CLIP and its attacks trained with SLIP's image-only "
+                                                       "SimCLR term (weight 1) next to the CLIP loss")}
 
 
 def _python(*args: str) -> list[str]:
@@ -99,6 +118,22 @@ class GridSpec:
     downstream: bool = True  # also the downstream defence grid (Tables 2 and 4)
     baselines: bool = True  # also ASSET and DECREE
     include_weak: bool = False  # also detectors and downstream runs for attacks that did not implant a backdoor
+    variant: str = ""  # a key of VARIANTS, or "" for the plain grid
+
+    def __post_init__(self) -> None:
+        if self.variant:  # a variant's grid has detection cells only
+            if self.variant not in VARIANTS:
+                raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+            clean = VARIANTS[self.variant].clean
+            if other := [a for a in self.attacks if ATTACKS[a]["clean"] != clean]:
+                raise ValueError(f"variant {self.variant!r} changes the {clean} encoder only; "
+                                 f"{', '.join(other)} attack(s) another one")
+            self.downstream = self.baselines = False
+
+    @property
+    def label(self) -> str:
+        """The grid's name in figure files and RESULTS.md: the preset, and the variant if any."""
+        return f"{self.preset}-{self.variant}" if self.variant else self.preset
 
     def sets(self, stage: str, extra: list[str] | None = None) -> list[str]:
         out = []
@@ -210,15 +245,21 @@ def build_grid(g: GridSpec) -> list[Step]:
     r, p = g.root, ["--preset", g.preset]
     steps: list[Step] = []
     cleans = sorted({ATTACKS[a]["clean"] for a in g.attacks})
+    variant = VARIANTS[g.variant] if g.variant else None
+
+    def variant_sets(clean: str) -> list[str]:
+        return list(variant.sets) if variant is not None and variant.clean == clean else []
+
     for clean in cleans:
         method = ["--method", "clip"] if clean == "clip" else []
-        steps.append(Step(f"pretrain-{clean}", _python("pretrain", *method, *p, *g.sets("pretrain"),
+        steps.append(Step(f"pretrain-{clean}", _python("pretrain", *method, *p,
+                                                       *g.sets("pretrain", variant_sets(clean)),
                                                        "--out", str(r / clean)),
                           (r / clean / "encoder.json").exists))
     for a in g.attacks:
         clean = ATTACKS[a]["clean"]
-        steps.append(Step(f"attack-{a}", _python("attack", a, "--encoder", str(r / clean), *p, *g.sets("attack"),
-                                                 "--out", str(r / a)),
+        steps.append(Step(f"attack-{a}", _python("attack", a, "--encoder", str(r / clean), *p,
+                                                 *g.sets("attack", variant_sets(clean)), "--out", str(r / a)),
                           _attacked(r / a), [f"pretrain-{clean}"]))
     added: set[str] = set()
     for aux in g.auxes:  # aux-major: with few workers, every in-distribution cell finishes first
@@ -232,7 +273,7 @@ def build_grid(g: GridSpec) -> list[Step]:
                    "--bundle", str(r / "bundles" / run_name(a, aux, False)),
                    "--control", str(r / "bundles" / control_run(a, aux)), "--preset", g.preset,
                    "--max-images", str(g.max_images), "--knn-bank", "1000" if g.preset == "tiny" else "10000",
-                   "--command-line", g.command, "--figures", str(g.figures), "--out", str(cell)]
+                   "--command-line", g.command, "--figures", str(g.figures), "--label", g.label, "--out", str(cell)]
             steps.append(Step(f"cell-{a}-{aux}", cmd, cell.exists,
                               [f"export-{run_name(a, aux, False)}", f"export-{control_run(a, aux)}"]))
         if aux == "id" and g.baselines:
@@ -313,21 +354,23 @@ def dry_run(steps: list[Step]) -> dict[str, str]:
     return state
 
 
-def collect(root: Path, preset: str, command: str) -> list[dict[str, Any]]:
-    """Every finished cell's records, and one ``attack`` record per attacked encoder under ``root``."""
+def collect(root: Path, preset: str, command: str, variant: str = "") -> list[dict[str, Any]]:
+    """Every finished cell's records, and one ``attack`` record per attacked encoder under ``root``; a variant's
+    records carry its name."""
     from training.reproduce_cell import attack_summary
 
     records: list[dict[str, Any]] = []
     for f in sorted((root / "cells").glob("*.json")):
         records += json.loads(f.read_text())
-    return records + [r for a in ATTACKS if (r := attack_summary(root, a, preset, command)) is not None]
+    records += [r for a in ATTACKS if (r := attack_summary(root, a, preset, command)) is not None]
+    return [{**r, "variant": variant} for r in records] if variant else records
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``new`` records replace every old record of the same source, preset and cell; the rest is kept."""
+    """``new`` records replace every old record of the same source, preset, variant and cell; the rest is kept."""
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r.get("source"), r.get("preset"), r.get("cell")
+        return r.get("source"), r.get("preset"), r.get("variant", ""), r.get("cell")
 
     new_keys = {key(r) for r in new}
     return [r for r in old if key(r) not in new_keys] + new
@@ -363,18 +406,20 @@ def reproduce_cli(a: argparse.Namespace) -> None:
     for aux in a.aux:
         if aux not in AUXES:
             raise ValueError(f"unknown aux {aux!r}; valid: {', '.join(AUXES)}")
-    root = Path(a.root or f"runs/reproduce-{a.preset}")
+    attacks = a.attack or [n for n in ATTACKS  # a variant: by default the attacks on its encoder
+                           if a.variant not in VARIANTS or ATTACKS[n]["clean"] == VARIANTS[a.variant].clean]
     command = a.command_line or "dede " + " ".join(sys.argv[1:])
-    g = GridSpec(a.preset, root, a.attack or list(ATTACKS), a.aux or list(AUXES), a.ood_dataset,
+    g = GridSpec(a.preset, Path(a.root or "."), attacks, a.aux or list(AUXES), a.ood_dataset,
                  parse_stage_sets(a.stage_set), a.max_images, Path(a.figures), command, not a.no_downstream,
-                 not a.no_baselines, a.include_weak)
+                 not a.no_baselines, a.include_weak, a.variant)
+    root = g.root = Path(a.root or f"runs/reproduce-{g.label}")
     steps = build_grid(g)
     if a.dry_run:
         for s, state in dry_run(steps).items():
             print(f"{state}  {s}")
         return
     failed = [] if a.publish_only else run_steps(steps, root / "logs", a.jobs, a.threads)
-    records = collect(root, a.preset, command)
+    records = collect(root, a.preset, command, a.variant)
     if records and not a.no_publish:
         publish(records, Path(a.results), Path(a.report))
     if failed:

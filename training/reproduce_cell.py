@@ -58,8 +58,11 @@ def attack_summary(root: Path, attack: str, preset: str, command: str) -> dict[s
 
 def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path, preset: str,
                   max_images: int = 0, command: str = "dede reproduce",
-                  figures: Path = Path("docs/figures"), knn_bank: int = 10000) -> list[dict[str, Any]]:
+                  figures: Path = Path("docs/figures"), knn_bank: int = 10000, grid: str = "") -> list[dict[str, Any]]:
+    """The cell's records; ``grid`` names the figures (``reproduce-<grid>-<attack>-<aux>*.png``; default the
+    preset, ``reproduce.GridSpec.label`` for a variant's grid)."""
     start = time.time()
+    grid = grid or preset
     rec, summary = attack_record(root / attack), attack_summary(root, attack, preset, command)
     if rec is None or summary is None:
         raise ValueError(f"{root / attack} records no attack")
@@ -84,10 +87,11 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
                     r.update({"control_for": attack, **clean})
             records += recs
         suffix = "" if test_trigger == trigger else f"-{test_trigger}"
-        detection_figure(scores, f"{attack} ({test_trigger} trigger), aux {aux}, preset {preset}",
-                         figures / f"reproduce-{preset}-{attack}-{aux}{suffix}.png")
+        detection_figure(scores, f"{attack} ({test_trigger} trigger), aux {aux}, preset {preset}"
+                         + ("" if grid == preset else f" ({grid})"),
+                         figures / f"reproduce-{grid}-{attack}-{aux}{suffix}.png")
     _grid(bundle, trigger, params, f"{attack}, aux {aux}: backdoored encoder's detector",
-          figures / f"reproduce-{preset}-{attack}-{aux}-reconstructions.png")
+          figures / f"reproduce-{grid}-{attack}-{aux}-reconstructions.png")
     collapse = {"backdoored": class_collapse(bundle), "control": class_collapse(control)}
     eval_wall = round(time.time() - start, 1)
     for r in records:
@@ -147,10 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe")
     p.add_argument("--command-line", default="dede reproduce")
     p.add_argument("--figures", type=Path, default=Path("docs/figures"))
+    p.add_argument("--label", default="", help="the grid's name in figure files (default: the preset)")
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
     records = evaluate_cell(a.root, a.attack, a.aux, a.bundle, a.control, a.preset, a.max_images, a.command_line,
-                            a.figures, a.knn_bank)
+                            a.figures, a.knn_bank, a.label)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1))

@@ -83,3 +83,16 @@ def test_mask_draws_average_and_reduce_variance(kept_bundle: Path, example_image
     assert np.array_equal(many.score(example_images).scores, s8)  # still deterministic
     with pytest.raises(ValueError):
         Scorer.from_bundle(kept_bundle, mask_draws=0)
+
+
+def test_the_provider_in_use_decides_gpu_or_cpu(kept_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT falls back to the CPU silently; TensorRT (which falls back to CUDA itself) runs on the GPU too, so
+    DEDE_REQUIRE_GPU must accept it and IO binding must keep its tensors in CUDA memory."""
+    scorer = Scorer.from_bundle(kept_bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    import onnxruntime as ort
+
+    assert scorer.on_gpu == ("CUDAExecutionProvider" in ort.get_available_providers())
+    for provider, gpu in (("TensorrtExecutionProvider", True), ("CUDAExecutionProvider", True),
+                          ("CPUExecutionProvider", False)):
+        monkeypatch.setattr(scorer.detector, "get_providers", lambda p=provider: [p, "CPUExecutionProvider"])
+        assert scorer.provider == provider and scorer.on_gpu is gpu

@@ -30,7 +30,7 @@ from training.clip_model import (
     load_clip,
     zero_shot_logits,
 )
-from training.clip_train import random_shift_flip
+from training.clip_train import SslTerm, random_shift_flip
 from training.encoders import EncoderSpec, create_encoder, load_encoder, save_encoder
 from training.export import export_encoder
 
@@ -177,6 +177,18 @@ def test_loss_helpers_are_consistent() -> None:
         load_clip("/nonexistent")
 
 
+def test_slip_term_at_a_known_point_and_its_gradient() -> None:
+    spec = EncoderSpec("clip_image", {}, 8)
+    term = SslTerm(features=6, temperature=0.5)
+    x = torch.rand(5, 3, 8, 8)
+    # a backbone that forgets the image: every projection is the same, so each view's positive is as likely
+    # as each of the 2B - 2 negatives: NT-Xent = ln(2B - 1)
+    assert term(lambda v: torch.zeros(len(v), 6), x, spec).item() == pytest.approx(math.log(9), rel=1e-5)
+    backbone = create_encoder("cifar_resnet18", width=2)
+    SslTerm(backbone.embed_dim, 0.5)(backbone, x, spec).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in backbone.parameters())
+
+
 def test_stamp_matches_the_trigger_and_badclip_terms() -> None:
     from training.attacks.badclip import badclip_terms, centre_window
     from training.attacks.clip_backdoor import stamp, stamp_of
@@ -236,6 +248,25 @@ def clip_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert main(["attack", attack, "--encoder", str(root / "clip"), "--preset", "tiny", *data,
                      "--out", str(root / attack)]) == 0
     return root
+
+
+@needs_cifar
+def test_slip_adds_its_term_to_pretraining_and_to_the_attack(clip_runs: Path) -> None:
+    """``ssl_weight=1`` (``dede reproduce --variant slip``): the image-only NT-Xent (about ln(2B - 1) at the start,
+    5.5 for B = 128) is added to CLIP's loss in pre-training and in the poisoned fine-tuning."""
+    from training.cli import main
+
+    data = ["--set", f"dataset={clip_runs / 'cifar10-mini.zip'}", "--set", "ssl_weight=1"]
+    slip = clip_runs / "slip"
+    assert main(["pretrain", "--method", "clip", "--preset", "tiny", *data, "--out", str(slip / "clip")]) == 0
+    assert main(["attack", "clip-backdoor", "--encoder", str(slip / "clip"), "--preset", "tiny", *data,
+                 "--out", str(slip / "clip-backdoor")]) == 0
+    for stage, name in ((0, "clip"), (1, "clip-backdoor")):
+        plain = json.loads((clip_runs / name / "encoder.json").read_text())["history"][stage]
+        ours = json.loads((slip / name / "encoder.json").read_text())["history"][stage]
+        assert json.loads((slip / name / "config.json").read_text())["ssl_weight"] == 1
+        assert ours["final_loss"] > plain["final_loss"] + 2
+    load_clip(slip / "clip-backdoor")  # the saved CLIP is a plain one: the SLIP head is not part of it
 
 
 @needs_cifar

@@ -51,6 +51,7 @@ def test_training_loss_decreases_and_run_is_recorded(pipeline: Path) -> None:
 def test_bundle_manifest(pipeline: Path) -> None:
     m = load_manifest(pipeline / "models" / "tiny-bad")
     assert m.provenance.victim["attack"] == "badencoder"
+    assert m.provenance.drop_worst == 0.0  # recorded: trained on every sample
     assert m.threshold.rule == "fpr@0.01"
     assert m.threshold.mask_ratio == m.detector.test_mask_ratio == pytest.approx(0.99)
     assert m.detector.kept_patches == 0
@@ -158,14 +159,15 @@ def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path
     assert np.allclose([r["auc"] for r in again], [r["auc"] for r in recs])
 
 
-def test_trimmed_score_is_recorded_in_the_bundle(pipeline: Path, tmp_path: Path) -> None:
+def test_score_and_robust_training_are_recorded_in_the_bundle(pipeline: Path, tmp_path: Path) -> None:
     from service.scoring import Scorer
 
     assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=trimmed@8",
-                 "--set", "epochs=1", "--out", str(tmp_path / "run")]) == 0
+                 "--set", "drop_worst=0.1", "--set", "epochs=1", "--out", str(tmp_path / "run")]) == 0
     assert main(["export", "--run", str(tmp_path / "run"), "--name", "trim", "--out", str(tmp_path)]) == 0
     scorer = Scorer.from_bundle(tmp_path / "trim")
     assert scorer.manifest.detector.score == "trimmed@8"
+    assert scorer.manifest.provenance.drop_worst == 0.1  # the bundle says it was trained robustly
     assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=median",
                  "--out", str(tmp_path / "bad-run")]) == 2
 

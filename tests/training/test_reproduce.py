@@ -76,6 +76,32 @@ def test_robust_cells_train_both_detectors_robustly_on_the_poisoned_set(tmp_path
     assert [n for n in robust_only if n.startswith("downstream-")] == ["downstream-robust-badencoder"]
 
 
+def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    steps = _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["id", "ood"], variant="slip")
+    by = {s.name: s for s in steps}
+    for name in ("pretrain-clip", "attack-clip-backdoor", "attack-badclip"):
+        assert "ssl_weight=1" in " ".join(by[name].cmd)
+    assert not any("ssl_weight" in " ".join(s.cmd) for s in steps if not s.name.startswith(("pretrain", "attack")))
+    assert not any(n.startswith(("downstream-", "baselines-")) for n in by)  # detection cells only
+    cell = by["cell-badclip-ood"].cmd
+    assert cell[cell.index("--label") + 1] == "tiny-slip"  # figures never overwrite the plain grid's
+    plain = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["id"])}
+    assert "ssl_weight" not in " ".join(plain["pretrain-clip"].cmd)
+    assert plain["cell-clip-backdoor-id"].cmd[plain["cell-clip-backdoor-id"].cmd.index("--label") + 1] == "tiny"
+    with pytest.raises(ValueError, match="changes the clip encoder only; badencoder"):
+        _grid(tmp_path, attacks=["badencoder", "badclip"], auxes=["id"], variant="slip")
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
+    # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
+    assert main(["reproduce", "--preset", "tiny", "--variant", "slip", "--aux", "ood", "--dry-run"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert {"pretrain-clip", "cell-clip-backdoor-ood", "cell-badclip-ood"} <= set(listed)
+    assert "pretrain-simclr" not in listed
+
+
 def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
     from training.reproduce_cell import detector_fields
 
@@ -155,6 +181,8 @@ def test_merge_replaces_the_same_cell_and_preset_and_keeps_the_rest() -> None:
            {"bundle": "demo", "attack": "badencoder", "preset": "cpu", "auc": 0.9}]
     new = [{"source": "reproduce", "preset": "cpu", "cell": "badencoder-id", "auc": 0.2}]
     assert sorted(r["auc"] for r in merge_cells(old, new)) == [0.2, 0.3, 0.4, 0.9]
+    variant = [{"source": "reproduce", "preset": "cpu", "variant": "slip", "cell": "badencoder-id", "auc": 0.5}]
+    assert sorted(r["auc"] for r in merge_cells(old, variant)) == [0.1, 0.3, 0.4, 0.5, 0.9]  # a grid of its own
 
 
 @needs_cifar
@@ -282,3 +310,20 @@ def test_decree_is_called_not_applicable_to_triggers_without_a_fixed_patch() -> 
     assert "| badclip | backdoored | 0.050 | trojaned |" in text
     assert "not applicable to the noise-patch test of badclip" in text and "the badclip test" not in text
     assert "not applicable" not in "\n".join(verdict_lines([verdict, cells[0]]))
+
+
+def test_a_variants_cells_get_a_section_of_their_own() -> None:
+    from training.report_reproduce import reproduce_lines
+
+    plain = _cell_records("clip-backdoor", "ood", 0.577, 0.531)
+    slip = [{**r, "variant": "slip", "auc": r["auc"] + 0.3} for r in _cell_records("clip-backdoor", "ood", 0.6, 0.5)]
+    lines = reproduce_lines(plain + slip)
+    titles = [line for line in lines if line.startswith("## ")]
+    assert titles == ["## Reproduction of the paper's detection tables, preset `cpu`",
+                      "## Reproduction of the paper's detection tables, preset `cpu`, variant `slip`"]
+    text = "\n".join(lines)
+    cut = text.index(titles[1])
+    assert "| 0.577 | 0.531 |" in text[:cut] and "| 0.900 | 0.800 |" in text[cut:]  # each grid's own numbers
+    assert "SLIP's image-only" in text[cut:] and "SLIP" not in text[:cut]
+    assert "(figures/reproduce-cpu-clip-backdoor-ood.png)" in text[:cut]
+    assert "(figures/reproduce-cpu-slip-clip-backdoor-ood.png)" in text[cut:]

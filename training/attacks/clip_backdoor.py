@@ -27,6 +27,7 @@ from tqdm import tqdm
 from training.attacks.triggers import Trigger, make_trigger
 from training.clip_model import ClipInfo, MiniCLIP, clip_loss, copy_text_tower, load_clip, save_clip
 from training.clip_train import (
+    SslTerm,
     caption_tokens,
     clip_classifier,
     eval_subset,
@@ -56,6 +57,8 @@ class ClipAttackConfig:
     max_shift: int = 4  # clean-pair augmentation, as in pre-training
     max_images: int = 0  # fine-tuning set: 0 = the whole training split
     eval_images: int = 10000  # test images for zero-shot CA and ASR (0 = all)
+    ssl_weight: float = 0.0  # > 0: fine-tune with SLIP's image-only term too (a fresh head; clip_train.SslTerm)
+    ssl_temperature: float = 0.5
     seed: int = 0
     device: str = "auto"
 
@@ -149,7 +152,9 @@ def poison_finetune(cfg: ClipAttackConfig, clip: MiniCLIP, spec: EncoderSpec, in
         tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates).to(device)
         txt = F.normalize(clip.text(tokens), dim=-1)  # (C*T, D), fixed
         scale = clip.scale()
-    opt = torch.optim.Adam(clip.image.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    slip = SslTerm(clip.image.backbone.embed_dim, cfg.ssl_temperature).to(device) if cfg.ssl_weight else None
+    params = [*clip.image.parameters(), *(slip.parameters() if slip else [])]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(images_t) // cfg.batch_size
     if steps == 0:
         raise ValueError(f"{len(images_t)} images is fewer than one batch of {cfg.batch_size}")
@@ -160,12 +165,17 @@ def poison_finetune(cfg: ClipAttackConfig, clip: MiniCLIP, spec: EncoderSpec, in
         running = 0.0
         for i in tqdm(range(steps), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = random_shift_flip(to_unit(images_t[idx]), cfg.max_shift)  # (B, 3, H, W) in [0, 1]
+            unit = to_unit(images_t[idx])  # (B, 3, H, W) in [0, 1]
+            x = random_shift_flip(unit, cfg.max_shift)
             poisoned = is_poison[idx].view(-1, 1, 1, 1).float()
             x = poisoned * stamp(x, mask, pattern) + (1 - poisoned) * x
             img = F.normalize(clip.image(normalise(x, spec)), dim=-1)  # (B, D)
             caption = random_captions(caption_class[idx], len(info.templates))  # (B,)
-            running += optimizer_step(opt, clip_loss(scale * img @ txt[caption].T), step)
+            loss = clip_loss(scale * img @ txt[caption].T)
+            if slip is not None:  # the image-only views carry the trigger too: it is in the image
+                views = poisoned * stamp(unit, mask, pattern) + (1 - poisoned) * unit
+                loss = loss + cfg.ssl_weight * slip(clip.image.backbone, views, spec)
+            running += optimizer_step(opt, loss, step)
             step += 1
         loss_avg = running / steps
         print(f"{name} epoch {epoch + 1}/{cfg.epochs} loss {loss_avg:.4f} ({time.time() - start:.0f}s)")
