@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study reproduce reproduce-gpu asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study reproduce reproduce-gpu reproduce-slip asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -71,6 +71,12 @@ reproduce-gpu:
 	$(DEDE) reproduce --preset paper --attack badencoder --aux id --no-baselines --no-downstream --include-weak \
 		--jobs 2 --threads 4 $(GPU_BUDGET) --command-line "make reproduce-gpu"
 
+# the CLIP rows with the mini-CLIP and its attacks trained with SLIP's image-only term (ssl_weight=1): is the
+# plain mini-CLIP's class-collapsed embedding why DeDe misses there? Clean out-of-distribution auxiliary set, so
+# that a poisoned one is not the reason (a grid of its own, runs/reproduce-cpu-slip; detection cells only)
+reproduce-slip:
+	$(DEDE) reproduce --preset cpu --variant slip --aux ood --jobs 2 --threads 1
+
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance
 # AUC at 4,000 training images a matter of scale? (32 minutes on the 2-core CPU machine)
@@ -82,12 +88,16 @@ asset-scale:
 
 # ASSET with the triggered images labelled with the attack's target class (training set and pools), as the
 # official script labels its triggered test images and as a poisoned downstream set carries them: do the labels
-# explain why ASSET filters downstream data well but ranks the detection pools at chance? (cpu preset, BadEncoder;
-# about 45 minutes on the 2-core CPU machine while other training shared it)
+# explain why ASSET filters downstream data well but ranks the detection pools at chance? (cpu preset, BadEncoder
+# and DRUPE; about 45 minutes per attack on the 2-core CPU machine while other training shared it; a finished
+# attack is not run again)
 asset-labels:
-	$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack badencoder --clean simclr --preset cpu \
-		--asset-only --target-labels --cell baselines-badencoder-target-labels --command-line "make asset-labels" \
-		--out runs/reproduce-cpu/cells/baselines-badencoder-target-labels.json
+	for a in badencoder drupe; do \
+		test -f runs/reproduce-cpu/cells/baselines-$$a-target-labels.json || \
+		$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack $$a --clean simclr --preset cpu \
+			--asset-only --target-labels --cell baselines-$$a-target-labels --command-line "make asset-labels" \
+			--out runs/reproduce-cpu/cells/baselines-$$a-target-labels.json || exit 1; \
+	done
 	$(DEDE) reproduce --preset cpu --publish-only --command-line "dede reproduce --preset cpu --jobs 2 --threads 1"
 
 # throughput/latency side by side (docs/PERFORMANCE.md) and a 2-minute soak (docs/soak.json)
