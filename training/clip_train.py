@@ -8,8 +8,8 @@ batches on the device. AdamW (decay on matrices only, as CLIP), linear warm-up t
 ``ssl_weight`` > 0 adds SLIP's image-only term (Mu et al., "SLIP: Self-supervision meets Language-Image
 Pre-training", 2022): SimCLR's NT-Xent between two strong views of each image through the image tower's backbone
 and a projection head of its own (``SslTerm``). Captions made from 10 class names carry nothing but the class,
-so plain CLIP on them learns an embedding that mostly names the class; the image-only term keeps what tells one
-image from another. Off by default (the paper's attacks target plain CLIP); ``dede reproduce --variant slip``
+so plain CLIP on them learns an embedding that mostly names the class; the image-only term is meant to keep what
+tells one image from another. Off by default (the paper's attacks target plain CLIP); ``dede reproduce --variant slip``
 trains the mini-CLIP and its attacks with it.
 """
 

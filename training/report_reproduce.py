@@ -11,7 +11,7 @@ from typing import Any
 from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
-from training.reproduce import AUXES, ROBUST_DETECTOR, VARIANTS
+from training.reproduce import AUXES, ROBUST_DETECTOR, VARIANTS, grid_label
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
 PAPER_AUX = {"id-robust": "id"}  # the paper's row a cell is compared with (robust training is ours)
@@ -264,13 +264,20 @@ def asset_filter_lines(recs: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _grid_order(preset: str, variant: str) -> tuple[bool, int, str, str]:
+    """Sections in a fixed order, whatever the order of the records: the plain grids (cpu, paper, tiny, others)
+    first, then the variants."""
+    presets = ("cpu", "paper", "tiny")
+    return bool(variant), presets.index(preset) if preset in presets else len(presets), preset, variant
+
+
 def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r.get("preset", "?"), r.get("variant", ""))].append(r)
     lines: list[str] = []
-    for (preset, variant), all_recs in groups.items():
-        grid = f"{preset}-{variant}" if variant else preset  # reproduce.GridSpec.label: the figures' names
+    for (preset, variant), all_recs in sorted(groups.items(), key=lambda kv: _grid_order(*kv[0])):
+        grid = grid_label(preset, variant)  # the figures' names
         recs = [r for r in all_recs if "aux_kind" in r]  # the DeDe cells
         attacks = [r for r in all_recs if r.get("kind") == "attack"]
         base = [r for r in all_recs if str(r.get("cell", "")).startswith("baselines-")]

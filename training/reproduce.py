@@ -77,6 +77,11 @@ VARIANTS = {"slip": Variant("clip", ("ssl_weight=1",), "the mini-CLIP and its at
                                                        "SimCLR term (weight 1) next to the CLIP loss")}
 
 
+def grid_label(preset: str, variant: str = "") -> str:
+    """A grid's name in its default root, its figure files and RESULTS.md: the preset, and the variant if any."""
+    return f"{preset}-{variant}" if variant else preset
+
+
 def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", "training.cli", *args]
 
@@ -132,8 +137,7 @@ class GridSpec:
 
     @property
     def label(self) -> str:
-        """The grid's name in figure files and RESULTS.md: the preset, and the variant if any."""
-        return f"{self.preset}-{self.variant}" if self.variant else self.preset
+        return grid_label(self.preset, self.variant)
 
     def sets(self, stage: str, extra: list[str] | None = None) -> list[str]:
         out = []
