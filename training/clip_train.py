@@ -121,6 +121,12 @@ class SslTerm(nn.Module):
         return nt_xent(self.head(backbone(v1)), self.head(backbone(v2)), self.temperature)
 
 
+def slip_term(clip: MiniCLIP, weight: float, temperature: float, device: str) -> SslTerm | None:
+    """The image-only term on ``clip``'s image backbone when ``weight`` > 0 (pre-training and the CLIP attacks'
+    fine-tuning build it the same way), else None."""
+    return SslTerm(clip.image.backbone.embed_dim, temperature).to(device) if weight else None
+
+
 def eval_subset(dataset: str, split: str, size: int, n: int, seed: int = 0) -> ImageSet:
     """A fixed random subset of ``n`` images of ``split`` (all when ``n`` is 0 or too large)."""
     data = load_images(dataset, split, size)
@@ -182,7 +188,7 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
     labels_t = torch.from_numpy(labels).to(device)  # (N,)
     clip, spec, info = build_clip(cfg, data.classes)
     clip = clip.to(device)
-    slip = SslTerm(clip.image.backbone.embed_dim, cfg.ssl_temperature).to(device) if cfg.ssl_weight else None
+    slip = slip_term(clip, cfg.ssl_weight, cfg.ssl_temperature, device)
     tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates).to(device)  # (C*T, L)
     steps_per_epoch = len(images_t) // cfg.batch_size
     if steps_per_epoch == 0:

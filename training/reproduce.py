@@ -413,10 +413,10 @@ def reproduce_cli(a: argparse.Namespace) -> None:
     attacks = a.attack or [n for n in ATTACKS  # a variant: by default the attacks on its encoder
                            if a.variant not in VARIANTS or ATTACKS[n]["clean"] == VARIANTS[a.variant].clean]
     command = a.command_line or "dede " + " ".join(sys.argv[1:])
-    g = GridSpec(a.preset, Path(a.root or "."), attacks, a.aux or list(AUXES), a.ood_dataset,
-                 parse_stage_sets(a.stage_set), a.max_images, Path(a.figures), command, not a.no_downstream,
-                 not a.no_baselines, a.include_weak, a.variant)
-    root = g.root = Path(a.root or f"runs/reproduce-{g.label}")
+    root = Path(a.root or f"runs/reproduce-{grid_label(a.preset, a.variant)}")
+    g = GridSpec(a.preset, root, attacks, a.aux or list(AUXES), a.ood_dataset, parse_stage_sets(a.stage_set),
+                 a.max_images, Path(a.figures), command, not a.no_downstream, not a.no_baselines, a.include_weak,
+                 a.variant)
     steps = build_grid(g)
     if a.dry_run:
         for s, state in dry_run(steps).items():

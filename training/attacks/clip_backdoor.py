@@ -27,12 +27,12 @@ from tqdm import tqdm
 from training.attacks.triggers import Trigger, make_trigger
 from training.clip_model import ClipInfo, MiniCLIP, clip_loss, copy_text_tower, load_clip, save_clip
 from training.clip_train import (
-    SslTerm,
     caption_tokens,
     clip_classifier,
     eval_subset,
     random_captions,
     random_shift_flip,
+    slip_term,
     to_unit,
     zero_shot_predict,
 )
@@ -152,7 +152,7 @@ def poison_finetune(cfg: ClipAttackConfig, clip: MiniCLIP, spec: EncoderSpec, in
         tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates).to(device)
         txt = F.normalize(clip.text(tokens), dim=-1)  # (C*T, D), fixed
         scale = clip.scale()
-    slip = SslTerm(clip.image.backbone.embed_dim, cfg.ssl_temperature).to(device) if cfg.ssl_weight else None
+    slip = slip_term(clip, cfg.ssl_weight, cfg.ssl_temperature, device)
     params = [*clip.image.parameters(), *(slip.parameters() if slip else [])]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(images_t) // cfg.batch_size
