@@ -75,7 +75,7 @@ class ThresholdInfo(_Strict):
 class Provenance(_Strict):
     aux_dataset: str
     aux_fingerprint: str
-    aux_images: int
+    aux_images: int  # images the decoder trained on (after drop_dense, if any)
     poison_rate: float = 0.0
     epochs: int
     final_loss: float
@@ -85,6 +85,7 @@ class Provenance(_Strict):
     train_wall_s: float = 0.0
     device: str = "cpu"
     drop_worst: float | None = None  # robust training: share of each batch left out (None: not recorded)
+    drop_dense: float | None = None  # share of auxiliary images left out as the densest clump (None: not recorded)
     victim: dict[str, Any] = {}  # what is known of how the encoder was made (attack, target class...)
 
 

@@ -65,6 +65,7 @@ class Info(BaseModel):
     aux_dataset: str
     poison_rate: float
     drop_worst: float | None = None  # robust training's share of each batch left out; None: not recorded
+    drop_dense: float | None = None  # share of auxiliary images left out as the densest clump; None: not recorded
     preset: str
     created: str
     code_version: str

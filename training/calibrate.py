@@ -108,15 +108,15 @@ def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> d
     if score is not None and score != run.get("score", "paper"):
         from service.scores import check_score
         from training.export import load_run
-        from training.train_dede import TrainConfig, build_aux_set
+        from training.train_dede import TrainConfig, build_aux_set, drop_dense_images
 
         check_score(score)
         cfg_data = json.loads((run_dir / "config.json").read_text())
         cfg_data.pop("code_version", None)
         cfg = TrainConfig(**cfg_data)
         model, victim, spec, _, _ = load_run(run_dir)
-        train_images, holdout, _ = build_aux_set(cfg, spec.input_size)
-        record = calibrate(model, victim, spec, train_images[: cfg.calib_images], holdout, old["mask_ratio"], rule,
+        aux, _ = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size), victim, spec, "cpu")
+        record = calibrate(model, victim, spec, aux.train[: cfg.calib_images], aux.holdout, old["mask_ratio"], rule,
                            seed=cfg.seed, out=run_dir, score=score)
         run["score"] = score
         (run_dir / "run.json").write_text(json.dumps(run, indent=2))

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all, or "
                                                                   "all on the variant's encoder)")
     p.add_argument("--aux", action="append", default=[],
-                   help="'id', 'ood' and/or 'id-robust' (repeatable; default all)")
+                   help="'id', 'ood', 'id-robust' and/or 'id-filtered' (repeatable; default all)")
     p.add_argument("--ood-dataset", default="gtsrb", help="out-of-distribution auxiliary set (gtsrb, imagenette, "
                                                           "or a path)")
     p.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",

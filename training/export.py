@@ -97,11 +97,13 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                   "dec_depth": cfg.dec_depth, "score": run.get("score", "paper")},
         threshold=calib,
         provenance={"aux_dataset": run["aux"]["name"], "aux_fingerprint": run["aux"]["fingerprint"],
-                    "aux_images": run["aux"]["n_train"], "poison_rate": run["aux"]["poison_rate"],
+                    "aux_images": run["aux"]["n_train"] - run["aux"].get("dense_filter", {}).get("dropped", 0),
+                    "poison_rate": run["aux"]["poison_rate"],
                     "epochs": run["epochs"], "final_loss": run["final_loss"], "preset": run["preset"],
                     "code_version": run["code_version"], "created": run["created"],
                     "train_wall_s": run["train_wall_s"], "device": run["device"],
-                    "drop_worst": run.get("drop_worst"), "victim": victim_info},
+                    "drop_worst": run.get("drop_worst"), "drop_dense": run.get("drop_dense"),
+                    "victim": victim_info},
     )
 
 

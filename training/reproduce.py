@@ -20,7 +20,9 @@ For a preset P (tiny / cpu / paper) everything lives under one root (default ``r
 aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set), ``ood``
 (``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input) or
 ``id-robust`` (the ``id`` set, with DeDe trained robustly: ``drop_worst`` leaves the 5% highest-loss samples of
-each batch out, our answer to a poisoned auxiliary set; not in the paper, and its control is trained the same way).
+each batch out, our answer to a poisoned auxiliary set; not in the paper, and its control is trained the same way)
+or ``id-filtered`` (the ``id`` set without the densest 5% of its embeddings, ``drop_dense``: our other answer, which
+removes the clump a backdoor makes of the triggered images before training; its control is filtered the same way).
 CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
 
 A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it are trained, to test a
@@ -56,12 +58,16 @@ ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts 
     "clip-backdoor": {"clean": "clip"},
     "badclip": {"clean": "clip"},
 }
-AUXES = ("id", "ood", "id-robust")
-POISONED_AUXES = ("id", "id-robust")  # CIFAR-10 train with 1% of the images triggered with the attack's trigger
+AUXES = ("id", "ood", "id-robust", "id-filtered")
+POISONED_AUXES = ("id", "id-robust", "id-filtered")  # CIFAR-10 train, 1% of the images triggered with the attack's
 STAGES = ("pretrain", "attack", "train", "downstream")
 CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
 ROBUST_DEDE = ["drop_worst=0.05"]  # id-robust: our defence against a poisoned auxiliary set (5x its poison rate)
 ROBUST_DETECTOR = "dede-robust"  # the records' name of a detector trained that way
+FILTERED_DEDE = ["drop_dense=0.05"]  # id-filtered: the densest 5% of embeddings left out (training.aux_filter)
+FILTERED_DETECTOR = "dede-filtered"
+AUX_DEDE = {"id-robust": ROBUST_DEDE, "id-filtered": FILTERED_DEDE}  # the DeDe settings of our auxes
+OUR_DETECTORS = {"id-robust": ("robust", ROBUST_DETECTOR), "id-filtered": ("filtered", FILTERED_DETECTOR)}
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,7 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     encoder = r / (clean if control else attack)
     aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux in POISONED_AUXES
                 else [f"aux_source={g.ood_dataset}", "poison_rate=0"])
-    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + (ROBUST_DEDE if aux == "id-robust" else [])
+    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + AUX_DEDE.get(aux, [])
     run_dir = r / "dede" / name
     return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
                                           *g.sets("train", extra), "--out", str(run_dir)),
@@ -199,7 +205,8 @@ def downstream_steps(g: GridSpec) -> list[Step]:
     """Tables 2 and 4: per attack, its in-distribution detector (and, when the grid has it, its out-of-distribution
     one) filters a downstream classifier's data, and, with the baselines, ASSET does in a cell of its own; per
     clean encoder, the "no attack" rows (its control bundle, poisoned with the trigger of its first attack). With
-    aux ``id-robust``, the robust detector filters too, in a cell of its own (``downstream-robust-<attack>``)."""
+    aux ``id-robust`` (``id-filtered``), that detector filters too, in a cell of its own
+    (``downstream-robust-<attack>``, ``downstream-filtered-<attack>``)."""
     r, steps = g.root, []
 
     def command(bundle: str, attack: str, trigger_from: str) -> list[str]:
@@ -207,10 +214,10 @@ def downstream_steps(g: GridSpec) -> list[Step]:
                 "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
                 *g.sets("downstream"), "--command-line", g.command]
 
-    if "id-robust" in g.auxes:
-        for a in g.attacks:
-            bundle, cell = run_name(a, "id-robust", False), r / "cells" / f"downstream-robust-{a}.json"
-            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", ROBUST_DETECTOR, "--out", str(cell)],
+    for aux, (short, detector) in OUR_DETECTORS.items():
+        for a in g.attacks if aux in g.auxes else []:
+            bundle, cell = run_name(a, aux, False), r / "cells" / f"downstream-{short}-{a}.json"
+            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", detector, "--out", str(cell)],
                               cell.exists, [f"export-{bundle}", f"attack-{a}"]))
     if "id" not in g.auxes:  # the other cells filter with the paper's detector
         return steps

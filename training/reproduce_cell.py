@@ -26,7 +26,7 @@ from training.attacks.triggers import make_trigger
 from training.data import load_images
 from training.evaluate import evaluate_bundle, hardware
 from training.figures import detection_figure, reconstruction_grid
-from training.reproduce import ROBUST_DETECTOR
+from training.reproduce import FILTERED_DETECTOR, ROBUST_DETECTOR
 
 # the paper's BadCLIP test sets used a random noise patch
 EXTRA_TEST_TRIGGERS: dict[str, list[tuple[str, dict[str, Any]]]] = {"badclip": [("noise-patch", {})]}
@@ -105,13 +105,19 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
 
 def detector_fields(run: dict[str, Any]) -> dict[str, Any]:
     """What a cell's records say about the DeDe training behind a bundle (its ``run.json``). A detector trained
-    robustly (``drop_worst`` > 0, aux ``id-robust``) is named ``dede-robust``, so that its records differ from
-    the paper's detector on the same auxiliary set."""
+    robustly (``drop_worst`` > 0, aux ``id-robust``) is named ``dede-robust``, one trained on a filtered set
+    (``drop_dense`` > 0, aux ``id-filtered``) ``dede-filtered``, so that their records differ from the paper's
+    detector on the same auxiliary set."""
     out = {"train_wall_s": run["train_wall_s"], "train_device": run["device"],
            "train_wall_partial": run.get("train_wall_partial", False), "dede_epochs": run["epochs"],
            "train_mask_ratio": run["train_mask_ratio"]}
     if run.get("drop_worst"):
         out.update({"detector": ROBUST_DETECTOR, "dede_drop_worst": run["drop_worst"]})
+    if run.get("drop_dense"):
+        aux = run["aux"]
+        out.update({"detector": FILTERED_DETECTOR, "dede_drop_dense": run["drop_dense"],
+                    "aux_poisoned_dropped": aux.get("dense_filter", {}).get("poisoned_dropped"),
+                    "aux_poisoned": aux.get("n_poisoned")})
     return out
 
 

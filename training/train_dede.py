@@ -7,7 +7,9 @@ set are computed once and cached in memory. Auxiliary sets:
   paper's provider scenario (1%);
 - out-of-distribution: ``aux_source`` another dataset (e.g. ``gtsrb``, ``imagenette``, or a folder path),
   resized to the encoder's input size.
-A disjoint held-out split of the same source calibrates the target-FPR threshold.
+A disjoint held-out split of the same source calibrates the target-FPR threshold. Against a poisoned auxiliary
+set: ``drop_dense`` leaves out the densest clump of its embeddings before training (``training.aux_filter``), and
+``drop_worst`` the highest-loss samples of each batch during training (``robust_mean``); neither is the paper's.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from tqdm import tqdm
 from service.scores import check_score
 from training import distributed
 from training.attacks.triggers import Trigger, make_trigger
+from training.aux_filter import dense_filter
 from training.calibrate import calibrate, parse_rule
 from training.config import code_version, optimizer_step, out_of_time, pick_device, save_config
 from training.data import fingerprint, load_images
 from training.dede import DeDe, DeDeConfig, score_mask_ratio
-from training.encoders import embed, load_encoder, to_input
+from training.encoders import EncoderSpec, embed, load_encoder, to_input
 
 
 @dataclass
@@ -60,6 +63,8 @@ class TrainConfig:
     threshold_rule: str = "fpr@0.01"
     score: str = "paper"  # see service.scores: 'paper' or 'trimmed@<k>'
     drop_worst: float = 0.0  # robust training: leave the highest-loss share of each batch out (after epoch 1)
+    drop_dense: float = 0.0  # leave out this share of auxiliary images, the densest in embedding space (aux_filter)
+    dense_k: int = 10  # nearest neighbours that measure an embedding's density for drop_dense
     emb_dropout: float = 0.0  # share of samples trained with a null (zero) embedding
     calib_images: int = 10000  # auxiliary training images scored for the paper-1.5x rule
     time_budget_s: float = 0.0  # > 0: stop after the epoch that uses up this wall time (single process only)
@@ -117,8 +122,17 @@ def fill_with_noise(images: torch.Tensor, emb: torch.Tensor, quantile: float, se
     return int(outside.sum())
 
 
-def build_aux_set(cfg: TrainConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """-> (train images, held-out images, info). Both uint8 (N, H, W, 3); poisoned at ``poison_rate``."""
+@dataclass
+class AuxSet:
+    train: np.ndarray  # (N, H, W, 3) uint8: the decoder's training images
+    holdout: np.ndarray  # (M, H, W, 3) uint8: clean-source held-out images for the threshold (poisoned alike)
+    info: dict[str, Any]  # what run.json records about the set
+    poisoned: np.ndarray  # (N,) bool: which training images carry the trigger
+    poisoned_holdout: np.ndarray  # (M,) bool
+
+
+def build_aux_set(cfg: TrainConfig, image_size: int) -> AuxSet:
+    """The auxiliary training and held-out images, poisoned at ``poison_rate``."""
     data = load_images(cfg.aux_source, cfg.aux_split or None, image_size, labelled=bool(cfg.aux_split))
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(data))
@@ -127,22 +141,50 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> tuple[np.ndarray, np.nda
     if cfg.aux_images:
         rest = rest[: cfg.aux_images]
     train, holdout = data.images[rest].copy(), data.images[hold].copy()
+    poisoned, poisoned_holdout = np.zeros(len(train), dtype=bool), np.zeros(len(holdout), dtype=bool)
     info: dict[str, Any] = {"source": str(cfg.aux_source), "split": cfg.aux_split, "n_train": len(train),
                             "n_holdout": len(holdout), "poison_rate": cfg.poison_rate}
     if cfg.poison_rate > 0:
         trigger = aux_trigger(cfg, image_size)
-        for arr, key in ((train, "n_poisoned"), (holdout, "n_poisoned_holdout")):
+        for arr, mask, key in ((train, poisoned, "n_poisoned"), (holdout, poisoned_holdout, "n_poisoned_holdout")):
             k = int(round(cfg.poison_rate * len(arr)))
             idx = rng.choice(len(arr), k, replace=False)
             arr[idx] = trigger.apply(arr[idx])
+            mask[idx] = True
             info[key] = k
     info["fingerprint"] = fingerprint(train)
-    return train, holdout, info
+    return AuxSet(train, holdout, info, poisoned, poisoned_holdout)
+
+
+def drop_dense_images(cfg: TrainConfig, aux: AuxSet, victim: torch.nn.Module, spec: EncoderSpec,
+                      device: str) -> tuple[AuxSet, torch.Tensor | None]:
+    """With ``drop_dense`` > 0: the set without its densest share of embeddings (and the held-out images as dense
+    as those), and the kept training images' embeddings (N', E); else the set unchanged and None. The counts,
+    and how many triggered images went, are recorded in ``info["dense_filter"]``."""
+    if cfg.drop_dense <= 0:
+        return aux, None
+    emb = embed(victim, aux.train, spec, device=device)  # (N, E)
+    f = dense_filter(emb, embed(victim, aux.holdout, spec, device=device), cfg.drop_dense, cfg.dense_k)
+    keep, keep_hold = f.keep.numpy(), f.keep_holdout.numpy()
+    record = {"share": cfg.drop_dense, "k": cfg.dense_k, "threshold": round(f.threshold, 6),
+              "dropped": int((~keep).sum()), "dropped_holdout": int((~keep_hold).sum()),
+              "poisoned_dropped": int((aux.poisoned & ~keep).sum()),
+              "poisoned_dropped_holdout": int((aux.poisoned_holdout & ~keep_hold).sum())}
+    print(f"dense filter: left out {record['dropped']} auxiliary images ({record['poisoned_dropped']} of "
+          f"{int(aux.poisoned.sum())} triggered) and {record['dropped_holdout']} held-out images")
+    kept = AuxSet(aux.train[keep], aux.holdout[keep_hold], aux.info | {"dense_filter": record},
+                  aux.poisoned[keep], aux.poisoned_holdout[keep_hold])
+    return kept, emb[torch.from_numpy(keep).to(emb.device)]
 
 
 def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str, Any]:
     check_score(cfg.score)
     parse_rule(cfg.threshold_rule)
+    for key, value in (("drop_worst", cfg.drop_worst), ("drop_dense", cfg.drop_dense)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{key} must be in [0, 1), got {value}")
+    if cfg.dense_k < 1:
+        raise ValueError(f"dense_k must be at least 1, got {cfg.dense_k}")
     device = pick_device(cfg.device)
     env = distributed.setup(device)
     if cfg.time_budget_s and env.world > 1:
@@ -153,11 +195,16 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         save_config(cfg, out)
     victim, spec = load_encoder(encoder_path)
     victim = victim.to(device) if spec.name != "onnx" else victim
-    train_images, holdout, aux_info = build_aux_set(cfg, spec.input_size)
-    shard = train_images[env.rank :: env.world]  # this rank's part of the auxiliary set
     emb_device = device if spec.name != "onnx" else "cpu"
-    print(f"caching victim embeddings of {len(shard)} auxiliary images (rank {env.rank}/{env.world})")
-    train_emb = embed(victim, shard, spec, device=emb_device).to(device)  # (N, E), computed once
+    aux, all_emb = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size), victim, spec, emb_device)
+    train_images, holdout, aux_info = aux.train, aux.holdout, aux.info
+    shard = train_images[env.rank :: env.world]  # this rank's part of the auxiliary set
+    if all_emb is None:
+        print(f"caching victim embeddings of {len(shard)} auxiliary images (rank {env.rank}/{env.world})")
+        shard_emb = embed(victim, shard, spec, device=emb_device)
+    else:  # the filter embedded every image already
+        shard_emb = all_emb[env.rank :: env.world]
+    train_emb = shard_emb.to(device)  # (N, E), computed once
     model_cfg = DeDeConfig(spec.input_size, cfg.patch_size, spec.embed_dim, cfg.width, cfg.depth, cfg.heads,
                            cfg.dec_width, cfg.dec_depth, cfg.dec_heads)
     if spec.input_size % cfg.patch_size:
@@ -230,6 +277,7 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "test_mask_ratio": alpha_test,
         "score": cfg.score,
         "drop_worst": cfg.drop_worst,
+        "drop_dense": cfg.drop_dense,
         "aux": aux_info | {"name": aux_name(cfg)},
         "epochs": len(history),
         "steps": step,

@@ -32,5 +32,6 @@ async def info(scorer: ScorerDep) -> Info:
                 patch_size=m.detector.patch_size, test_mask_ratio=m.detector.test_mask_ratio,
                 kept_patches=m.detector.kept_patches, score=m.detector.score, threshold=m.threshold.value,
                 threshold_rule=m.threshold.rule, aux_dataset=m.provenance.aux_dataset,
-                poison_rate=m.provenance.poison_rate, drop_worst=m.provenance.drop_worst, preset=m.provenance.preset,
+                poison_rate=m.provenance.poison_rate, drop_worst=m.provenance.drop_worst,
+                drop_dense=m.provenance.drop_dense, preset=m.provenance.preset,
                 created=m.provenance.created, code_version=m.provenance.code_version)

@@ -51,6 +51,7 @@ def test_health_ready_info(client: TestClient) -> None:
     assert info["input_size"] == 32 and info["kept_patches"] == 0
     assert info["threshold"] > 0 and info["score"] == "paper"
     assert info["drop_worst"] is None  # the demo bundle was exported before manifests recorded robust training
+    assert info["drop_dense"] is None  # ... or a filtered auxiliary set
 
 
 def test_score_multipart_and_raw_body_agree(client: TestClient, example: bytes) -> None:

@@ -172,6 +172,29 @@ def test_score_and_robust_training_are_recorded_in_the_bundle(pipeline: Path, tm
                  "--out", str(tmp_path / "bad-run")]) == 2
 
 
+def test_a_dense_filtered_training_set_is_recorded_and_rebuilt_alike_for_rescoring(pipeline: Path,
+                                                                                  tmp_path: Path) -> None:
+    from training.calibrate import calibrate_run
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "poison_rate=0.02",
+                 "--set", "trigger=badencoder", "--set", "drop_dense=0.1", "--set", "epochs=1",
+                 "--out", str(run_dir)]) == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    dense = run["aux"]["dense_filter"]
+    assert run["drop_dense"] == 0.1 and dense["dropped"] == round(0.1 * run["aux"]["n_train"])
+    assert 0 <= dense["poisoned_dropped"] <= run["aux"]["n_poisoned"]
+    held = json.loads((run_dir / "calibration.json").read_text())["holdout"]["count"]
+    assert held == run["aux"]["n_holdout"] - dense["dropped_holdout"]  # calibrated on the filtered held-out set
+    assert calibrate_run(run_dir, "fpr@0.01", "trimmed@4")["holdout"]["count"] == held  # rebuilt, filtered alike
+    assert main(["export", "--run", str(run_dir), "--name", "filtered", "--out", str(tmp_path)]) == 0
+    filtered = load_manifest(tmp_path / "filtered").provenance
+    assert filtered.drop_dense == 0.1 and filtered.aux_images == run["aux"]["n_train"] - dense["dropped"]
+    assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "drop_dense=1.5",
+                 "--out", str(tmp_path / "bad-run")]) == 2  # a clear error before any work
+    assert load_manifest(pipeline / "models" / "tiny-bad").provenance.drop_dense == 0.0  # recorded: no filter
+
+
 def test_training_resumes_from_its_checkpoint(pipeline: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import torch

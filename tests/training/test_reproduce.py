@@ -76,6 +76,20 @@ def test_robust_cells_train_both_detectors_robustly_on_the_poisoned_set(tmp_path
     assert [n for n in robust_only if n.startswith("downstream-")] == ["downstream-robust-badencoder"]
 
 
+def test_filtered_cells_filter_both_detectors_training_sets(tmp_path: Path) -> None:
+    by = {s.name: s for s in _grid(tmp_path, attacks=["badencoder", "drupe"], auxes=["id", "id-filtered"])}
+    for name in ("badencoder-id-filtered", "drupe-id-filtered", "control-simclr-badencoder-id-filtered"):
+        line = " ".join(by[f"train-{name}"].cmd)  # the same 1%-poisoned set as `id`, its densest 5% left out
+        assert "drop_dense=0.05" in line and "poison_rate=0.01" in line and "drop_worst" not in line
+    assert "drop_dense" not in " ".join(by["train-badencoder-id"].cmd)
+    cmd = by["cell-drupe-id-filtered"].cmd
+    assert cmd[cmd.index("--control") + 1].endswith("control-simclr-badencoder-id-filtered")
+    filt = by["downstream-filtered-drupe"]  # the filtered detector filters alone, in a cell of its own
+    assert filt.cmd[filt.cmd.index("--only") + 1] == "dede-filtered"
+    assert filt.cmd[filt.cmd.index("--bundle") + 1] == str(tmp_path / "bundles" / "drupe-id-filtered")
+    assert "--only" not in " ".join(by["downstream-badencoder"].cmd) and "downstream-robust-drupe" not in by
+
+
 def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli import main
@@ -111,6 +125,11 @@ def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
     assert "detector" not in detector_fields({k: v for k, v in run.items() if k != "drop_worst"})  # older runs
     robust = detector_fields(run | {"drop_worst": 0.05})
     assert robust["detector"] == "dede-robust" and robust["dede_drop_worst"] == 0.05
+    aux = {"n_poisoned": 200, "dense_filter": {"share": 0.05, "dropped": 1000, "poisoned_dropped": 191}}
+    filtered = detector_fields(run | {"drop_dense": 0.05, "aux": aux})
+    assert (filtered["detector"], filtered["dede_drop_dense"]) == ("dede-filtered", 0.05)
+    assert (filtered["aux_poisoned_dropped"], filtered["aux_poisoned"]) == (191, 200)
+    assert "detector" not in detector_fields(run | {"drop_dense": 0.0, "aux": {}})
 
 
 def test_stage_sets_reach_every_step_of_their_stage(tmp_path: Path) -> None:
@@ -238,6 +257,10 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     for r in (robust := _cell_records("badencoder", "id-robust", 0.944, 0.633)):
         r.update({"detector": "dede-robust", "dede_drop_worst": 0.05, "aux": "x-id"})
     recs += robust
+    for r in (filtered := _cell_records("badencoder", "id-filtered", 0.971, 0.701)):
+        r.update({"detector": "dede-filtered", "dede_drop_dense": 0.05, "aux": "x-id", "aux_poisoned": 200,
+                  "aux_poisoned_dropped": 191 if r["attack"] != "none" else 4})
+    recs += filtered
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "baselines-drupe", "attack": "drupe",
                  "detector": "asset", "test": "balanced", "threshold_rule": "asset-get_t", "auc": 0.777,
                  "aux": "cifar10-train-4000-at-1%",
@@ -249,6 +272,9 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-robust-drupe", "kind": "downstream",
                  "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede-robust", "attack": "drupe",
                  "ca": 0.48, "asr": 0.02, "bundle": "drupe-id-robust", "wall_s": 300.0})
+    recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-filtered-drupe", "kind": "downstream",
+                 "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "dede-filtered", "attack": "drupe",
+                 "ca": 0.47, "asr": 0.015, "bundle": "drupe-id-filtered", "wall_s": 280.0})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "downstream-asset-drupe", "kind": "downstream",
                  "dataset": "gtsrb", "train_set": "poisoned-1%", "detector": "asset", "attack": "drupe", "ca": 0.45,
                  "asr": 0.9, "bundle": "drupe-id", "wall_s": 700.0, "n_train": 20220, "n_train_removed": 310,
@@ -276,6 +302,12 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert text.index("| x-id |") < text.index("| x-id, robust")  # after the paper's rows of the attack
     assert "the share x of highest-loss samples" in text  # the legend, only where a robust cell is shown
     assert "highest-loss" not in "\n".join(reproduce_lines([r for r in recs if "dede_drop_worst" not in r]))
+    filt = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id, dense"))
+    assert ("x-id, dense-filtered (drop_dense 0.05: 191 of 200 triggered left out; control: 4) | 0.971 | 0.701 | "
+            "0.981 |") in filt
+    assert "met (>= 0.95)" in filt and text.index("| x-id, robust") < text.index("| x-id, dense")
+    assert "10 nearest neighbours" in text  # its legend, only where a filtered cell is shown
+    assert "nearest" not in "\n".join(reproduce_lines([r for r in recs if "dede_drop_dense" not in r]))
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
@@ -284,6 +316,8 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "| ASSET (fitted on the set it filters), poisoned-1% | 45.0 / 90.0 (80.8 / 54.1) |" in text
     assert "| DeDe, robust training on the poisoned aux (deployed), poisoned-1% | 48.0 / 2.0 |" in text
     assert "a cell of its own: `downstream-robust-<attack>`" in text
+    assert "| DeDe, the poisoned aux dense-filtered (deployed), poisoned-1% | 47.0 / 1.5 |" in text
+    assert "(aux `id-filtered`: `downstream-filtered-<attack>`)" in text
     assert "trains on 10,000 images of it" in text and "base set is 1,000 trusted clean images" in text
     assert "| drupe | gtsrb | 310 of 20220 | 4 of 202 | 150 of 12630 / 160 of 12360 | 10, 55 | 700 s |" in text
 
