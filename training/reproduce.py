@@ -378,11 +378,18 @@ def collect(root: Path, preset: str, command: str, variant: str = "") -> list[di
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``new`` records replace every old record of the same source, preset, variant and cell; the rest is kept."""
+    """``new`` records replace every old record of the same source, preset, variant and cell; the rest is kept.
+    An attack record (``kind`` attack, rebuilt from the encoder at every publish) whose measurements did not change
+    keeps its old ``command``: a later, narrower run (``--aux``, ``--attack``) did not train that attack."""
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         return r.get("source"), r.get("preset"), r.get("variant", ""), r.get("cell")
 
+    def unchanged(r: dict[str, Any], before: dict[str, Any] | None) -> bool:
+        return before is not None and {**r, "command": None} == {**before, "command": None}
+
+    attacks = {key(r): r for r in old if r.get("kind") == "attack"}
+    new = [{**r, "command": attacks[key(r)].get("command")} if unchanged(r, attacks.get(key(r))) else r for r in new]
     new_keys = {key(r) for r in new}
     return [r for r in old if key(r) not in new_keys] + new
 

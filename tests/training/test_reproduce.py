@@ -202,6 +202,15 @@ def test_merge_replaces_the_same_cell_and_preset_and_keeps_the_rest() -> None:
     assert sorted(r["auc"] for r in merge_cells(old, new)) == [0.2, 0.3, 0.4, 0.9]
     variant = [{"source": "reproduce", "preset": "cpu", "variant": "slip", "cell": "badencoder-id", "auc": 0.5}]
     assert sorted(r["auc"] for r in merge_cells(old, variant)) == [0.1, 0.3, 0.4, 0.5, 0.9]  # a grid of its own
+    # an attack record rebuilt by a narrower later run keeps the command that trained the attack ...
+    attack = {"source": "reproduce", "preset": "cpu", "kind": "attack", "cell": "attack-drupe", "attack_asr": 0.5}
+    first = merge_cells(old, [attack | {"command": "dede reproduce --preset cpu"}])
+    again = merge_cells(first, [attack | {"command": "dede reproduce --preset cpu --aux id-filtered"}])
+    assert [r["command"] for r in again if r.get("kind") == "attack"] == ["dede reproduce --preset cpu"]
+    # ... unless the attack changed (it was trained again)
+    retrained = merge_cells(first, [attack | {"attack_asr": 0.6, "command": "dede reproduce --attack drupe"}])
+    assert [r["command"] for r in retrained if r.get("kind") == "attack"] == ["dede reproduce --attack drupe"]
+    assert len(again) == len(first) == len(old) + 1
 
 
 @needs_cifar
