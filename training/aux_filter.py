@@ -52,5 +52,5 @@ def dense_filter(train_emb: torch.Tensor, holdout_emb: torch.Tensor, share: floa
     worst = dens.argsort(descending=True)[:n_drop]
     keep[worst] = False
     threshold = float(dens[worst].min())
-    hold = knn_similarity(holdout_emb, train_emb, k, same=False).cpu() if len(holdout_emb) else torch.zeros(0)
+    hold = knn_similarity(holdout_emb, train_emb, k, same=False).cpu()
     return DenseFilter(keep, hold < threshold, threshold)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
+from training.reproduce import AUXES
 
 
 def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all, or "
                                                                   "all on the variant's encoder)")
     p.add_argument("--aux", action="append", default=[],
-                   help="'id', 'ood', 'id-robust' and/or 'id-filtered' (repeatable; default all)")
+                   help=f"{', '.join(AUXES)} (repeatable; default all)")
     p.add_argument("--ood-dataset", default="gtsrb", help="out-of-distribution auxiliary set (gtsrb, imagenette, "
                                                           "or a path)")
     p.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",

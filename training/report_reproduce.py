@@ -349,7 +349,8 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                          "`id-robust`, a cell of its own: `downstream-robust-<attack>`)"
                          if any(r["detector"] == ROBUST_DETECTOR for r in down) else "")
                       + ("; the dense-filtered row, the detector trained on the in-distribution set without the "
-                         "densest 5% of its embeddings (aux `id-filtered`: `downstream-filtered-<attack>`)"
+                         "densest share (`drop_dense`) of its embeddings (aux `id-filtered`: "
+                         "`downstream-filtered-<attack>`)"
                          if any(r["detector"] == FILTERED_DETECTOR for r in down) else "") + ". "
                       "DECREE filters with the trigger it inverted on the encoder (patch triggers only). "
                       + asset_downstream_note(asset_down) +

@@ -58,16 +58,27 @@ ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts 
     "clip-backdoor": {"clean": "clip"},
     "badclip": {"clean": "clip"},
 }
-AUXES = ("id", "ood", "id-robust", "id-filtered")
-POISONED_AUXES = ("id", "id-robust", "id-filtered")  # CIFAR-10 train, 1% of the images triggered with the attack's
 STAGES = ("pretrain", "attack", "train", "downstream")
 CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
-ROBUST_DEDE = ["drop_worst=0.05"]  # id-robust: our defence against a poisoned auxiliary set (5x its poison rate)
-ROBUST_DETECTOR = "dede-robust"  # the records' name of a detector trained that way
-FILTERED_DEDE = ["drop_dense=0.05"]  # id-filtered: the densest 5% of embeddings left out (training.aux_filter)
-FILTERED_DETECTOR = "dede-filtered"
-AUX_DEDE = {"id-robust": ROBUST_DEDE, "id-filtered": FILTERED_DEDE}  # the DeDe settings of our auxes
-OUR_DETECTORS = {"id-robust": ("robust", ROBUST_DETECTOR), "id-filtered": ("filtered", FILTERED_DETECTOR)}
+
+
+@dataclass(frozen=True)
+class OurDetector:
+    """A detector of ours on the poisoned in-distribution set (not the paper's): the short name of its downstream
+    cell (``downstream-<short>-<attack>``), its records' detector name, and its DeDe settings."""
+
+    short: str
+    detector: str
+    sets: tuple[str, ...]
+
+
+# our defences against a poisoned auxiliary set, each at 5x its poison rate: drop_worst leaves the highest-loss
+# samples of each batch out; drop_dense leaves the densest embeddings out before training (training.aux_filter)
+OUR_AUXES = {"id-robust": OurDetector("robust", "dede-robust", ("drop_worst=0.05",)),
+             "id-filtered": OurDetector("filtered", "dede-filtered", ("drop_dense=0.05",))}
+ROBUST_DETECTOR, FILTERED_DETECTOR = OUR_AUXES["id-robust"].detector, OUR_AUXES["id-filtered"].detector
+AUXES = ("id", "ood", *OUR_AUXES)
+POISONED_AUXES = ("id", *OUR_AUXES)  # CIFAR-10 train with 1% of the images triggered with the attack's trigger
 
 
 @dataclass(frozen=True)
@@ -190,7 +201,8 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     encoder = r / (clean if control else attack)
     aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux in POISONED_AUXES
                 else [f"aux_source={g.ood_dataset}", "poison_rate=0"])
-    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + AUX_DEDE.get(aux, [])
+    ours = list(OUR_AUXES[aux].sets) if aux in OUR_AUXES else []
+    extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + ours
     run_dir = r / "dede" / name
     return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
                                           *g.sets("train", extra), "--out", str(run_dir)),
@@ -214,10 +226,10 @@ def downstream_steps(g: GridSpec) -> list[Step]:
                 "--attack", attack, "--trigger-from", str(r / trigger_from), "--preset", g.preset,
                 *g.sets("downstream"), "--command-line", g.command]
 
-    for aux, (short, detector) in OUR_DETECTORS.items():
+    for aux, ours in OUR_AUXES.items():
         for a in g.attacks if aux in g.auxes else []:
-            bundle, cell = run_name(a, aux, False), r / "cells" / f"downstream-{short}-{a}.json"
-            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", detector, "--out", str(cell)],
+            bundle, cell = run_name(a, aux, False), r / "cells" / f"downstream-{ours.short}-{a}.json"
+            steps.append(Step(cell.stem, [*command(bundle, a, a), "--only", ours.detector, "--out", str(cell)],
                               cell.exists, [f"export-{bundle}", f"attack-{a}"]))
     if "id" not in g.auxes:  # the other cells filter with the paper's detector
         return steps
