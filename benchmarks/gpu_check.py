@@ -86,6 +86,32 @@ def throughput(scorer: Any, size: int, seconds: float) -> dict[str, float]:
     return out
 
 
+def scores_of(scorer: Any, images: np.ndarray) -> np.ndarray:
+    out = scorer.score(images)
+    return np.asarray(getattr(out, "scores", out), dtype=np.float64)
+
+
+def agreement(gpu: Any, cpu: Any, size: int, n: int = 512) -> dict[str, Any]:
+    """The same images scored on the GPU and on the CPU: the largest score difference (absolute and relative
+    to the score) and how many backdoor flags differ (the threshold from the manifest; Scorer only)."""
+    try:
+        from benchmarks.bench_service import real_images
+
+        images, source = real_images(size, n), "CIFAR-10 test images (or the committed examples)"
+    except ImportError:
+        images = np.random.default_rng(1).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        source = "uniform random images"
+    g = np.concatenate([scores_of(gpu, images[i : i + 64]) for i in range(0, len(images), 64)])
+    c = np.concatenate([scores_of(cpu, images[i : i + 64]) for i in range(0, len(images), 64)])
+    res: dict[str, Any] = {"images": len(images), "source": source,
+                           "max_abs_diff": float(np.max(np.abs(g - c))),
+                           "max_rel_diff": float(np.max(np.abs(g - c) / np.maximum(np.abs(c), 1e-12)))}
+    threshold = getattr(cpu, "threshold", None)
+    if threshold is not None:
+        res["flags_differ"] = int(np.sum((g > threshold) != (c > threshold)))
+    return res
+
+
 def preload_cuda_libraries() -> str:
     """onnxruntime-gpu >= 1.21 can load CUDA and cuDNN from the nvidia-* wheels (those PyTorch installs) before
     the first CUDA session; without them on the loader path the CUDA provider falls back to the CPU."""
@@ -149,17 +175,20 @@ def main() -> None:
                            "seconds_each": a.seconds,
                            "command": " ".join(["python", "benchmarks/gpu_check.py", *sys.argv[1:]])}
     print("ONNX Runtime", ort.__version__, "providers:", available, "device:", res["device"], flush=True)
+    cuda = None
     if "CUDAExecutionProvider" in available:
         res["preload_dlls"] = preload_cuda_libraries()
-        scorer, impl = load_scorer(bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
-        res["ort_cuda"] = {"provider_in_use": scorer.provider, "scorer": impl,
-                           "images_per_s": throughput(scorer, size, a.seconds)}
+        cuda, impl = load_scorer(bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+        res["ort_cuda"] = {"provider_in_use": cuda.provider, "scorer": impl,
+                           "images_per_s": throughput(cuda, size, a.seconds)}
     else:
         res["ort_cuda"] = {"skipped": "CUDAExecutionProvider is not available: this onnxruntime is the CPU build "
                                       "(install onnxruntime-gpu, the 'gpu' extra)"}
     scorer, impl = load_scorer(bundle, ("CPUExecutionProvider",))
     res["ort_cpu"] = {"provider_in_use": scorer.provider, "scorer": impl,
                       "images_per_s": throughput(scorer, size, a.seconds / 2)}
+    if cuda is not None:
+        res["cuda_vs_cpu"] = agreement(cuda, scorer, size)
     res["torch_eager_cuda"] = torch_eager(a.runs, size, a.seconds)
     res["wall_s"] = round(time.time() - start, 1)
     Path(a.out).write_text(json.dumps(res, indent=1))

@@ -33,12 +33,24 @@ log = logging.getLogger("dede.service")
 def load_scorer(settings: Settings) -> Scorer:
     scorer = Scorer.from_bundle(settings.bundle, settings.provider_list, settings.intra_op_threads,
                                 settings.mask_draws)
+    if scorer.on_gpu and settings.gpu_fixed_batch:
+        scorer.fixed_batch = settings.max_batch_size
     if settings.require_gpu and not scorer.on_gpu:
         raise BundleError(f"DEDE_REQUIRE_GPU is set but ONNX Runtime runs on {scorer.provider} "
                           "(CUDA libraries missing or onnxruntime-gpu not installed)")
-    size = scorer.manifest.encoder.input_size
-    scorer.score(np.zeros((1, size, size, 3), dtype=np.uint8))  # warm-up
+    scorer.warm_up()
     return scorer
+
+
+def _log_to_stderr() -> None:
+    """The service's own INFO lines (bundle, provider, warm-up) beside uvicorn's, unless logging is configured."""
+    logger = logging.getLogger("dede")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
 
 
 def _error_response(request: Request, status: int, code: str, message: str,
@@ -54,6 +66,7 @@ def _error_response(request: Request, status: int, code: str, message: str,
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    _log_to_stderr()
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
 
     @asynccontextmanager
@@ -81,7 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         explainer = Explainer(scorer, timeout_s=settings.request_timeout_s)
         app.state.scoring = Scoring(settings, scorer, app.state.runner, metrics, explainer)
         app.state.ready = True
-        log.info("loaded bundle %s v%s on %s", m.name, m.version, scorer.provider)
+        log.info("loaded bundle %s v%s on %s, warmed up at batch sizes %s", m.name, m.version, scorer.provider,
+                 scorer.warmed_up)
         yield
         app.state.ready = False  # /readyz fails first, so a load balancer stops sending
         await app.state.runner.stop()  # in-flight requests finish

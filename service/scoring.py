@@ -14,6 +14,7 @@ always gets the same score (for 32x32 bundles at alpha_test = 0.99, K = 0 and no
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from service.scores import compute_score
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # run on the GPU, take CUDA device memory
+log = logging.getLogger("dede.scoring")
 
 
 @dataclass
@@ -38,9 +40,28 @@ class ScoreResult:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage: encoder, detector
 
 
+_gpu_libraries_preloaded = False
+
+
+def _preload_gpu_libraries() -> None:
+    """onnxruntime-gpu (>= 1.21) loads CUDA and cuDNN from the nvidia-* wheels (those PyTorch installs) when
+    asked to; without them on the loader path its CUDA provider falls back to the CPU. Done once per process,
+    and only when a GPU provider is requested and built in; a failure leaves the fallback to be reported."""
+    global _gpu_libraries_preloaded
+    if _gpu_libraries_preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _gpu_libraries_preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # the provider in use (``Scorer.provider``) tells what came of it
+        log.warning("onnxruntime.preload_dlls failed: %s: %s", type(exc).__name__, exc)
+
+
 def _session(path: Path, providers: tuple[str, ...], threads: int) -> ort.InferenceSession:
     available = ort.get_available_providers()
     chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    if any(p in GPU_PROVIDERS for p in chosen):
+        _preload_gpu_libraries()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -54,8 +75,8 @@ def _session(path: Path, providers: tuple[str, ...], threads: int) -> ort.Infere
 
 
 class Scorer:
-    def __init__(self, manifest: Manifest, bundle_dir: str | Path,
-                 providers: tuple[str, ...] = DEFAULT_PROVIDERS, threads: int = 0, mask_draws: int = 1) -> None:
+    def __init__(self, manifest: Manifest, bundle_dir: str | Path, providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+                 threads: int = 0, mask_draws: int = 1, fixed_batch: int = 0) -> None:
         self.manifest = manifest
         bundle = Path(bundle_dir)
         self.encoder = _session(bundle / manifest.encoder.file, providers, threads)
@@ -68,11 +89,18 @@ class Scorer:
         if mask_draws < 1:
             raise ValueError("mask_draws must be >= 1")
         self.mask_draws = mask_draws
+        if fixed_batch < 0:
+            raise ValueError("fixed_batch must be >= 0")
+        # > 0: every model call runs exactly this many images (padded with black images, or in chunks), so the
+        # sessions see one input shape. On CUDA a batch of a new size cost about half a second of CPU on an H100
+        # (docs/PERFORMANCE.md), and the batcher's batches come in every size; on the CPU padding only costs work.
+        self.fixed_batch = fixed_batch
+        self.warmed_up: list[int] = []  # the batch sizes ``warm_up`` ran
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, providers: tuple[str, ...] = DEFAULT_PROVIDERS,
-                    threads: int = 0, mask_draws: int = 1) -> Scorer:
-        return cls(load_manifest(bundle_dir), bundle_dir, providers, threads, mask_draws)
+                    threads: int = 0, mask_draws: int = 1, fixed_batch: int = 0) -> Scorer:
+        return cls(load_manifest(bundle_dir), bundle_dir, providers, threads, mask_draws, fixed_batch)
 
     @property
     def provider(self) -> str:
@@ -116,17 +144,36 @@ class Scorer:
         return {"x": x, "embedding": e, "patch_error": patch_error, "reconstruction": recon,
                 "encoder_s": np.array(t1 - t0), "detector_s": np.array(t2 - t1)}
 
+    def warm_up(self) -> list[int]:
+        """Runs the batch size ``score`` runs (``fixed_batch``, else 1), so that start-up, not the first requests,
+        pays for the sessions' first run. -> the sizes run."""
+        sizes = [self.fixed_batch or 1]
+        for b in sizes:
+            self.score(np.zeros((b, self.size, self.size, 3), dtype=np.uint8))
+        self.warmed_up = sizes
+        return sizes
+
     def score(self, images: np.ndarray) -> ScoreResult:
         """Scores of uint8 (B, H, W, 3) images. With kept patches and ``mask_draws`` > 1, the mean score
-        over that many content-seeded masks (less variance, ``mask_draws`` x the detector's cost)."""
+        over that many content-seeded masks (less variance, ``mask_draws`` x the detector's cost). With
+        ``fixed_batch``, the models run on chunks of exactly that many images, the last padded with black images
+        whose rows are dropped."""
+        fixed, n = self.fixed_batch, len(images)
+        if fixed and n > fixed:
+            parts = [self.score(images[i : i + fixed]) for i in range(0, n, fixed)]
+            return ScoreResult(np.concatenate([p.scores for p in parts]), np.concatenate([p.flags for p in parts]),
+                               self.threshold, {k: sum(p.seconds[k] for p in parts) for k in parts[0].seconds})
         x = self.preprocess(images)
+        if fixed and n < fixed:
+            images = np.concatenate([images, np.zeros((fixed - n, *images.shape[1:]), np.uint8)])
+            x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), x.dtype)])
         draws = self.mask_draws if self.manifest.detector.kept_patches else 1
         t0 = time.perf_counter()
         x_dev, e_dev = self._embed_on_device(x)
         t1 = time.perf_counter()
         scores = np.mean([self._detect(x_dev, e_dev, self.keep_ids(images, d)) for d in range(draws)], axis=0)
         t2 = time.perf_counter()
-        scores = scores.astype(np.float32)
+        scores = scores[:n].astype(np.float32)
         return ScoreResult(scores, scores > self.threshold, self.threshold, {"encoder": t1 - t0, "detector": t2 - t1})
 
     def _embed_on_device(self, x: np.ndarray) -> tuple[ort.OrtValue, ort.OrtValue]:

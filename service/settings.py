@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     mask_draws: int = Field(1, ge=1, le=64, description="masks averaged per image when the test mask keeps patches")
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")
     max_batch_size: int = Field(64, gt=0, description="images per model call when batching")
+    gpu_fixed_batch: bool = Field(True, description="on the GPU, run every model call at max_batch_size images "
+                                  "(padded): one input shape, tuned once at start-up")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests")
     model_concurrency: int = Field(1, ge=1, le=64, description="batches scored at once (each in its own thread)")
     max_queue: int = Field(1024, gt=0, description="images queued for scoring before 503 Overloaded")

@@ -96,3 +96,61 @@ def test_the_provider_in_use_decides_gpu_or_cpu(kept_bundle: Path, monkeypatch: 
                           ("CPUExecutionProvider", False)):
         monkeypatch.setattr(scorer.detector, "get_providers", lambda p=provider: [p, "CPUExecutionProvider"])
         assert scorer.provider == provider and scorer.on_gpu is gpu
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_cuda_libraries_are_preloaded_once_and_only_for_a_gpu_provider(
+        kept_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels only through ``preload_dlls``; a CPU-only
+    request must not touch them, and a failing preload leaves the CPU fallback (reported) instead of a crash."""
+    import onnxruntime as ort
+
+    import service.scoring as scoring
+
+    calls: list[int] = []
+    monkeypatch.setattr(scoring, "_gpu_libraries_preloaded", False)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    Scorer.from_bundle(kept_bundle, ("CPUExecutionProvider",))
+    assert calls == []
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    Scorer.from_bundle(kept_bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    Scorer.from_bundle(kept_bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert calls == [1]
+
+    def broken() -> None:
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(scoring, "_gpu_libraries_preloaded", False)
+    monkeypatch.setattr(ort, "preload_dlls", broken)
+    scorer = Scorer.from_bundle(kept_bundle, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert scorer.provider in real and not scorer.on_gpu
+
+
+
+@pytest.mark.parametrize("which", ["control", "kept"])
+def test_a_fixed_batch_gives_the_same_scores_and_one_shape(
+        which: str, kept_bundle: Path, example_images: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path runs every model call at one batch size (padded, or in chunks); the padding rows must not
+    change or leak into the results, also with kept patches (the mask is seeded per image)."""
+    bundle = CONTROL_BUNDLE if which == "control" else kept_bundle
+    plain = Scorer.from_bundle(bundle, ("CPUExecutionProvider",))
+    fixed = Scorer.from_bundle(bundle, ("CPUExecutionProvider",), fixed_batch=4)
+    assert plain.fixed_batch == 0  # off unless asked for (the service asks on the GPU only)
+    images = np.resize(example_images, (9, *example_images.shape[1:]))  # 9 images -> chunks of 4, 4, 1 (+3 pad)
+    seen: list[int] = []
+    real_detect = Scorer._detect
+    monkeypatch.setattr(Scorer, "_detect",
+                        lambda self, x, e, keep: (seen.append(len(keep)), real_detect(self, x, e, keep))[1])
+    for n in (1, 3, 4, 9):
+        want, got = plain.score(images[:n]), fixed.score(images[:n])
+        assert got.scores.shape == got.flags.shape == (n,)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+        np.testing.assert_array_equal(got.flags, want.flags)
+        assert set(got.seconds) == {"encoder", "detector"}
+    assert seen == [1, 4, 3, 4, 4, 4, 9, 4, 4, 4]  # plain: the request's size; fixed: always 4
+    seen.clear()
+    assert fixed.warm_up() == fixed.warmed_up == [4] and seen == [4]
+    assert plain.warm_up() == [1]
+    with pytest.raises(ValueError, match="fixed_batch"):
+        Scorer.from_bundle(bundle, ("CPUExecutionProvider",), fixed_batch=-1)
