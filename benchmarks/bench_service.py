@@ -357,11 +357,12 @@ def render(res: dict, command: str) -> str:  # type: ignore[type-arg]
     if gpu_run.exists():
         g = json.loads(gpu_run.read_text())
         lines += ["### The service end to end", "", *render_run(g, g["command"])]
-    varying = ROOT / "docs" / "performance-gpu-varying.json"
-    if varying.exists():
-        v = json.loads(varying.read_text())
-        lines += ["### The service end to end, every batch at its own size", "", v.get("note", ""), "",
-                  *render_run(v, v["command"]), *FIXED_BATCH_NOTES]
+    earlier = sorted((ROOT / "docs").glob("performance-gpu-*.json"))  # earlier GPU runs, each with its note
+    for path in earlier:
+        v = json.loads(path.read_text())
+        lines += [f"### {v.get('title', path.stem)}", "", v.get("note", ""), "", *render_run(v, v["command"])]
+    if earlier:
+        lines += FIXED_BATCH_NOTES
     lines += gpu_check
     variance = ROOT / "docs" / "mask_variance.json"
     if variance.exists():
@@ -475,17 +476,18 @@ def variance_section(v: dict) -> list[str]:  # type: ignore[type-arg]
 
 FIXED_BATCH_NOTES = [
     "With CUDA, ONNX Runtime ran a batch whose size differed from the previous call's far slower than one of the "
-    "same size, and spent that time on the CPU (the server CPU column above). The batcher's batches come in every "
-    "size up to `max_batch_size`, so under concurrent load nearly every call paid it. Since then the service, on "
-    "the GPU, runs every model call at `max_batch_size` images (`DEDE_GPU_FIXED_BATCH`, on by default): batches "
-    "are padded with black images whose rows are dropped, larger requests run in chunks, and start-up runs that "
-    "one shape once. On the CPU padding would only cost work, so it stays off there. Compare the batching-on rows "
-    "of the two tables (two runs, the same command and machine type, not side by side in one run).",
+    "same size, and spent that time on the CPU (the server CPU column of the last table). The batcher's batches "
+    "come in every size up to `max_batch_size`, so under concurrent load nearly every call paid it. Since then the "
+    "service, on the GPU, runs every model call at `max_batch_size` images (`DEDE_GPU_FIXED_BATCH`, on by default): "
+    "batches are padded with black images whose rows are dropped, larger requests run in chunks, and start-up runs "
+    "that one shape once. On the CPU padding would only cost work, so it stays off there. Compare the batching-on "
+    "rows of the last two tables (two runs with the same load generator on the same machine type, not side by side "
+    "in one run).",
     "",
-    "In both GPU runs the HTTP rates fall from concurrency 8 to 64 in both batching modes while the raw model is "
-    "far faster: the load generator there is the Python one (httpx; that machine has no wrk), on the same machine, "
-    "and it or the server's single event loop is the limit. These runs do not separate the two; the goals' ratios "
-    "above are therefore not a measure of the GPU path.",
+    "In the first GPU table (wrk) the batching-on rate stops growing between concurrency 32 and 64 while the raw "
+    "model is far faster: one server process, its event loop parsing HTTP and decoding every PNG, is the limit "
+    "there, not the GPU (`dede serve --workers N --reuse-port` runs more processes; not measured on the GPU). With "
+    "the Python load generator the rates even fall as concurrency grows: that client was the limit of those runs.",
     "",
 ]
 
