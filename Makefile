@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study reproduce reproduce-gpu reproduce-slip asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -55,6 +55,11 @@ STUDY_SKIP ?= --skip n40000 --skip w128-d6
 study: $(RUNS)/badencoder/encoder.json $(RUNS)/clean-encoder/encoder.json $(RUNS)/w8-e3/badencoder/encoder.json
 	$(ONE) $(DEDE) study --bad-encoder $(RUNS)/badencoder --clean-encoder $(RUNS)/clean-encoder \
 		--axis poison --axis differential --axis epochs --axis aux --axis decoder --axis encoder $(STUDY_SKIP)
+
+# the poison rates with both defences (drop_worst, drop_dense) on the cpu-preset encoders of `make reproduce`,
+# where the in-distribution cells of the grid were measured (docs/STUDY.md, axis `filter`)
+study-filter: runs/reproduce-cpu/badencoder/encoder.json runs/reproduce-cpu/simclr/encoder.json
+	$(ONE) $(DEDE) study --axis filter --bad-encoder runs/reproduce-cpu/badencoder --clean-encoder runs/reproduce-cpu/simclr
 
 # the paper's grid: five attacks x {in-distribution, out-of-distribution} auxiliary sets, controls, ASSET,
 # DECREE and the downstream defence -> docs/results.json, docs/RESULTS.md, docs/figures (resumable)

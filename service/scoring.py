@@ -112,13 +112,30 @@ class Scorer:
         """Whether the models actually run on the GPU (CUDA, or TensorRT, which falls back to CUDA)."""
         return self.provider in GPU_PROVIDERS
 
-    def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, 3) -> float32 (B, 3, H, W)."""
+    def check(self, images: np.ndarray) -> None:
         if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images of shape (B, {self.size}, {self.size}, 3), "
                              f"got {images.dtype} {images.shape}")
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) -> float32 (B, 3, H, W)."""
+        self.check(images)
         enc = self.manifest.encoder
         return normalize(images, enc.mean, enc.std)
+
+    def fixed_chunks(self, images: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """With ``fixed_batch``: the images in chunks of exactly that many, the last padded with black images, each
+        with its count of real images; without: the images as they are."""
+        self.check(images)
+        fixed = self.fixed_batch
+        if not fixed:
+            return [(images, len(images))]
+        chunks = []
+        for i in range(0, max(len(images), 1), fixed):
+            chunk = images[i : i + fixed]
+            pad = np.zeros((fixed - len(chunk), *images.shape[1:]), np.uint8)
+            chunks.append((np.concatenate([chunk, pad]), len(chunk)))
+        return chunks
 
     def keep_ids(self, images: np.ndarray, draw: int = 0) -> np.ndarray:
         """(B, H, W, 3) -> (B, K) int64 kept patch ids, seeded by each image's content (and the draw)."""
@@ -133,7 +150,14 @@ class Scorer:
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Everything the models give for uint8 (B, H, W, 3) images: the normalised input ``x``,
-        ``embedding`` (B, E), ``patch_error`` (B, N), ``reconstruction`` (B, 3, H, W), and stage timings."""
+        ``embedding`` (B, E), ``patch_error`` (B, N), ``reconstruction`` (B, 3, H, W), and stage timings
+        (``encoder_s``, ``detector_s``). Runs in ``fixed_chunks``, as ``score`` does."""
+        parts = [(self._run(chunk), n) for chunk, n in self.fixed_chunks(images)]
+        return {key: (np.concatenate([out[key][:n] for out, n in parts]) if parts[0][0][key].ndim
+                      else np.array(sum(float(out[key]) for out, _ in parts)))
+                for key in parts[0][0]}
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = self.preprocess(images)
         t0 = time.perf_counter()
         (e,) = self.encoder.run(None, {self._enc_in: x})
@@ -156,25 +180,21 @@ class Scorer:
     def score(self, images: np.ndarray) -> ScoreResult:
         """Scores of uint8 (B, H, W, 3) images. With kept patches and ``mask_draws`` > 1, the mean score
         over that many content-seeded masks (less variance, ``mask_draws`` x the detector's cost). With
-        ``fixed_batch``, the models run on chunks of exactly that many images, the last padded with black images
-        whose rows are dropped."""
-        fixed, n = self.fixed_batch, len(images)
-        if fixed and n > fixed:
-            parts = [self.score(images[i : i + fixed]) for i in range(0, n, fixed)]
-            return ScoreResult(np.concatenate([p.scores for p in parts]), np.concatenate([p.flags for p in parts]),
-                               self.threshold, {k: sum(p.seconds[k] for p in parts) for k in parts[0].seconds})
+        ``fixed_batch``, the models run on ``fixed_chunks`` and the padding's rows are dropped."""
+        parts = [(self._score(chunk), n) for chunk, n in self.fixed_chunks(images)]
+        scores = np.concatenate([out[:n] for (out, _), n in parts]).astype(np.float32)
+        seconds = {stage: sum(t[stage] for (_, t), _ in parts) for stage in ("encoder", "detector")}
+        return ScoreResult(scores, scores > self.threshold, self.threshold, seconds)
+
+    def _score(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         x = self.preprocess(images)
-        if fixed and n < fixed:
-            images = np.concatenate([images, np.zeros((fixed - n, *images.shape[1:]), np.uint8)])
-            x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), x.dtype)])
         draws = self.mask_draws if self.manifest.detector.kept_patches else 1
         t0 = time.perf_counter()
         x_dev, e_dev = self._embed_on_device(x)
         t1 = time.perf_counter()
         scores = np.mean([self._detect(x_dev, e_dev, self.keep_ids(images, d)) for d in range(draws)], axis=0)
         t2 = time.perf_counter()
-        scores = scores[:n].astype(np.float32)
-        return ScoreResult(scores, scores > self.threshold, self.threshold, {"encoder": t1 - t0, "detector": t2 - t1})
+        return scores, {"encoder": t1 - t0, "detector": t2 - t1}
 
     def _embed_on_device(self, x: np.ndarray) -> tuple[ort.OrtValue, ort.OrtValue]:
         """IO binding: the input is copied to the device once, and the embedding stays there."""

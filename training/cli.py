@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="scale and poisoning study: backdoored vs control detectors")
     p.add_argument("--axis", action="append", required=True,
-                   help="decoder, epochs, aux, poison, differential or encoder (repeatable)")
+                   help="decoder, epochs, aux, poison, filter, differential or encoder (repeatable)")
     p.add_argument("--bad-encoder", default="runs/demo-cpu/badencoder")
     p.add_argument("--clean-encoder", default="runs/demo-cpu/clean-encoder")
     p.add_argument("--out", default="runs/study")

@@ -9,6 +9,8 @@ reused. Axes (one setting varied at a time from the ``study`` preset):
   (every cell is scored at 0.75 / 0.9 / 0.99);
 - ``poison``: auxiliary poison rate 0 / 0.1% / 0.5% / 1% / 5%, plain and with ``drop_worst`` (the
   highest-loss 5% of each batch left out of the loss after the first epoch);
+- ``filter``: poison rate 0 / 0.5% / 1% / 5% / 10%, plain, with ``drop_worst`` and with ``drop_dense`` (the
+  densest 5% of the auxiliary set's victim embeddings left out before training);
 - ``differential``: embedding dropout in training, scored as error(e) - error(null embedding);
 - ``encoder``: the demo encoder pair (width 16, 6 SimCLR epochs) against a weaker pair (width 8, 3 epochs)
   backdoored the same way (``make study`` builds it).
@@ -18,6 +20,7 @@ Records go to ``docs/study.json``; ``docs/STUDY.md`` and plots are regenerated f
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +48,11 @@ AXES: dict[str, list[tuple[str, list[str]]]] = {
     "poison": [(f"p{r}{'-robust' if robust else ''}",
                 [f"poison_rate={r}"] + (["drop_worst=0.05"] if robust else []))
                for robust in (False, True) for r in (0.0, 0.001, 0.005, 0.01, 0.05)],
+    # the poison rates again, plain, robust and dense-filtered, up to twice the share either defence leaves out;
+    # `make study-filter` runs it on the cpu-preset encoders of `dede reproduce` (where `id-filtered` was measured)
+    "filter": [(f"p{r}{suffix}", [f"poison_rate={r}", *extra])
+               for suffix, extra in (("", []), ("-robust", ["drop_worst=0.05"]), ("-filtered", ["drop_dense=0.05"]))
+               for r in (0.0, 0.005, 0.01, 0.05, 0.1)],
     "differential": [("embdrop0.3", ["emb_dropout=0.3"])],
     "encoder": [("w16-e6", []), ("w8-e3", [])],  # encoder pairs: see ENCODER_DIRS
 }
@@ -91,7 +99,10 @@ def cell_records(axis: str, cell: str, overrides: list[str], encoders: dict[str,
                 records.append({"axis": axis, "cell": cell, "encoder": label, "test_mask_ratio": ratio,
                                 "score": score, "auc": met["auc"], "tpr_at_1pct_fpr": tpr_at_fpr(sc, st, 0.01),
                                 "overrides": overrides, "train_wall_s": run["train_wall_s"],
-                                "final_loss": run["final_loss"], "n_clean": len(sc), "encoder_quality": quality})
+                                "final_loss": run["final_loss"], "n_clean": len(sc), "encoder_quality": quality,
+                                "encoder_dir": encoder, "aux": {k: run["aux"][k] for k in
+                                                                ("n_train", "n_poisoned", "dense_filter")
+                                                                if k in run["aux"]}})
     return records
 
 
@@ -128,7 +139,7 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
             records = json.loads(path.read_text()) if path.exists() else []
             records = [r for r in records if (r["axis"], r["cell"]) != (axis, cell)] + new
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{axis}.tmp")
+            tmp = path.with_suffix(f".{axis}.{os.getpid()}.tmp")  # two processes may run one axis's cells
             tmp.write_text(json.dumps(records, indent=1))
             tmp.replace(path)
     from training.report import write_study

@@ -149,6 +149,13 @@ def test_a_fixed_batch_gives_the_same_scores_and_one_shape(
         np.testing.assert_array_equal(got.flags, want.flags)
         assert set(got.seconds) == {"encoder", "detector"}
     assert seen == [1, 4, 3, 4, 4, 4, 9, 4, 4, 4]  # plain: the request's size; fixed: always 4
+    for n in (3, 9):  # the explanation path (Scorer.run) runs the same fixed chunks
+        want_run, got_run = plain.run(images[:n]), fixed.run(images[:n])
+        assert set(got_run) == set(want_run)
+        for key in ("x", "embedding", "patch_error", "reconstruction"):
+            assert got_run[key].shape == want_run[key].shape and got_run[key].shape[0] == n
+            np.testing.assert_allclose(got_run[key], want_run[key], rtol=1e-4, atol=1e-4)
+        assert got_run["encoder_s"].ndim == 0 and float(got_run["detector_s"]) > 0
     seen.clear()
     assert fixed.warm_up() == fixed.warmed_up == [4] and seen == [4]
     assert plain.warm_up() == [1]

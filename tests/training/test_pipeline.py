@@ -147,6 +147,8 @@ def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path
     diff = [r for r in recs if r["score"] == "differential"]
     assert diff and all(r["test_mask_ratio"] < 0.99 for r in diff)
     assert all(0 <= r["auc"] <= 1 for r in recs)
+    assert {(r["encoder"], r["encoder_dir"]) for r in recs} == set(encoders.items())  # which encoders, on record
+    assert all(r["aux"]["n_train"] > 0 and "dense_filter" not in r["aux"] for r in recs)
     config = json.loads((tmp_path / "differential" / "t" / "control" / "config.json").read_text())
     assert config["emb_dropout"] == 0.5 and config["drop_worst"] == 0.1 and config["preset"] == "study"
     run = json.loads((tmp_path / "differential" / "t" / "control" / "run.json").read_text())
@@ -157,6 +159,17 @@ def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path
                          encoders, tmp_path, clean, trig)
     assert (tmp_path / "differential" / "t" / "control" / "dede.safetensors").stat().st_mtime == mtime
     assert np.allclose([r["auc"] for r in again], [r["auc"] for r in recs])
+
+
+def test_the_filter_axis_compares_the_defences_at_each_poison_rate() -> None:
+    from training.study import AXES
+
+    cells = dict(AXES["filter"])
+    rates = ("0.0", "0.005", "0.01", "0.05", "0.1")
+    assert list(cells) == [f"p{r}{s}" for s in ("", "-robust", "-filtered") for r in rates]
+    assert cells["p0.1"] == ["poison_rate=0.1"]
+    assert cells["p0.05-robust"] == ["poison_rate=0.05", "drop_worst=0.05"]
+    assert cells["p0.1-filtered"] == ["poison_rate=0.1", "drop_dense=0.05"]
 
 
 def test_score_and_robust_training_are_recorded_in_the_bundle(pipeline: Path, tmp_path: Path) -> None:
