@@ -252,8 +252,12 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
         lines += [f"Hardware: {records[0].get('hardware', '?')}.", ""]
     fig_dir = path.parent / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    from training.study import AXES
+
     for axis in axes:
-        cells = list(dict.fromkeys(r["cell"] for r in records if r["axis"] == axis))
+        order = [c for c, _ in AXES.get(axis, [])]  # the axis's own order (two processes may write its cells)
+        cells = sorted(dict.fromkeys(r["cell"] for r in records if r["axis"] == axis),
+                       key=lambda c: order.index(c) if c in order else len(order))
         scores = list(dict.fromkeys(r["score"] for r in records if r["axis"] == axis))
         wall = sum({(r["cell"], r["encoder"]): r["train_wall_s"] for r in records if r["axis"] == axis}.values())
         lines += [f"## Axis `{axis}` (`dede study --axis {axis}`, training time {wall:.0f} s in all)", "",
@@ -284,9 +288,9 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
             bd, ctl = filtered["backdoored"], filtered["control"]
             if bd and ctl:
                 n = by[(axis, cell, "backdoored", 0.99, scores[0])]["aux"].get("n_poisoned", 0)
-                lines.append(f"- `{cell}`: the filter left out {bd['dropped']} of the auxiliary images, "
-                             f"{bd['poisoned_dropped']} of the {n} triggered ones (control: "
-                             f"{ctl['poisoned_dropped']})")
+                found = (f"{bd['poisoned_dropped']} of the {n} triggered ones (control: {ctl['poisoned_dropped']})"
+                         if n else "none triggered (a clean set)")
+                lines.append(f"- `{cell}`: the filter left out {bd['dropped']} of the auxiliary images, {found}")
         lines.append("")
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for sc in scores:
@@ -300,8 +304,6 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
         fig.tight_layout()
         fig.savefig(fig_dir / f"study-{axis}.png", dpi=100)
         plt.close(fig)
-        from training.study import AXES
-
         missing = [c for c, _ in AXES.get(axis, []) if c not in cells]
         if missing:
             lines += [f"Not run (CPU time; `make study STUDY_SKIP=` runs them): {', '.join(missing)}.", ""]
