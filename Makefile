@@ -56,10 +56,13 @@ study: $(RUNS)/badencoder/encoder.json $(RUNS)/clean-encoder/encoder.json $(RUNS
 	$(ONE) $(DEDE) study --bad-encoder $(RUNS)/badencoder --clean-encoder $(RUNS)/clean-encoder \
 		--axis poison --axis differential --axis epochs --axis aux --axis decoder --axis encoder $(STUDY_SKIP)
 
-# the poison rates with both defences (drop_worst, drop_dense) on the cpu-preset encoders of `make reproduce`,
+# the poison rates with both defences (drop_worst, drop_dense) on the cpu-preset encoders of `make reproduce`
+# (BadEncoder, then DRUPE),
 # where the in-distribution cells of the grid were measured (docs/STUDY.md, axis `filter`)
-study-filter: runs/reproduce-cpu/badencoder/encoder.json runs/reproduce-cpu/simclr/encoder.json
+study-filter: runs/reproduce-cpu/badencoder/encoder.json runs/reproduce-cpu/drupe/encoder.json \
+		runs/reproduce-cpu/simclr/encoder.json
 	$(ONE) $(DEDE) study --axis filter --bad-encoder runs/reproduce-cpu/badencoder --clean-encoder runs/reproduce-cpu/simclr
+	$(ONE) $(DEDE) study --axis filter --bad-encoder runs/reproduce-cpu/drupe --clean-encoder runs/reproduce-cpu/simclr
 
 # the paper's grid: five attacks x {in-distribution, out-of-distribution} auxiliary sets, controls, ASSET,
 # DECREE and the downstream defence -> docs/results.json, docs/RESULTS.md, docs/figures (resumable)

@@ -80,7 +80,8 @@ def cell_records(axis: str, cell: str, overrides: list[str], encoders: dict[str,
     records = []
     for label, encoder in encoders.items():
         cfg = resolve_config(TrainConfig, TRAIN_PRESETS, "study", overrides=overrides)
-        run_dir = find_run(out, encoder, cfg) or out / axis / cell / label
+        # a new run goes to a directory named after its encoder too: the same cell can run on several pairs
+        run_dir = find_run(out, encoder, cfg) or out / axis / cell / f"{label}-{Path(encoder).name}"
         if not (run_dir / "run.json").exists():
             train_dede(cfg, encoder, run_dir)
         model, victim, spec, run, _ = load_run(run_dir)
@@ -132,12 +133,12 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
                 bad, ctl = ENCODER_DIRS[cell]
                 cell_encoders = {"backdoored": str(parent / bad), "control": str(parent / ctl)}
             new = cell_records(axis, cell, overrides, cell_encoders, Path(out), clean, triggered)
-            for r in new:
+            for r in new:  # pair: the encoder pair an axis ran on (one axis can run on several)
                 r.update({"hardware": hardware(), "cell_wall_s": round(time.time() - start, 1),
-                          "command": f"dede study --axis {axis}"})
+                          "command": f"dede study --axis {axis}", "pair": bad_encoder})
             # re-read before writing: several study processes (one per axis) may share the file
             records = json.loads(path.read_text()) if path.exists() else []
-            records = [r for r in records if (r["axis"], r["cell"]) != (axis, cell)] + new
+            records = [r for r in records if (r["axis"], r["cell"], r.get("pair")) != (axis, cell, bad_encoder)] + new
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{axis}.{os.getpid()}.tmp")  # two processes may run one axis's cells
             tmp.write_text(json.dumps(records, indent=1))

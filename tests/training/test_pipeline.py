@@ -149,16 +149,27 @@ def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path
     assert all(0 <= r["auc"] <= 1 for r in recs)
     assert {(r["encoder"], r["encoder_dir"]) for r in recs} == set(encoders.items())  # which encoders, on record
     assert all(r["aux"]["n_train"] > 0 and "dense_filter" not in r["aux"] for r in recs)
-    config = json.loads((tmp_path / "differential" / "t" / "control" / "config.json").read_text())
+    config = json.loads((tmp_path / "differential" / "t" / "control-clean" / "config.json").read_text())
     assert config["emb_dropout"] == 0.5 and config["drop_worst"] == 0.1 and config["preset"] == "study"
-    run = json.loads((tmp_path / "differential" / "t" / "control" / "run.json").read_text())
+    run = json.loads((tmp_path / "differential" / "t" / "control-clean" / "run.json").read_text())
     assert run["drop_worst"] == 0.1  # what reproduce's cells read to name a robust detector
     # resumable: a second call reuses the finished runs instead of training again
-    mtime = (tmp_path / "differential" / "t" / "control" / "dede.safetensors").stat().st_mtime
+    mtime = (tmp_path / "differential" / "t" / "control-clean" / "dede.safetensors").stat().st_mtime
     again = cell_records("differential", "t", TINY_STUDY + ["emb_dropout=0.5", "drop_worst=0.1", "epochs=2"],
                          encoders, tmp_path, clean, trig)
-    assert (tmp_path / "differential" / "t" / "control" / "dede.safetensors").stat().st_mtime == mtime
+    assert (tmp_path / "differential" / "t" / "control-clean" / "dede.safetensors").stat().st_mtime == mtime
     assert np.allclose([r["auc"] for r in again], [r["auc"] for r in recs])
+    # the same cell on another encoder pair trains its own detector (never reuses another encoder's run)
+    import shutil
+
+    shutil.copytree(pipeline / "bad", tmp_path / "bad2")
+    other = cell_records("differential", "t", TINY_STUDY + ["emb_dropout=0.5", "drop_worst=0.1", "epochs=2"],
+                         {"backdoored": str(tmp_path / "bad2"), "control": str(pipeline / "clean")}, tmp_path, clean,
+                         trig)
+    run2 = json.loads((tmp_path / "differential" / "t" / "backdoored-bad2" / "run.json").read_text())
+    assert run2["encoder"] == str((tmp_path / "bad2").resolve())
+    assert (tmp_path / "differential" / "t" / "control-clean" / "dede.safetensors").stat().st_mtime == mtime
+    assert {r["encoder_dir"] for r in other} == {str(tmp_path / "bad2"), str(pipeline / "clean")}
 
 
 def test_the_filter_axis_compares_the_defences_at_each_poison_rate() -> None:
