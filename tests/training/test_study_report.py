@@ -37,3 +37,18 @@ def test_study_report_names_encoders_and_what_the_filter_left_out(tmp_path: Path
     assert "- `p0.05-filtered`: the filter left out 450 of the auxiliary images, 430 of the 500 triggered ones " \
            "(control: 7)" in filt
     assert "| p0.05-filtered | paper | 0.900 / 0.600 / +0.300 |" in filt
+
+
+def test_one_axis_on_two_encoder_pairs_gets_a_section_and_a_figure_each(tmp_path: Path) -> None:
+    pairs = {"runs/r/badencoder": 0.9, "runs/r/drupe": 0.7}
+    records = [r | {"pair": pair, "auc": auc if r["encoder"] == "backdoored" else 0.6}
+               for pair, auc in pairs.items()
+               for r in _records("filter", "p0.05", encoder_dir={"backdoored": pair, "control": "runs/r/simclr"})]
+    write_study(records, tmp_path / "STUDY.md")
+    text = (tmp_path / "STUDY.md").read_text()
+    bad, drupe = text.split("## Axis `filter` on `runs/r/drupe`")
+    assert "## Axis `filter` on `runs/r/badencoder`" in bad and "| p0.05 | paper | 0.900 / 0.600 / +0.300 |" in bad
+    assert "| p0.05 | paper | 0.700 / 0.600 / +0.100 |" in drupe and "0.900" not in drupe
+    assert "![study-filter](figures/study-filter.png)" in bad
+    assert "![study-filter-drupe](figures/study-filter-drupe.png)" in drupe
+    assert (tmp_path / "figures" / "study-filter-drupe.png").exists()
