@@ -256,6 +256,7 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
     fig_dir.mkdir(parents=True, exist_ok=True)
     from training.study import AXES
 
+    counted: set[Any] = set()
     for axis, pair in groups:
         group = [r for r in records if r["axis"] == axis and r.get("pair") == pair]
         first = next(g for g in groups if g[0] == axis) == (axis, pair)
@@ -264,9 +265,15 @@ def write_study(records: list[dict[str, Any]], path: Path) -> None:
         cells = sorted(dict.fromkeys(r["cell"] for r in group),
                        key=lambda c: order.index(c) if c in order else len(order))
         scores = list(dict.fromkeys(r["score"] for r in group))
-        wall = sum({(r["cell"], r["encoder"]): r["train_wall_s"] for r in group}.values())
+        # a detector run: its encoder and config; one shared with an earlier section (the same control) counts there
+        runs = {(r.get("encoder_dir") or (axis, r["cell"], r["encoder"]), tuple(r.get("overrides") or ())):
+                r["train_wall_s"] for r in group}
+        shared = [k for k in runs if k in counted]
+        wall = sum(v for k, v in runs.items() if k not in counted)
+        counted.update(runs)
+        reused = f"; {len(shared)} run{'s' * (len(shared) != 1)} shared with a section above" if shared else ""
         on = f" on `{pair}`" if pair and sum(g[0] == axis for g in groups) > 1 else ""
-        lines += [f"## Axis `{axis}`{on} (`dede study --axis {axis}`, training time {wall:.0f} s in all)", "",
+        lines += [f"## Axis `{axis}`{on} (`dede study --axis {axis}`, training time {wall:.0f} s in all{reused})", "",
                   "| cell | score | " + " | ".join(f"AUC @{t} (bd / ctl / gap)" for t in RATIOS_FOR_REPORT)
                   + " | TPR@1% backdoored @" + "/".join(map(str, RATIOS_FOR_REPORT))
                   + " | TPR@1% control @" + "/".join(map(str, RATIOS_FOR_REPORT)) + " |",

@@ -49,6 +49,9 @@ def test_one_axis_on_two_encoder_pairs_gets_a_section_and_a_figure_each(tmp_path
     bad, drupe = text.split("## Axis `filter` on `runs/r/drupe`")
     assert "## Axis `filter` on `runs/r/badencoder`" in bad and "| p0.05 | paper | 0.900 / 0.600 / +0.300 |" in bad
     assert "| p0.05 | paper | 0.700 / 0.600 / +0.100 |" in drupe and "0.900" not in drupe
+    # the control detector is one run shared by both sections: its training time is counted once
+    assert "training time 20 s in all)" in bad
+    assert "training time 10 s in all; 1 run shared with a section above)" in drupe
     assert "![study-filter](figures/study-filter.png)" in bad
     assert "![study-filter-drupe](figures/study-filter-drupe.png)" in drupe
     assert (tmp_path / "figures" / "study-filter-drupe.png").exists()
