@@ -49,17 +49,18 @@ def _ratio(x: float) -> str:
     return f"{math.floor(x * 1000) / 1000:.3f}"
 
 
-def real_images(size: int, n: int) -> np.ndarray:
-    """CIFAR-10 test images when the dataset is present, else the committed examples (repeated)."""
+def real_images(size: int, n: int) -> tuple[np.ndarray, str]:
+    """CIFAR-10 test images when the dataset is present, else the committed examples (repeated) -> (images, which)."""
     try:
         from training.data import load_images
 
         test = load_images("cifar10", "test", size)
-        return test.images[np.random.default_rng(0).permutation(len(test))[:n]]  # all classes, not the first
+        # all classes, not the first
+        return test.images[np.random.default_rng(0).permutation(len(test))[:n]], "CIFAR-10 test images"
     except (ImportError, FileNotFoundError):
         files = sorted((ROOT / "examples").glob("*.png"))
         imgs = np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files])
-        return np.resize(imgs, (n, *imgs.shape[1:]))
+        return np.resize(imgs, (n, *imgs.shape[1:])), f"the {len(files)} committed example images, repeated"
 
 
 def raw_throughput(bundle: str, images: np.ndarray, batch: int, seconds: float) -> float:
@@ -281,9 +282,9 @@ def main() -> None:
     total_start = time.time()
     load_start = os.getloadavg()  # before this benchmark adds its own load
     scorer = Scorer.from_bundle(a.bundle)
-    images = real_images(scorer.size, 2048)
+    images, source = real_images(scorer.size, 2048)
     bodies = [png(img) for img in images[:512]]
-    res: dict[str, object] = {"bundle": a.bundle, "provider": scorer.provider, "batch": a.batch,
+    res: dict[str, object] = {"bundle": a.bundle, "provider": scorer.provider, "batch": a.batch, "images": source,
                               "seconds_each": a.seconds, "cpu_count": os.cpu_count(),
                               "machine": platform.processor() or platform.machine(),
                               "workers": a.workers, "intra_op_threads": a.intra_op_threads,
@@ -388,7 +389,7 @@ def render_run(res: dict, command: str) -> list[str]:  # type: ignore[type-arg]
              + (f" (onnxruntime {res['onnxruntime']})" if res.get("onnxruntime") else "") + "; each "
              f"measurement {res['seconds_each']} s; whole run {res['wall_s']} s. Load generator: "
              f"{res['load_generator']}, on the same machine: it shares the cores with the server, so HTTP numbers are "
-             "a lower bound.", "",
+             "a lower bound." + (f" Images: {res['images']}, one PNG per request." if res.get("images") else ""), "",
              f"Server: `dede serve --workers {res.get('workers', 1)}` with `DEDE_INTRA_OP_THREADS="
              f"{res.get('intra_op_threads', 0)}` (0: ONNX Runtime's default, one thread per core); every worker "
              "process has its own batcher and model session.", ""]

@@ -97,7 +97,7 @@ def agreement(gpu: Any, cpu: Any, size: int, n: int = 512) -> dict[str, Any]:
     try:
         from benchmarks.bench_service import real_images
 
-        images, source = real_images(size, n), "CIFAR-10 test images (or the committed examples)"
+        images, source = real_images(size, n)
     except ImportError:
         images = np.random.default_rng(1).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
         source = "uniform random images"

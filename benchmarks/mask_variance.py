@@ -44,7 +44,7 @@ def main() -> None:
     scorer = Scorer.from_bundle(a.bundle)
     if not scorer.manifest.detector.kept_patches:
         raise SystemExit(f"{a.bundle} keeps no patch at test time: its score has no mask variance")
-    clean = real_images(scorer.size, a.images)
+    clean, _ = real_images(scorer.size, a.images)
     trig = make_trigger("badencoder", scorer.size).apply(clean)
     sc, st = draw_scores(scorer, clean, a.draws), draw_scores(scorer, trig, a.draws)
     groups = a.draws // a.k

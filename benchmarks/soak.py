@@ -79,7 +79,7 @@ def main() -> int:
     a = p.parse_args()
     proc, url = start_server(a.bundle, batching=True)
     try:
-        valid = [png(img) for img in real_images(32, 256)]
+        valid = [png(img) for img in real_images(32, 256)[0]]
         asyncio.run(soak(url, valid, invalid_bodies(), a.concurrency, 5, a.invalid_share))  # warm-up
         rss_start = rss_mb(proc.pid)
         result = asyncio.run(soak(url, valid, invalid_bodies(), a.concurrency, a.seconds, a.invalid_share))

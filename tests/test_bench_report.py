@@ -57,4 +57,7 @@ def test_a_run_names_its_own_hardware_and_compares_eager_only_on_the_same_device
     assert "batching on / off at concurrency 32: 2.500 (met: >= 2)" in gpu_old
     gpu = "\n".join(render_run(_run("CUDAExecutionProvider", torch_eager_device="cuda", onnxruntime="1.31.1"), "cmd"))
     assert "(onnxruntime 1.31.1)" in gpu and "(c) PyTorch eager on CUDA" in gpu
+    assert "Images:" not in gpu  # runs before the field: nothing claimed
+    named = "\n".join(render_run(_run("CPUExecutionProvider", images="CIFAR-10 test images"), "cmd"))
+    assert "Images: CIFAR-10 test images, one PNG per request." in named
     assert "ONNX Runtime / PyTorch eager: 2.000 (met: >= 1)" in gpu
