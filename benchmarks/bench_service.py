@@ -38,7 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.scoring import Scorer  # noqa: E402
+from service.scoring import GPU_PROVIDERS, Scorer  # noqa: E402
 
 MULTI = "batching on, more processes"
 SOCKETS = {False: "one shared socket", True: "SO_REUSEPORT"}
@@ -380,7 +380,7 @@ def render_run(res: dict, command: str) -> list[str]:  # type: ignore[type-arg]
     eager = res["torch_eager"]
     # runs before this field existed measured eager on the CPU whatever the provider
     eager_device = res.get("torch_eager_device", "cpu")
-    ort_device = "cuda" if res["provider"] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+    ort_device = "cuda" if res["provider"] in GPU_PROVIDERS else "cpu"
     from training.evaluate import hardware
 
     runs = res.get("raw_ort_runs", [])

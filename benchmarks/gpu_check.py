@@ -7,6 +7,7 @@ throughput of a bundle on CUDA (and on this machine's CPU), per batch size.
 (a) on CUDA: ``service.scoring.Scorer`` with ``CUDAExecutionProvider`` (IO binding: the embedding stays on
     the device), the same measurement as ``bench_service.py``'s raw model throughput; when the CUDA
     provider is missing (the CPU build of onnxruntime), the JSON says so;
+the same images scored on CUDA and on the CPU: the largest score difference and how many flags differ;
 (c) PyTorch eager on CUDA, only with ``--runs`` (the training run the bundle was exported from) and the
     training code's dependencies installed; skipped otherwise.
 When pydantic (the manifest's validator) is not installed, a minimal reader of ``manifest.json`` runs the

@@ -120,6 +120,9 @@ class Scorer:
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, 3) -> float32 (B, 3, H, W)."""
         self.check(images)
+        return self._normalize(images)
+
+    def _normalize(self, images: np.ndarray) -> np.ndarray:
         enc = self.manifest.encoder
         return normalize(images, enc.mean, enc.std)
 
@@ -158,7 +161,7 @@ class Scorer:
                 for key in parts[0][0]}
 
     def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        x = self.preprocess(images)
+        x = self._normalize(images)  # checked by fixed_chunks
         t0 = time.perf_counter()
         (e,) = self.encoder.run(None, {self._enc_in: x})
         t1 = time.perf_counter()
@@ -171,11 +174,10 @@ class Scorer:
     def warm_up(self) -> list[int]:
         """Runs the batch size ``score`` runs (``fixed_batch``, else 1), so that start-up, not the first requests,
         pays for the sessions' first run. -> the sizes run."""
-        sizes = [self.fixed_batch or 1]
-        for b in sizes:
-            self.score(np.zeros((b, self.size, self.size, 3), dtype=np.uint8))
-        self.warmed_up = sizes
-        return sizes
+        size = self.fixed_batch or 1
+        self.score(np.zeros((size, self.size, self.size, 3), dtype=np.uint8))
+        self.warmed_up = [size]
+        return self.warmed_up
 
     def score(self, images: np.ndarray) -> ScoreResult:
         """Scores of uint8 (B, H, W, 3) images. With kept patches and ``mask_draws`` > 1, the mean score
@@ -187,7 +189,7 @@ class Scorer:
         return ScoreResult(scores, scores > self.threshold, self.threshold, seconds)
 
     def _score(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        x = self.preprocess(images)
+        x = self._normalize(images)  # checked by fixed_chunks
         draws = self.mask_draws if self.manifest.detector.kept_patches else 1
         t0 = time.perf_counter()
         x_dev, e_dev = self._embed_on_device(x)

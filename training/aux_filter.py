@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+DENSE_K = 10  # nearest neighbours that measure an embedding's density (TrainConfig.dense_k's default)
+
 
 def knn_similarity(emb: torch.Tensor, ref: torch.Tensor, k: int, same: bool, chunk: int = 2048) -> torch.Tensor:
     """Mean cosine similarity of each row of ``emb`` (N, E) to its ``k`` most similar rows of ``ref`` (M, E);
@@ -39,7 +41,7 @@ class DenseFilter:
     threshold: float  # the lowest similarity that was dropped; held-out images at or above it are dropped
 
 
-def dense_filter(train_emb: torch.Tensor, holdout_emb: torch.Tensor, share: float, k: int = 10) -> DenseFilter:
+def dense_filter(train_emb: torch.Tensor, holdout_emb: torch.Tensor, share: float, k: int = DENSE_K) -> DenseFilter:
     """Drop the ``round(share * N)`` training embeddings (N, E) with the highest k-NN similarity among themselves,
     and the held-out embeddings (M, E) whose similarity to their k nearest training embeddings is as high."""
     if not 0 < share < 1:

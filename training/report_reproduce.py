@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
+from training.aux_filter import DENSE_K
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
 from training.reproduce import AUXES, FILTERED_DETECTOR, ROBUST_DETECTOR, VARIANTS, grid_label
@@ -22,8 +23,8 @@ ROBUST_NOTE = ("; `, robust (drop_worst x)` = the in-distribution set with DeDe 
                "is compared with the paper's in-distribution numbers)")
 FILTERED_NOTE = ("; `, dense-filtered (drop_dense x: t of p triggered left out; control: c)` = the in-distribution "
                  "set without the share x of its images whose victim embeddings are the densest (highest mean cosine "
-                 "similarity to their 10 nearest neighbours), t of its p triggered images among them (c with the "
-                 "clean encoder's embeddings, for the control), before DeDe is trained; "
+                 f"similarity to their {DENSE_K} nearest neighbours), t of its p triggered images among them (c with "
+                 "the clean encoder's embeddings, for the control), before DeDe is trained; "
                  "the held-out calibration images as dense are left out too (not the paper's method: a backdoor "
                  "maps triggered images to one clump of embeddings; the control is filtered the same way)")
 TESTS = (("balanced", "Table 1: balanced test set (every clean CIFAR-10 test image + its triggered copy)"),

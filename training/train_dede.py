@@ -28,7 +28,7 @@ from tqdm import tqdm
 from service.scores import check_score
 from training import distributed
 from training.attacks.triggers import Trigger, make_trigger
-from training.aux_filter import dense_filter
+from training.aux_filter import DENSE_K, dense_filter
 from training.calibrate import calibrate, parse_rule
 from training.config import code_version, optimizer_step, out_of_time, pick_device, save_config
 from training.data import fingerprint, load_images
@@ -64,7 +64,7 @@ class TrainConfig:
     score: str = "paper"  # see service.scores: 'paper' or 'trimmed@<k>'
     drop_worst: float = 0.0  # robust training: leave the highest-loss share of each batch out (after epoch 1)
     drop_dense: float = 0.0  # leave out this share of auxiliary images, the densest in embedding space (aux_filter)
-    dense_k: int = 10  # nearest neighbours that measure an embedding's density for drop_dense
+    dense_k: int = DENSE_K  # nearest neighbours that measure an embedding's density for drop_dense
     emb_dropout: float = 0.0  # share of samples trained with a null (zero) embedding
     calib_images: int = 10000  # auxiliary training images scored for the paper-1.5x rule
     time_budget_s: float = 0.0  # > 0: stop after the epoch that uses up this wall time (single process only)
