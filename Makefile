@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 
 $(RUNS)/clean-encoder/encoder.json:
@@ -84,6 +84,11 @@ reproduce-gpu:
 # that a poisoned one is not the reason (a grid of its own, runs/reproduce-cpu-slip; detection cells only)
 reproduce-slip:
 	$(DEDE) reproduce --preset cpu --variant slip --aux ood --jobs 2 --threads 1
+
+# the same with the image-only term weighted 4 times the CLIP loss, for CLIP Backdoor (runs/reproduce-cpu-slip4):
+# does a less class-collapsed mini-CLIP give DeDe a signal? (about 50 minutes on the 2-core CPU machine)
+reproduce-slip4:
+	$(DEDE) reproduce --preset cpu --variant slip4 --attack clip-backdoor --aux ood --jobs 2 --threads 2
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None,
                    help="working directory (default runs/reproduce-<preset>, or runs/reproduce-<preset>-<variant>)")
     p.add_argument("--variant", default="", help="train one clean encoder and its attacks differently: 'slip' (the "
-                                                 "mini-CLIP with SLIP's image-only term); detection cells only")
+                                                 "mini-CLIP with SLIP's image-only term, weight 1), 'slip4' (weight "
+                                                 "4); detection cells only")
     p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all, or "
                                                                   "all on the variant's encoder)")
     p.add_argument("--aux", action="append", default=[],

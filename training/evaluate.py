@@ -25,7 +25,7 @@ from service.scoring import Scorer
 from training.attacks.triggers import make_trigger
 from training.data import load_images
 from training.knn import BundleProbe
-from training.metrics import detection_metrics, tpr_at_fpr
+from training.metrics import auc, detection_metrics, tpr_at_fpr
 from training.report import write_figures, write_report
 
 
@@ -50,23 +50,52 @@ def hardware() -> str:
 
 
 def encoder_utility(scorer: Scorer, dataset: str, images: np.ndarray, labels: np.ndarray,
-                    triggered: np.ndarray, target: int | None, knn_bank: int = 10000) -> dict[str, float]:
+                    triggered: np.ndarray, target: int | None,
+                    knn_bank: int = 10000) -> tuple[dict[str, float], np.ndarray | None]:
     """kNN clean accuracy of the bundle's encoder on ``images`` (uint8 test images with ``labels``) and,
-    with a target, the attack success rate of their ``triggered`` copies (non-target images only)."""
+    with a target, the attack success rate of their ``triggered`` copies (non-target images only), plus
+    the per-image mask of where the backdoor fired: (N,) bool, True where a non-target image's triggered
+    copy is classified as the target (None without a target)."""
     probe = BundleProbe(scorer, dataset, n_bank=knn_bank)
     pred = probe.predict(images)
     out = {"clean_accuracy": float(np.mean(pred == labels))}
-    if target is not None:
-        out["attack_success_rate"] = probe.target_rate(triggered, labels, target)
-        out["clean_target_rate"] = float(np.mean(pred[labels != target] == target))
+    if target is None:
+        return out, None
+    keep = labels != target
+    fired = keep & (probe.predict(triggered) == target)
+    out["attack_success_rate"] = float(np.mean(fired[keep]))
+    out["clean_target_rate"] = float(np.mean(pred[keep] == target))
+    return out, fired
+
+
+def fired_metrics(clean: np.ndarray, triggered: np.ndarray, fired: np.ndarray, labels: np.ndarray, target: int,
+                  threshold: float) -> dict[str, float | int | None]:
+    """The balanced test restricted to the images whose backdoor fired, and to those where it did not: AUC of
+    their clean scores vs their triggered copies' (the same images on both sides, as in the balanced set, so a
+    subset of easy or hard images cannot shift it), and TPR at ``threshold``. Non-target images only: the
+    target class's own images are in neither. ``clean``, ``triggered`` (N,) scores of image i and its
+    triggered copy, ``fired`` (N,) bool, ``labels`` (N,). None for an empty subset."""
+    keep = labels != target
+    out: dict[str, float | int | None] = {}
+    for name, sel in (("fired", keep & fired), ("unfired", keep & ~fired)):
+        out[f"n_{name}"] = int(sel.sum())
+        out[f"auc_{name}"] = auc(clean[sel], triggered[sel]) if sel.any() else None
+        out[f"tpr_{name}"] = float(np.mean(triggered[sel] > threshold)) if sel.any() else None
     return out
 
 
 def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str, target_class: str | None,
                     max_images: int = 0, seed: int = 0, trigger_params: dict[str, Any] | None = None,
-                    knn_bank: int = 10000) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+                    knn_bank: int = 10000,
+                    fired: np.ndarray | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Records for one bundle (the attack name labels it; 'none' for a clean-encoder control), and the raw
-    scores: ``clean`` (N,), ``triggered`` (N,), ``threshold``, ``one_pct`` (indices of the 1% test set)."""
+    scores: ``clean`` (N,), ``triggered`` (N,), ``threshold``, ``one_pct`` (indices of the 1% test set), and
+    with a target class ``fired`` / ``unfired`` (N,) bool: the non-target images whose triggered copy did /
+    did not land in the target class.
+
+    ``fired``: the mask to split the triggered images by, in place of this bundle's own: a control passes
+    the backdoored encoder's, so that both detectors are compared on the same images (on the clean
+    encoder the backdoor never fires)."""
     scorer = Scorer.from_bundle(bundle, threads=0)
     m = scorer.manifest
     test = load_images(dataset, "test", scorer.size)
@@ -76,7 +105,9 @@ def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str,
         images, labels = images[sel], labels[sel]
     triggered = make_trigger(trigger, scorer.size, trigger_params).apply(images)
     target = test.classes.index(target_class) if target_class else None
-    utility = encoder_utility(scorer, dataset, images, labels, triggered, target, knn_bank)
+    utility, own_fired = encoder_utility(scorer, dataset, images, labels, triggered, target, knn_bank)
+    fired_by = "this encoder's kNN class" if fired is None else "the backdoored encoder's kNN class"
+    fired = own_fired if fired is None else fired
     s_clean, s_trig = scorer.score_many(images), scorer.score_many(triggered)
     rng = np.random.default_rng(seed)
     one_pct = rng.choice(len(images), max(1, len(images) // 100), replace=False)
@@ -92,9 +123,13 @@ def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str,
                    "clean_target_rate": utility.get("clean_target_rate"),
                    "encoder_clean_acc": utility["clean_accuracy"], "encoder": m.encoder.architecture,
                    "bundle": m.name, "poison_rate": m.provenance.poison_rate}
+            if test_name == "balanced" and fired is not None and target is not None:
+                rec |= {**fired_metrics(s_clean, s_trig, fired, labels, target, value), "fired_by": fired_by}
             records.append(rec)
-    return records, {"clean": s_clean, "triggered": s_trig, "threshold": np.array(m.threshold.value),
-                     "one_pct": one_pct}
+    raw = {"clean": s_clean, "triggered": s_trig, "threshold": np.array(m.threshold.value), "one_pct": one_pct}
+    if fired is not None and target is not None:
+        raw |= {"fired": fired, "unfired": (labels != target) & ~fired}
+    return records, raw
 
 
 def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,11 +159,13 @@ def evaluate_cli(a: argparse.Namespace) -> None:
     runs = [(a.bundle, attack)]
     if a.control_bundle:
         runs.append((a.control_bundle, "none"))
-    records, scores = [], {}
+    records: list[dict[str, Any]] = []
+    scores: dict[str, dict[str, np.ndarray]] = {}
     for bundle, name in runs:
         print(f"evaluating {bundle} ({name}) on {a.dataset} test")
         recs, sc = evaluate_bundle(bundle, a.dataset, name, trigger, target, a.max_images,
-                                   trigger_params=victim.get("trigger_params"))
+                                   trigger_params=victim.get("trigger_params"),
+                                   fired=scores[attack].get("fired") if scores else None)
         records += recs
         scores[name] = sc
     if a.honesty_images and target:

@@ -35,7 +35,9 @@ def _save(plt, fig, title: str, fontsize: int, path: Path) -> Path:  # type: ign
 
 
 def detection_figure(scores: dict[str, dict[str, np.ndarray]], title: str, path: Path) -> Path:
-    """scores: {'backdoored' | 'control': {'clean': (N,), 'triggered': (M,), 'threshold': ()}} -> one PNG."""
+    """scores: {'backdoored' | 'control': {'clean': (N,), 'triggered': (M,), 'threshold': (), optional 'fired'
+    and 'unfired': (M,) bool}} -> one PNG (with them, the triggered histogram is split by where the backdoor
+    fired; the target class's own images are in neither)."""
     from sklearn.metrics import roc_curve
 
     plt = _plt()
@@ -51,7 +53,13 @@ def detection_figure(scores: dict[str, dict[str, np.ndarray]], title: str, path:
         both = np.r_[sc["clean"], sc["triggered"]]
         bins = np.linspace(both.min(), np.quantile(both, 0.995), 60)
         ax.hist(sc["clean"], bins, alpha=0.6, density=True, label="clean")
-        ax.hist(sc["triggered"], bins, alpha=0.6, density=True, label="triggered")
+        if "fired" in sc:  # split by where the (backdoored encoder's) backdoor fired
+            for key, label in (("fired", "triggered, fired"), ("unfired", "triggered, not fired")):
+                sel = sc[key].astype(bool)
+                if sel.any():
+                    ax.hist(sc["triggered"][sel], bins, alpha=0.5, density=True, label=label)
+        else:
+            ax.hist(sc["triggered"], bins, alpha=0.6, density=True, label="triggered")
         ax.axvline(float(sc["threshold"]), color="k", ls="--", lw=1, label="threshold")
         ax.set(title=f"{name} encoder", xlabel="DeDe score")
         ax.legend(fontsize=8)

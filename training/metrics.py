@@ -6,11 +6,14 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
+def auc(clean: np.ndarray, triggered: np.ndarray) -> float:
+    """ROC AUC of ``triggered`` (positives) against ``clean`` scores, both (N,)."""
+    return float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(triggered))], np.r_[clean, triggered]))
+
+
 def detection_metrics(clean: np.ndarray, triggered: np.ndarray, threshold: float) -> dict[str, float]:
-    labels = np.r_[np.zeros(len(clean)), np.ones(len(triggered))]
-    scores = np.r_[clean, triggered]
     return {
-        "auc": float(roc_auc_score(labels, scores)),
+        "auc": auc(clean, triggered),
         "tpr": float(np.mean(triggered > threshold)),
         "fpr": float(np.mean(clean > threshold)),
         "n_clean": int(len(clean)),

@@ -149,6 +149,29 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
     return [*lines, ""]
 
 
+def fired_lines(recs: list[dict[str, Any]]) -> list[str]:
+    """Balanced test set, deployed threshold: each cell's triggered images split by whether the backdoor fired
+    on them (the backdoored encoder's kNN class is the target), the control scored on the same images."""
+    by: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
+    for r in recs:
+        if (r.get("test") == "balanced" and r.get("deployed") and "n_fired" in r and "aux_kind" in r
+                and r.get("detector", "dede") in DEDE_DETECTORS):
+            by[(r.get("control_for") or r["attack"], r["aux_kind"], r["test_trigger"], r["attack"] == "none")] = r
+    rows = sorted({k[:3] for k in by if not k[3]}, key=lambda k: (_order(k[0]), AUXES.index(k[1]), k[2]))
+    if not rows:
+        return []
+    lines = ["| attack | test trigger | aux set | fired / not fired (of the non-target images) | AUC all | "
+             "AUC fired | AUC not fired | control AUC fired / not fired | TPR fired / not fired at fpr@0.01 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for attack, aux, trig in rows:
+        bd, ctl = by[(attack, aux, trig, False)], by.get((attack, aux, trig, True))
+        lines.append(f"| {attack} | {trig} | {_aux_label(bd, ctl)} | {bd['n_fired']} / {bd['n_unfired']} | "
+                     f"{_f(bd['auc'])} | {_f(bd['auc_fired'])} | {_f(bd['auc_unfired'])} | "
+                     f"{(_f(ctl['auc_fired']) + ' / ' + _f(ctl['auc_unfired'])) if ctl else '-'} | "
+                     f"{_pct(bd['tpr_fired'])} / {_pct(bd['tpr_unfired'])} |")
+    return [*lines, ""]
+
+
 def _aux_label(r: dict[str, Any], control: dict[str, Any] | None = None) -> str:
     if drop := r.get("dede_drop_worst"):
         return f"{r['aux']}, robust (drop_worst {drop:g})"
@@ -324,6 +347,17 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                   "### The attacks", "", *attack_lines(recs + attacks, preset)]
         for test, title in TESTS:
             lines += [f"### {title}", "", *detection_lines(recs, test, preset)]
+            fired = fired_lines(recs) if test == "balanced" else []
+            if fired:
+                lines += ["Did the backdoor fire? The same balanced test, its triggered images split by the "
+                          "backdoored encoder's kNN class (the probe of the ASR column, `bundle encoder kNN`): "
+                          "fired = the triggered copy of a non-target image lands in the target class (the attack "
+                          "success rate counts these), not fired = it does not (the trigger is there, the backdoor "
+                          "did not act; a detector of backdoor activations has nothing to see but the trigger's "
+                          "pixels). The target class's own images are in neither. Each AUC is the balanced test "
+                          "restricted to one subset: its clean images against their own triggered copies. The "
+                          "control's detector is scored on the same images. Deployed threshold for the TPRs "
+                          "(in %).", "", *fired]
             base_rows = baseline_lines(base, test)
             if base_rows:
                 lines += ["Baselines on the same pools (ASSET trained on CIFAR-10 train images poisoned at the "

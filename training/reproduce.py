@@ -26,7 +26,8 @@ removes the clump a backdoor makes of the triggered images before training; its 
 CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
 
 A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it are trained, to test a
-diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``). Its grid lives in
+diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``), ``slip4`` with that
+term weighted 4 times the CLIP loss. Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -90,8 +91,9 @@ class Variant:
     about: str  # one line for RESULTS.md
 
 
-VARIANTS = {"slip": Variant("clip", ("ssl_weight=1",), "the mini-CLIP and its attacks trained with SLIP's image-only "
-                                                       "SimCLR term (weight 1) next to the CLIP loss")}
+VARIANTS = {f"slip{'' if w == 1 else w}": Variant("clip", (f"ssl_weight={w}",), "the mini-CLIP and its attacks trained "
+                                                  f"with SLIP's image-only SimCLR term (weight {w}) next to the CLIP loss")
+            for w in (1, 4)}
 
 
 def grid_label(preset: str, variant: str = "") -> str:

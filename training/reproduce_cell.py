@@ -74,10 +74,11 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
     tests = [(trigger, params), *EXTRA_TEST_TRIGGERS.get(attack, [])]
     records: list[dict[str, Any]] = []
     for test_trigger, test_params in tests:
-        scores = {}
+        scores: dict[str, dict[str, np.ndarray]] = {}
         for label, path, name in (("backdoored", bundle, attack), ("control", control, "none")):
             recs, sc = evaluate_bundle(path, "cifar10", name, test_trigger, target, max_images,
-                                       trigger_params=test_params, knn_bank=knn_bank)
+                                       trigger_params=test_params, knn_bank=knn_bank,
+                                       fired=scores["backdoored"].get("fired") if scores else None)
             scores[label] = sc
             trained = detector_fields(json.loads((root / "dede" / path.name / "run.json").read_text()))
             for r in recs:

@@ -39,3 +39,21 @@ def test_detection_metrics() -> None:
     assert m["auc"] == pytest.approx(7 / 8)
     assert m["tpr"] == 1.0 and m["fpr"] == 0.25
     assert tpr_at_fpr(clean, trig, 0.0) == 0.5
+
+
+def test_fired_metrics_split_the_triggered_images_by_where_the_backdoor_fired() -> None:
+    from training.evaluate import fired_metrics
+
+    clean = np.array([1.0, 2.0, 3.0, 4.0, 0.0])  # test image i
+    triggered = np.array([9.0, 8.0, 2.5, 0.5, 7.0])  # its triggered copy; image 4 is of the target class
+    labels = np.array([0, 1, 2, 1, 3])
+    fired = np.array([True, True, False, False, True])  # image 4's "fired" is ignored: target class
+    m = fired_metrics(clean, triggered, fired, labels, target=3, threshold=3.0)
+    assert m["n_fired"] == 2 and m["n_unfired"] == 2
+    assert m["auc_fired"] == 1.0  # 9 and 8 above the clean scores of the same images (1, 2)
+    # not fired: images 2 and 3 (clean 3, 4; triggered 2.5, 0.5): no triggered copy above a clean score,
+    # although 2.5 is above the clean scores of images 0 and 1, which are not in this subset
+    assert m["auc_unfired"] == 0.0
+    assert m["tpr_fired"] == 1.0 and m["tpr_unfired"] == 0.0
+    none_fired = fired_metrics(clean, triggered, np.zeros(5, bool), labels, target=3, threshold=3.0)
+    assert none_fired["n_fired"] == 0 and none_fired["auc_fired"] is None and none_fired["n_unfired"] == 4

@@ -90,8 +90,11 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     assert {r["test"] for r in records} == {"balanced", "unbalanced-1%"}
     bal = next(r for r in records if r["test"] == "balanced" and r["deployed"] and r["attack"] == "badencoder")
     assert bal["n_clean"] == bal["n_triggered"] == 300
-    for key in ("auc", "tpr", "fpr", "attack_asr", "encoder_clean_acc", "hardware", "wall_s", "command"):
+    for key in ("auc", "tpr", "fpr", "attack_asr", "encoder_clean_acc", "hardware", "wall_s", "command",
+                "n_fired", "auc_fired", "tpr_fired"):
         assert key in bal
+    ctl = next(r for r in records if r["test"] == "balanced" and r["deployed"] and r["attack"] == "none")
+    assert (ctl["n_fired"], ctl["fired_by"]) == (bal["n_fired"], "the backdoored encoder's kNN class")
     text = report.read_text()
     assert "| badencoder |" in text and "| none |" in text and "0.981" in text
     assert (tmp_path / "figures" / "tiny-bad-roc.png").stat().st_size > 0

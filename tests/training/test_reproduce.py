@@ -102,6 +102,10 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     assert not any(n.startswith(("downstream-", "baselines-")) for n in by)  # detection cells only
     cell = by["cell-badclip-ood"].cmd
     assert cell[cell.index("--label") + 1] == "tiny-slip"  # figures never overwrite the plain grid's
+    slip4 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"], variant="slip4")}
+    assert "ssl_weight=4" in " ".join(slip4["pretrain-clip"].cmd)
+    cell = slip4["cell-clip-backdoor-ood"].cmd
+    assert cell[cell.index("--label") + 1] == "tiny-slip4"
     plain = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["id"])}
     assert "ssl_weight" not in " ".join(plain["pretrain-clip"].cmd)
     assert plain["cell-clip-backdoor-id"].cmd[plain["cell-clip-backdoor-id"].cmd.index("--label") + 1] == "tiny"
@@ -235,6 +239,11 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
     assert bal["aux"] == "cifar10-id-1%" and bal["source"] == "reproduce" and bal["wall_s"] > 0
     ctl = next(r for r in records if r["attack"] == "none" and r["test"] == "balanced")
     assert ctl["control_for"] == "badencoder" and ctl["bundle"] == "control-simclr-badencoder-id"
+    # the triggered images split by where the backdoor fired: the control is scored on the backdoored's split
+    assert (ctl["n_fired"], ctl["n_unfired"]) == (bal["n_fired"], bal["n_unfired"])
+    assert bal["fired_by"] == "this encoder's kNN class" and ctl["fired_by"] == "the backdoored encoder's kNN class"
+    assert bal["n_fired"] == round(bal["knn_asr"] * (bal["n_fired"] + bal["n_unfired"]))
+    assert "n_fired" not in next(r for r in records if r["test"] == "unbalanced-1%")
     assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id.png").stat().st_size > 1000
     assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id-reconstructions.png").exists()
     assert "Reproduction of the paper's detection tables, preset `tiny`" in (tmp_path / "R.md").read_text()
@@ -329,6 +338,25 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "(aux `id-filtered`: `downstream-filtered-<attack>`)" in text
     assert "trains on 10,000 images of it" in text and "base set is 1,000 trusted clean images" in text
     assert "| drupe | gtsrb | 310 of 20220 | 4 of 202 | 150 of 12630 / 160 of 12360 | 10, 55 | 700 s |" in text
+
+
+def test_report_splits_each_cell_by_whether_the_backdoor_fired() -> None:
+    from training.report_reproduce import reproduce_lines
+
+    recs = _cell_records("drupe", "ood", 0.912, 0.55) + _cell_records("badencoder", "id", 0.961, 0.612)
+    for r in recs:
+        if r["test"] == "balanced" and r["cell"] == "drupe-ood":
+            bd = r["attack"] != "none"
+            r.update({"deployed": r["threshold_rule"] == "fpr@0.01", "n_fired": 510, "n_unfired": 390,
+                      "auc_fired": 0.981 if bd else 0.612, "auc_unfired": 0.803 if bd else 0.598,
+                      "tpr_fired": 0.7 if bd else 0.02, "tpr_unfired": 0.25 if bd else 0.01})
+    text = "\n".join(reproduce_lines(recs))
+    assert "Did the backdoor fire?" in text
+    row = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood | 510 / 390"))
+    assert row == "| drupe | badencoder | x-ood | 510 / 390 | 0.912 | 0.981 | 0.803 | 0.612 / 0.598 | 70.0 / 25.0 |"
+    assert not any(line.startswith("| badencoder | badencoder | x-id | ") and "/ 390" in line
+                   for line in text.splitlines())  # a cell evaluated before the split has no row
+    assert "Did the backdoor fire?" not in "\n".join(reproduce_lines(_cell_records("drupe", "ood", 0.9, 0.5)))
 
 
 def test_a_stage_stopped_by_its_budget_shows_the_epochs_its_preset_schedules() -> None:
