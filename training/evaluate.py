@@ -62,7 +62,7 @@ def encoder_utility(scorer: Scorer, dataset: str, images: np.ndarray, labels: np
     if target is None:
         return out, None
     keep = labels != target
-    fired = keep & (probe.predict(triggered) == target)
+    fired = probe.fired(triggered, labels, target)
     out["attack_success_rate"] = float(np.mean(fired[keep]))
     out["clean_target_rate"] = float(np.mean(pred[keep] == target))
     return out, fired

@@ -56,7 +56,13 @@ class BundleProbe:
         """uint8 (N, H, W, 3) -> kNN class (N,)."""
         return knn_predict(self.bank, self.labels, torch.from_numpy(self.scorer.embed_many(images))).numpy()
 
+    def fired(self, images: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:
+        """(N,) bool: the images whose kNN class is ``target`` although their label is not (the backdoor fired)."""
+        keep = labels != target
+        out = np.zeros(len(images), bool)
+        out[keep] = self.predict(images[keep]) == target
+        return out
+
     def target_rate(self, images: np.ndarray, labels: np.ndarray, target: int) -> float:
         """Share of the non-target images whose kNN class is ``target`` (the backdoor fired)."""
-        keep = labels != target
-        return float(np.mean(self.predict(images[keep]) == target))
+        return float(np.mean(self.fired(images, labels, target)[labels != target]))

@@ -91,9 +91,10 @@ class Variant:
     about: str  # one line for RESULTS.md
 
 
-VARIANTS = {f"slip{'' if w == 1 else w}": Variant("clip", (f"ssl_weight={w}",), "the mini-CLIP and its attacks trained "
-                                                  f"with SLIP's image-only SimCLR term (weight {w}) next to the CLIP loss")
-            for w in (1, 4)}
+VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
+    "clip", (f"ssl_weight={w}",),
+    f"the mini-CLIP and its attacks trained with SLIP's image-only SimCLR term (weight {w}) next to the CLIP loss")
+    for w in (1, 4)}
 
 
 def grid_label(preset: str, variant: str = "") -> str:
