@@ -88,7 +88,7 @@ reproduce-slip:
 # the same with the image-only term weighted 4 times the CLIP loss, for CLIP Backdoor (runs/reproduce-cpu-slip4):
 # does a less class-collapsed mini-CLIP give DeDe a signal? (about 50 minutes on the 2-core CPU machine)
 reproduce-slip4:
-	$(DEDE) reproduce --preset cpu --variant slip4 --attack clip-backdoor --aux ood --jobs 2 --threads 2
+	$(DEDE) reproduce --preset cpu --variant slip4 --attack clip-backdoor --aux ood --jobs 2 --threads 1
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance
