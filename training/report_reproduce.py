@@ -118,13 +118,24 @@ def _done_of(done: int | None, planned: int | None) -> str:
     return f"{done}/{planned}" if planned is not None and done < planned else str(done)
 
 
-def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[str]:
-    by: dict[tuple[str, str, str, bool, str], dict[str, Any]] = {}
+CellKey = tuple[str, str, str, bool, str]  # attack, aux, test trigger, is the control, threshold rule
+
+
+def _cell_records(recs: list[dict[str, Any]],
+                  test: str) -> tuple[dict[CellKey, dict[str, Any]], list[tuple[str, str, str]]]:
+    """The DeDe records of one test set by (attack, aux, test trigger, is the control, threshold rule), and the
+    (attack, aux, test trigger) rows in the tables' order."""
+    by: dict[CellKey, dict[str, Any]] = {}
     for r in recs:
         if r.get("test") == test and r.get("detector", "dede") in DEDE_DETECTORS and "aux_kind" in r:
             attack = r.get("control_for") or r["attack"]
             by[(attack, r["aux_kind"], r["test_trigger"], r["attack"] == "none", r["threshold_rule"])] = r
     rows = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (_order(k[0]), AUXES.index(k[1]), k[2]))
+    return by, rows
+
+
+def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[str]:
+    by, rows = _cell_records(recs, test)
     lines = ["| attack | test trigger | aux set | AUC | AUC control | paper AUC | TPR / FPR at fpr@0.01 (deployed) "
              "| control TPR / FPR | TPR / FPR at paper-1.5x | paper TPR / FPR | TPR@1%FPR | wall: DeDe training "
              "(epochs) + evaluation | target |",
@@ -152,23 +163,20 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
 def fired_lines(recs: list[dict[str, Any]]) -> list[str]:
     """Balanced test set, deployed threshold: each cell's triggered images split by whether the backdoor fired
     on them (the backdoored encoder's kNN class is the target), the control scored on the same images."""
-    by: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
-    for r in recs:
-        if (r.get("test") == "balanced" and r.get("deployed") and "n_fired" in r and "aux_kind" in r
-                and r.get("detector", "dede") in DEDE_DETECTORS):
-            by[(r.get("control_for") or r["attack"], r["aux_kind"], r["test_trigger"], r["attack"] == "none")] = r
-    rows = sorted({k[:3] for k in by if not k[3]}, key=lambda k: (_order(k[0]), AUXES.index(k[1]), k[2]))
+    by, all_rows = _cell_records(recs, "balanced")
+    bd = {k[:4]: r for k, r in by.items() if r.get("deployed") and "n_fired" in r}
+    rows = [k for k in all_rows if (*k, False) in bd]
     if not rows:
         return []
     lines = ["| attack | test trigger | aux set | fired / not fired (of the non-target images) | AUC all | "
              "AUC fired | AUC not fired | control AUC fired / not fired | TPR fired / not fired at fpr@0.01 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for attack, aux, trig in rows:
-        bd, ctl = by[(attack, aux, trig, False)], by.get((attack, aux, trig, True))
-        lines.append(f"| {attack} | {trig} | {_aux_label(bd, ctl)} | {bd['n_fired']} / {bd['n_unfired']} | "
-                     f"{_f(bd['auc'])} | {_f(bd['auc_fired'])} | {_f(bd['auc_unfired'])} | "
+        r, ctl = bd[(attack, aux, trig, False)], bd.get((attack, aux, trig, True))
+        lines.append(f"| {attack} | {trig} | {_aux_label(r, ctl)} | {r['n_fired']} / {r['n_unfired']} | "
+                     f"{_f(r['auc'])} | {_f(r['auc_fired'])} | {_f(r['auc_unfired'])} | "
                      f"{(_f(ctl['auc_fired']) + ' / ' + _f(ctl['auc_unfired'])) if ctl else '-'} | "
-                     f"{_pct(bd['tpr_fired'])} / {_pct(bd['tpr_unfired'])} |")
+                     f"{_pct(r['tpr_fired'])} / {_pct(r['tpr_unfired'])} |")
     return [*lines, ""]
 
 
