@@ -26,6 +26,7 @@ from training.attacks.triggers import make_trigger
 from training.data import load_images
 from training.knn import BundleProbe
 from training.metrics import auc, detection_metrics, tpr_at_fpr
+from training.records import replace_in_place
 from training.report import write_figures, write_report
 
 
@@ -134,14 +135,14 @@ def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str,
 
 def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records of a new evaluation replace every older record of the same bundle, attack label, preset and
-    kind of test (detection or honesty), so results.json holds one evaluation of each and nothing stale."""
+    kind of test (detection or honesty), in place, so results.json holds one evaluation of each and nothing
+    stale."""
     old = json.loads(path.read_text()) if path.exists() else []
 
     def group(r: dict[str, Any]) -> tuple[Any, ...]:
         return r.get("bundle"), r.get("attack"), r.get("preset"), r.get("test") == "honesty"
 
-    replaced = {group(r) for r in new}
-    merged = [r for r in old if group(r) not in replaced] + new
+    merged = replace_in_place(old, new, group)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=1))
     return merged

@@ -163,6 +163,18 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def fired_line(bad: dict[str, Any], ctl: dict[str, Any] | None) -> str:
+    """One evaluation's triggered images split by whether the backdoor fired (``fired_metrics``), the control
+    scored on the same images."""
+    def pair(key: str) -> str:
+        return f"{bad[key]:.3f}" + (f" (control {ctl[key]:.3f})" if ctl and ctl.get(key) is not None else "")
+
+    return (f"- {bad['test']}, split by whether the backdoor fired ({bad['fired_by']}): fired on {bad['n_fired']} "
+            f"of {bad['n_fired'] + bad['n_unfired']} non-target images; AUC of their clean images vs their own "
+            f"triggered copies: fired {pair('auc_fired')}, not fired {pair('auc_unfired')}; TPR at the deployed "
+            f"threshold: fired {bad['tpr_fired']:.3f}, not fired {bad['tpr_unfired']:.3f}.")
+
+
 def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path]) -> None:
     from training.report_reproduce import reproduce_lines
 
@@ -219,6 +231,8 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
                              f"(gap {bad['auc'] - ctl['auc']:+.3f}); alert rate on triggered images "
                              f"{bad['tpr']:.3f} (backdoored) vs {ctl['tpr']:.3f} (control), on clean images "
                              f"{bad['fpr']:.3f} vs {ctl['fpr']:.3f}.")
+            if bad and bad.get("n_fired") is not None:
+                lines.append(fired_line(bad, ctl))
         lines.append("")
     lines += reproduce_lines(reproduced)
     lines += bundle_lines(list(dict.fromkeys(r["bundle"] for r in records + honesty if "bundle" in r)))

@@ -27,7 +27,8 @@ CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in
 
 A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it are trained, to test a
 diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``), ``slip4`` with that
-term weighted 4 times the CLIP loss. Its grid lives in
+term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE for 16 epochs (is DRUPE's shortfall at the cpu preset
+an attack that fired on only about half of the images?). Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from training.attacks import not_implanted_reason
+from training.records import replace_in_place
 
 ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts from (its control)
     "badencoder": {"clean": "simclr"},
@@ -84,17 +86,24 @@ POISONED_AUXES = ("id", *OUR_AUXES)  # CIFAR-10 train with 1% of the images trig
 
 @dataclass(frozen=True)
 class Variant:
-    """Extra ``key=value`` settings for the pre-training of one clean encoder and for every attack on it."""
+    """Extra ``key=value`` settings for the pre-training of one clean encoder and for the attacks on it."""
 
     clean: str
-    sets: tuple[str, ...]
+    pretrain_sets: tuple[str, ...]
+    attack_sets: tuple[str, ...]
     about: str  # one line for RESULTS.md
+    attacks: tuple[str, ...] = ()  # the attacks it trains (empty: every attack on its clean encoder)
+
+    def trains(self, attack: str) -> bool:
+        return ATTACKS[attack]["clean"] == self.clean and (not self.attacks or attack in self.attacks)
 
 
 VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
-    "clip", (f"ssl_weight={w}",),
+    "clip", (f"ssl_weight={w}",), (f"ssl_weight={w}",),
     f"the mini-CLIP and its attacks trained with SLIP's image-only SimCLR term (weight {w}) next to the CLIP loss")
-    for w in (1, 4)}
+    for w in (1, 4)} | {"drupe16": Variant(
+        "simclr", (), ("epochs=16",), "DRUPE trained for 16 epochs, twice the cpu preset's 8 (the SimCLR encoder "
+        "as in the plain grid)", ("drupe",))}
 
 
 def grid_label(preset: str, variant: str = "") -> str:
@@ -149,10 +158,10 @@ class GridSpec:
         if self.variant:  # a variant's grid has detection cells only
             if self.variant not in VARIANTS:
                 raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
-            clean = VARIANTS[self.variant].clean
-            if other := [a for a in self.attacks if ATTACKS[a]["clean"] != clean]:
-                raise ValueError(f"variant {self.variant!r} changes the {clean} encoder only; "
-                                 f"{', '.join(other)} attack(s) another one")
+            variant = VARIANTS[self.variant]
+            if other := [a for a in self.attacks if not variant.trains(a)]:
+                raise ValueError(f"variant {self.variant!r} trains only {', '.join(variant.attacks) or 'the attacks'} "
+                                 f"on the {variant.clean} encoder, not {', '.join(other)}")
             self.downstream = self.baselines = False
 
     @property
@@ -273,19 +282,21 @@ def build_grid(g: GridSpec) -> list[Step]:
     cleans = sorted({ATTACKS[a]["clean"] for a in g.attacks})
     variant = VARIANTS[g.variant] if g.variant else None
 
-    def variant_sets(clean: str) -> list[str]:
-        return list(variant.sets) if variant is not None and variant.clean == clean else []
+    def variant_sets(clean: str, stage: str) -> list[str]:
+        if variant is None or variant.clean != clean:
+            return []
+        return list(variant.pretrain_sets if stage == "pretrain" else variant.attack_sets)
 
     for clean in cleans:
         method = ["--method", "clip"] if clean == "clip" else []
         steps.append(Step(f"pretrain-{clean}", _python("pretrain", *method, *p,
-                                                       *g.sets("pretrain", variant_sets(clean)),
+                                                       *g.sets("pretrain", variant_sets(clean, "pretrain")),
                                                        "--out", str(r / clean)),
                           (r / clean / "encoder.json").exists))
     for a in g.attacks:
         clean = ATTACKS[a]["clean"]
         steps.append(Step(f"attack-{a}", _python("attack", a, "--encoder", str(r / clean), *p,
-                                                 *g.sets("attack", variant_sets(clean)), "--out", str(r / a)),
+                                                 *g.sets("attack", variant_sets(clean, "attack")), "--out", str(r / a)),
                           _attacked(r / a), [f"pretrain-{clean}"]))
     added: set[str] = set()
     for aux in g.auxes:  # aux-major: with few workers, every in-distribution cell finishes first
@@ -393,7 +404,8 @@ def collect(root: Path, preset: str, command: str, variant: str = "") -> list[di
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``new`` records replace every old record of the same source, preset, variant and cell; the rest is kept.
+    """``new`` records replace every old record of the same source, preset, variant and cell, in place; the rest is
+    kept.
     An attack record (``kind`` attack, rebuilt from the encoder at every publish) whose measurements did not change
     keeps its old ``command``: a later, narrower run (``--aux``, ``--attack``) did not train that attack."""
 
@@ -405,8 +417,7 @@ def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
 
     attacks = {key(r): r for r in old if r.get("kind") == "attack"}
     new = [{**r, "command": attacks[key(r)].get("command")} if unchanged(r, attacks.get(key(r))) else r for r in new]
-    new_keys = {key(r) for r in new}
-    return [r for r in old if key(r) not in new_keys] + new
+    return replace_in_place(old, new, key)
 
 
 def publish(records: list[dict[str, Any]], results: Path, report: Path) -> None:
@@ -439,8 +450,8 @@ def reproduce_cli(a: argparse.Namespace) -> None:
     for aux in a.aux:
         if aux not in AUXES:
             raise ValueError(f"unknown aux {aux!r}; valid: {', '.join(AUXES)}")
-    attacks = a.attack or [n for n in ATTACKS  # a variant: by default the attacks on its encoder
-                           if a.variant not in VARIANTS or ATTACKS[n]["clean"] == VARIANTS[a.variant].clean]
+    attacks = a.attack or [n for n in ATTACKS  # a variant: by default the attacks it trains
+                           if a.variant not in VARIANTS or VARIANTS[a.variant].trains(n)]
     command = a.command_line or "dede " + " ".join(sys.argv[1:])
     root = Path(a.root or f"runs/reproduce-{grid_label(a.preset, a.variant)}")
     g = GridSpec(a.preset, root, attacks, a.aux or list(AUXES), a.ood_dataset, parse_stage_sets(a.stage_set),
@@ -453,6 +464,9 @@ def reproduce_cli(a: argparse.Namespace) -> None:
         return
     failed = [] if a.publish_only else run_steps(steps, root / "logs", a.jobs, a.threads)
     records = collect(root, a.preset, command, a.variant)
+    if a.publish_only and not records:  # e.g. a fresh checkout: runs/ is not committed, docs/ already hold them
+        raise FileNotFoundError(f"no finished cells or attacked encoders under {root}: nothing to publish "
+                                f"({a.results} and {a.report} are left as they are)")
     if records and not a.no_publish:
         publish(records, Path(a.results), Path(a.report))
     if failed:

@@ -97,6 +97,7 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     assert (ctl["n_fired"], ctl["fired_by"]) == (bal["n_fired"], "the backdoored encoder's kNN class")
     text = report.read_text()
     assert "| badencoder |" in text and "| none |" in text and "0.981" in text
+    assert f"split by whether the backdoor fired (this encoder's kNN class): fired on {bal['n_fired']} of" in text
     assert (tmp_path / "figures" / "tiny-bad-roc.png").stat().st_size > 0
     honesty = [r for r in json.loads(results.read_text()) if r["test"] == "honesty"]
     cases = {r["case"] for r in honesty}
@@ -112,6 +113,7 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     assert main(["evaluate", "--bundle", bundle, "--max-images", "300", "--results", str(results),
                  "--report", str(report), "--preset", "tiny", "--honesty-images", "0"]) == 0
     assert len(json.loads(results.read_text())) == n_all
+    assert [r["attack"] for r in json.loads(results.read_text())][:2] == ["badencoder", "badencoder"]  # in place
 
 
 def test_scan_folder(pipeline: Path, tmp_path: Path) -> None:

@@ -109,8 +109,15 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     plain = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["id"])}
     assert "ssl_weight" not in " ".join(plain["pretrain-clip"].cmd)
     assert plain["cell-clip-backdoor-id"].cmd[plain["cell-clip-backdoor-id"].cmd.index("--label") + 1] == "tiny"
-    with pytest.raises(ValueError, match="changes the clip encoder only; badencoder"):
+    with pytest.raises(ValueError, match="only the attacks on the clip encoder, not badencoder"):
         _grid(tmp_path, attacks=["badencoder", "badclip"], auxes=["id"], variant="slip")
+    # a variant of the attack stage only: DRUPE trained longer, the SimCLR encoder pre-trained as in the plain grid
+    drupe16 = {s.name: s for s in _grid(tmp_path, attacks=["drupe"], auxes=["id-filtered"], variant="drupe16")}
+    assert "--set" not in drupe16["pretrain-simclr"].cmd
+    assert "epochs=16" in " ".join(drupe16["attack-drupe"].cmd)
+    assert not any("epochs=16" in " ".join(s.cmd) for n, s in drupe16.items() if n != "attack-drupe")
+    with pytest.raises(ValueError, match="trains only drupe on the simclr encoder, not badencoder"):
+        _grid(tmp_path, attacks=["badencoder"], auxes=["id"], variant="drupe16")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
     # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
@@ -118,6 +125,9 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     listed = capsys.readouterr().out.split()
     assert {"pretrain-clip", "cell-clip-backdoor-ood", "cell-badclip-ood"} <= set(listed)
     assert "pretrain-simclr" not in listed
+    assert main(["reproduce", "--preset", "tiny", "--variant", "drupe16", "--aux", "ood", "--dry-run"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert {"attack-drupe", "cell-drupe-ood"} <= set(listed) and "attack-badencoder" not in listed
 
 
 def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
@@ -399,3 +409,14 @@ def test_a_variants_cells_get_a_section_of_their_own() -> None:
     assert "SLIP's image-only" in text[cut:] and "SLIP" not in text[:cut]
     assert "(figures/reproduce-cpu-clip-backdoor-ood.png)" in text[:cut]
     assert "(figures/reproduce-cpu-slip-clip-backdoor-ood.png)" in text[cut:]
+
+
+def test_publishing_without_finished_cells_says_so_and_leaves_the_docs(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    results, report = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    assert main(["reproduce", "--preset", "tiny", "--publish-only", "--root", str(tmp_path / "runs"),
+                 "--results", str(results), "--report", str(report)]) == 2
+    assert "no finished cells" in capsys.readouterr().err
+    assert not results.exists() and not report.exists()
