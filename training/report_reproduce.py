@@ -73,6 +73,11 @@ def attack_lines(recs: list[dict[str, Any]], preset: str) -> list[str]:
                      f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
                      f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
                      f"{_epochs(r.get('stage_epochs'), preset)}, {_f(r.get('attack_wall_s'), 0)} s |")
+    if curves := [(a, seen[a]["asr_curve"]) for a in sorted(seen, key=_order) if seen[a].get("asr_curve")]:
+        lines += ["", "Attack success while the attack trained (kNN ASR / clean accuracy after the epoch; epoch 0 is "
+                  "the clean encoder; `asr_every`): " + "; ".join(
+                      f"{a}: " + ", ".join(f"epoch {p['epoch']} {_f(p['asr'])} / {_f(p['clean_accuracy'])}" for p in c)
+                      for a, c in curves) + "."]
     weak = [a for a in sorted(seen, key=_order)
             if not implanted(seen[a].get("attack_asr"), ctl.get(a, {}).get("attack_asr"))]
     if weak:

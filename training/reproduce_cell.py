@@ -53,7 +53,7 @@ def attack_summary(root: Path, attack: str, preset: str, command: str) -> dict[s
             "asr_method": rec.get("asr_method", "knn"), **{k: rec.get(k) for k in STEALTH},
             "attack_wall_s": sum(float(h.get("wall_s") or 0) for h in stages),
             "stage_epochs": {h["stage"]: h.get("epochs") for h in stages}, "train_device": rec.get("device"),
-            "command": command}
+            **({"asr_curve": curve} if (curve := rec.get("asr_curve")) else {}), "command": command}
 
 
 def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path, preset: str,

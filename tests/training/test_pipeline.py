@@ -260,11 +260,15 @@ def test_torchrun_data_parallel_training_on_gloo(pipeline: Path, tmp_path: Path)
 
 
 def test_drupe_attack_runs_and_records_itself(pipeline: Path, tmp_path: Path) -> None:
-    assert main(["attack", "drupe", "--encoder", str(pipeline / "clean"), "--preset", "tiny",
-                 "--out", str(tmp_path / "drupe")]) == 0
+    assert main(["attack", "drupe", "--encoder", str(pipeline / "clean"), "--preset", "tiny", "--set", "epochs=2",
+                 "--set", "asr_every=1", "--out", str(tmp_path / "drupe")]) == 0
     spec = json.loads((tmp_path / "drupe" / "encoder.json").read_text())
-    assert spec["history"][-1]["stage"] == "attack-drupe"
-    assert 0 <= spec["history"][-1]["attack_success_rate"] <= 1
+    rec = spec["history"][-1]
+    assert rec["stage"] == "attack-drupe"
+    assert 0 <= rec["attack_success_rate"] <= 1
+    # the attack success before, after each epoch and at the end (the last point is the final measurement)
+    assert [p["epoch"] for p in rec["asr_curve"]] == [0, 1, 2]
+    assert rec["asr_curve"][0]["asr"] == rec["asr_before"] and rec["asr_curve"][-1]["asr"] == rec["attack_success_rate"]
     config = json.loads((tmp_path / "drupe" / "config.json").read_text())
     assert config["swd_weight"] > 0 and config["lr"] == 0.05
 

@@ -315,8 +315,12 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
                  "stage_epochs": {"pretrain-simclr": 6, "attack-ctrl": 6}})
     recs.append({"source": "reproduce", "preset": "cpu", "cell": "attack-badencoder", "kind": "attack",
                  "attack": "badencoder", "trigger": "badencoder", "attack_asr": 0.5, "attack_wall_s": 60.0,
-                 "stage_epochs": {"pretrain-simclr": 6, "attack-badencoder": 8}})
+                 "stage_epochs": {"pretrain-simclr": 6, "attack-badencoder": 8},
+                 "asr_curve": [{"epoch": 0, "asr": 0.08, "clean_accuracy": 0.49},
+                               {"epoch": 4, "asr": 0.7, "clean_accuracy": 0.48}]})
     text = "\n".join(reproduce_lines(recs))
+    assert "badencoder: epoch 0 0.080 / 0.490, epoch 4 0.700 / 0.480." in text  # the attack success as it trained
+    assert "Attack success while" not in "\n".join(reproduce_lines([r for r in recs if "asr_curve" not in r]))
     # an attack with cells: the cells' numbers, completed by its own record (the epochs of each stage)
     assert "| badencoder | badencoder | 0.080 -> 0.900 |" in text and "| 6 + 8 ep, 60 s |" in text
     # an attack with no DeDe cell is still reported, and one that did not take is called out

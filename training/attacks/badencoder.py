@@ -50,6 +50,7 @@ class BadEncoderConfig:
     lambda2: float = 1.0
     knn_images: int = 10000
     time_budget_s: float = 0.0  # > 0: stop after the epoch that uses up this wall time
+    asr_every: int = 0  # > 0: also measure the attack success every this many epochs (``asr_curve``)
     seed: int = 0
     device: str = "auto"
 
@@ -150,6 +151,8 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps = max(1, len(shadow) // cfg.batch_size)
     start, step, epochs_done = time.time(), 0, 0
+    curve: list[dict[str, float]] = [{"epoch": 0, "asr": before["attack_success_rate"],
+                                      "clean_accuracy": before["clean_accuracy"]}]
     with torch.no_grad():
         ref_clean = clean(to_input(refs, spec))  # (R, E)
     for epoch in range(cfg.epochs):
@@ -175,8 +178,15 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
         if out_of_time(cfg.time_budget_s, start):
             print(f"time budget {cfg.time_budget_s:.0f}s used up after {epochs_done} epochs")
             break
+        if cfg.asr_every and epochs_done % cfg.asr_every == 0 and epochs_done < cfg.epochs:
+            model.eval()  # no random numbers drawn: the training that follows is the same as without it
+            now = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
+            curve.append({"epoch": epochs_done, "asr": now["attack_success_rate"],
+                          "clean_accuracy": now["clean_accuracy"]})
+            print(f"after epoch {epochs_done}: {now}")
     model.eval()
     after = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
+    curve.append({"epoch": epochs_done, "asr": after["attack_success_rate"], "clean_accuracy": after["clean_accuracy"]})
     from training.attacks.stealth import embedding_stealth
 
     stealth_before = embedding_stealth(clean, spec, cfg.dataset, cfg.trigger, min(cfg.knn_images, 2000), device)
@@ -187,6 +197,7 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
                "clean_accuracy_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"],
                "clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"],
                "clean_target_rate": after["clean_target_rate"], "epochs": epochs_done,
+               **({"asr_curve": curve} if cfg.asr_every else {}),
                "swd_before": stealth_before["swd_normalised"], "swd": stealth["swd_normalised"],
                "outlier_auc_before": stealth_before["outlier_auc"], "outlier_auc": stealth["outlier_auc"],
                "wall_s": round(time.time() - start, 1), "device": device, "preset": cfg.preset}
