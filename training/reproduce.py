@@ -34,7 +34,8 @@ downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<va
 the plain grid's.
 
 Every step is a subprocess whose finished output marks it done, so an interrupted run resumes where it
-stopped; ``--jobs`` runs independent steps side by side. At the end the cells are merged into
+stopped; ``--jobs`` runs independent steps side by side, each with ``--threads`` threads (a step that can only run
+alone, such as the first pre-training, gets every job's threads). At the end the cells are merged into
 ``docs/results.json`` (records with ``"source": "reproduce"``) and ``docs/RESULTS.md`` is regenerated.
 """
 
@@ -360,8 +361,14 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, threads: int = 0) ->
             log = open(logs / f"{s.name}.log", "wb")  # noqa: SIM115 - closed when the process ends
             log.write((" ".join(s.cmd) + "\n").encode())
             log.flush()
-            running[s.name] = (subprocess.Popen(s.cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
-            print(f"  started {s.name}")
+            # alone: nothing runs and nothing else is ready, and only a finished step makes another one ready,
+            # so it runs alone to its end and may use every job's threads (the pre-training at the start)
+            alone = threads and jobs > 1 and not running and not ready
+            step_env = env | {"OMP_NUM_THREADS": str(threads * jobs)} if alone else env
+            running[s.name] = (subprocess.Popen(s.cmd, stdout=log, stderr=subprocess.STDOUT, env=step_env),
+                               time.time())
+            print(f"  started {s.name}" + (f" ({threads * jobs} threads: nothing else can run beside it)"
+                                           if alone else ""))
         time.sleep(0.5)
         for name, (proc, t0) in list(running.items()):
             if proc.poll() is None:

@@ -174,6 +174,22 @@ def test_scheduler_resumes_and_skips_dependants_of_failures(tmp_path: Path) -> N
     assert a.read_text() == "done before" and b.read_text() == "x"
 
 
+def _threads(path: Path) -> list[str]:
+    """A step that writes the OMP_NUM_THREADS it was started with."""
+    return [sys.executable, "-c", f"import os; open({str(path)!r}, 'w').write(os.environ['OMP_NUM_THREADS'])"]
+
+
+def test_a_step_that_runs_alone_gets_every_jobs_threads(tmp_path: Path) -> None:
+    pre, x, y, z = (tmp_path / n for n in ("pre", "x", "y", "z"))
+    # pre runs alone (nothing else is ready): both jobs' threads; then x and y side by side: one job's each
+    steps = [Step("pre", _threads(pre), pre.exists), Step("x", _threads(x), x.exists, ["pre"]),
+             Step("y", _threads(y), y.exists, ["pre"])]
+    assert run_steps(steps, tmp_path / "logs", jobs=2, threads=1) == []
+    assert (pre.read_text(), x.read_text(), y.read_text()) == ("2", "1", "1")
+    assert run_steps([Step("z", _threads(z), z.exists)], tmp_path / "logs", jobs=1, threads=3) == []
+    assert z.read_text() == "3"  # one job: its own threads
+
+
 def _attacked_encoder(path: Path, before: float, after: float) -> Path:
     path.mkdir(parents=True)
     (path / "encoder.json").write_text(json.dumps({"history": [
