@@ -97,7 +97,7 @@ reproduce-slip4:
 
 # DRUPE trained for 16 epochs instead of the cpu preset's 8 (runs/reproduce-cpu-drupe16): at 8 epochs it fired on
 # 57% of the triggered images; does DeDe reach the target on a DRUPE that fires more often? (the SimCLR encoder
-# is pre-trained again as in the plain grid, alone, with both threads; about 100 minutes on the 2-core CPU machine)
+# is pre-trained again as in the plain grid, alone, with both threads; about 90 minutes on the 2-core CPU machine)
 reproduce-drupe16:
 	$(DEDE) reproduce --preset cpu --variant drupe16 --aux id-filtered --aux ood --jobs 2 --threads 1 \
 		--command-line "make reproduce-drupe16"
