@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
-from training.reproduce import AUXES
+from training.reproduce import AUXES, DEFAULT_OOD
 
 
 def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
@@ -165,13 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="working directory (default runs/reproduce-<preset>, or runs/reproduce-<preset>-<variant>)")
     p.add_argument("--variant", default="", help="train one clean encoder and its attacks differently: 'slip' (the "
                                                  "mini-CLIP with SLIP's image-only term, weight 1), 'slip4' (weight "
-                                                 "4); detection cells only")
+                                                 "4), 'drupe16' (DRUPE trained 16 epochs), 'drupe8' (DRUPE as in the "
+                                                 "plain grid, a grid of its own); detection cells only")
     p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all, or "
                                                                   "all on the variant's encoder)")
     p.add_argument("--aux", action="append", default=[],
                    help=f"{', '.join(AUXES)} (repeatable; default all)")
-    p.add_argument("--ood-dataset", default="gtsrb", help="out-of-distribution auxiliary set (gtsrb, imagenette, "
-                                                          "or a path)")
+    p.add_argument("--ood-dataset", default=DEFAULT_OOD,
+                   help=f"the out-of-distribution auxiliary set of aux 'ood' ({DEFAULT_OOD}, imagenette, or a path); "
+                        f"another set than {DEFAULT_OOD}'s runs and cells are named ood-<its name>")
     p.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                    help="override a config key of every pretrain / attack / train step (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="steps run side by side")

@@ -12,7 +12,7 @@ from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.aux_filter import DENSE_K
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
-from training.reproduce import AUXES, FILTERED_DETECTOR, ROBUST_DETECTOR, VARIANTS, grid_label
+from training.reproduce import AUXES, FILTERED_DETECTOR, ROBUST_DETECTOR, VARIANTS, aux_kind, grid_label
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
 PAPER_AUX = {"id-robust": "id", "id-filtered": "id"}  # the paper's row a cell is compared with (ours)
@@ -135,7 +135,8 @@ def _cell_records(recs: list[dict[str, Any]],
         if r.get("test") == test and r.get("detector", "dede") in DEDE_DETECTORS and "aux_kind" in r:
             attack = r.get("control_for") or r["attack"]
             by[(attack, r["aux_kind"], r["test_trigger"], r["attack"] == "none", r["threshold_rule"])] = r
-    rows = sorted({(k[0], k[1], k[2]) for k in by}, key=lambda k: (_order(k[0]), AUXES.index(k[1]), k[2]))
+    rows = sorted({(k[0], k[1], k[2]) for k in by},
+                  key=lambda k: (_order(k[0]), AUXES.index(aux_kind(k[1])), k[1], k[2]))
     return by, rows
 
 
@@ -150,7 +151,7 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
         pap = by.get((attack, aux, trig, False, "paper-1.5x"))
         if bd is None:
             continue
-        paper = paper_detection(test, "dede", PAPER_AUX.get(aux, aux), attack)
+        paper = paper_detection(test, "dede", PAPER_AUX.get(aux_kind(aux), aux_kind(aux)), attack)
         goal = TARGET_AUC.get(attack, 0.9)
         verdict = "-" if preset != "cpu" else f"{'met' if bd['auc'] >= goal else 'missed'} (>= {goal})"
         lines.append(

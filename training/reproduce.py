@@ -18,7 +18,8 @@ For a preset P (tiny / cpu / paper) everything lives under one root (default ``r
     logs/<step>.log                    each step's output
 
 aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set), ``ood``
-(``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input) or
+(``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input; another
+dataset's runs and cells are named ``ood-<dataset>``, e.g. ``ood-imagenette``, so one grid can hold both) or
 ``id-robust`` (the ``id`` set, with DeDe trained robustly: ``drop_worst`` leaves the 5% highest-loss samples of
 each batch out, our answer to a poisoned auxiliary set; not in the paper, and its control is trained the same way)
 or ``id-filtered`` (the ``id`` set without the densest 5% of its embeddings, ``drop_dense``: our other answer, which
@@ -28,7 +29,8 @@ CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in
 A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it are trained, to test a
 diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``), ``slip4`` with that
 term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE for 16 epochs (is DRUPE's shortfall at the cpu preset
-an attack that fired on only about half of the images?). Its grid lives in
+an attack that fired on only about half of the images?); ``drupe8`` trains it as the plain grid does, in a grid of
+its own (the cpu preset's DRUPE on out-of-distribution sets the plain grid did not have). Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -83,6 +85,18 @@ OUR_AUXES = {"id-robust": OurDetector("robust", "dede-robust", ("drop_worst=0.05
 ROBUST_DETECTOR, FILTERED_DETECTOR = OUR_AUXES["id-robust"].detector, OUR_AUXES["id-filtered"].detector
 AUXES = ("id", "ood", *OUR_AUXES)
 POISONED_AUXES = ("id", *OUR_AUXES)  # CIFAR-10 train with 1% of the images triggered with the attack's trigger
+DEFAULT_OOD = "gtsrb"
+
+
+def ood_aux(dataset: str) -> str:
+    """The name an out-of-distribution set's runs and cells carry: ``ood`` for the default set (GTSRB),
+    ``ood-<name>`` for another (``--ood-dataset imagenette``: ``ood-imagenette``), so that a grid can hold both."""
+    return "ood" if dataset == DEFAULT_OOD else f"ood-{Path(dataset).stem}"
+
+
+def aux_kind(aux: str) -> str:
+    """The kind of auxiliary set a run or cell name's aux stands for: one of ``AUXES`` (``ood-imagenette``: ``ood``)."""
+    return "ood" if aux.startswith("ood-") else aux
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,11 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
     f"the mini-CLIP and its attacks trained with SLIP's image-only SimCLR term (weight {w}) next to the CLIP loss")
     for w in (1, 4)} | {"drupe16": Variant(
         "simclr", (), ("epochs=16", "asr_every=4"), "DRUPE trained for 16 epochs, twice the cpu preset's 8, its attack "
-        "success measured every 4 (the SimCLR encoder pre-trained as in the plain grid)", ("drupe",))}
+        "success measured every 4 (the SimCLR encoder pre-trained as in the plain grid)", ("drupe",)),
+    "drupe8": Variant(
+        "simclr", (), ("asr_every=4",), "DRUPE trained as in the plain grid (8 epochs, its attack success also "
+        "measured after 4), on a SimCLR encoder pre-trained again as in the plain grid: the cpu preset's DRUPE on both "
+        "out-of-distribution sets, GTSRB and Imagenette", ("drupe",))}
 
 
 def grid_label(preset: str, variant: str = "") -> str:
@@ -145,7 +163,7 @@ class GridSpec:
     root: Path
     attacks: list[str]
     auxes: list[str]
-    ood_dataset: str = "gtsrb"
+    ood_dataset: str = DEFAULT_OOD
     stage_sets: dict[str, list[str]] = field(default_factory=dict)  # stage -> ["key=value", ...]
     max_images: int = 0  # clean test images per cell (0 = all)
     figures: Path = Path("docs/figures")
@@ -156,6 +174,7 @@ class GridSpec:
     variant: str = ""  # a key of VARIANTS, or "" for the plain grid
 
     def __post_init__(self) -> None:
+        self.auxes = [self.ood_aux if a == "ood" else a for a in self.auxes]
         if self.variant:  # a variant's grid has detection cells only
             if self.variant not in VARIANTS:
                 raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
@@ -168,6 +187,10 @@ class GridSpec:
     @property
     def label(self) -> str:
         return grid_label(self.preset, self.variant)
+
+    @property
+    def ood_aux(self) -> str:
+        return ood_aux(self.ood_dataset)
 
     def sets(self, stage: str, extra: list[str] | None = None) -> list[str]:
         out = []
@@ -254,8 +277,8 @@ def downstream_steps(g: GridSpec) -> list[Step]:
         base = command(bundle, attack, trigger_from)
         needs = [f"export-{bundle}", f"attack-{trigger_from}"]
         cmd, deps = [*base, "--out", str(cell)], list(needs)
-        if attack != "none" and "ood" in g.auxes:  # the recommended detector (clean OOD aux) filters too
-            ood = run_name(attack, "ood", False)
+        if attack != "none" and g.ood_aux in g.auxes:  # the recommended detector (clean OOD aux) filters too
+            ood = run_name(attack, g.ood_aux, False)
             cmd += ["--ood-bundle", str(r / "bundles" / ood)]
             deps.append(f"export-{ood}")
         steps.append(Step(cell.stem, cmd, cell.exists, deps))

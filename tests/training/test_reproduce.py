@@ -90,6 +90,21 @@ def test_filtered_cells_filter_both_detectors_training_sets(tmp_path: Path) -> N
     assert "--only" not in " ".join(by["downstream-badencoder"].cmd) and "downstream-robust-drupe" not in by
 
 
+def test_another_ood_dataset_gets_runs_and_cells_of_its_own(tmp_path: Path) -> None:
+    g = GridSpec("tiny", tmp_path, ["badencoder"], ["id", "ood"], "imagenette")
+    by = {s.name: s for s in build_grid(g)}
+    assert g.auxes == ["id", "ood-imagenette"] and "cell-badencoder-ood" not in by  # GTSRB's cells stay untouched
+    train = " ".join(by["train-badencoder-ood-imagenette"].cmd)
+    assert "aux_source=imagenette" in train and "poison_rate=0" in train
+    cell = by["cell-badencoder-ood-imagenette"].cmd
+    assert cell[cell.index("--aux") + 1] == "ood-imagenette"
+    assert cell[cell.index("--control") + 1].endswith("control-simclr-badencoder-ood-imagenette")
+    down = by["downstream-badencoder"].cmd  # the downstream defence filters with that set's detector
+    assert down[down.index("--ood-bundle") + 1] == str(tmp_path / "bundles" / "badencoder-ood-imagenette")
+    assert GridSpec("tiny", tmp_path, ["badencoder"], ["ood"], "/data/stl10.zip").auxes == ["ood-stl10"]
+    assert GridSpec("tiny", tmp_path, ["badencoder"], ["ood"]).auxes == ["ood"]
+
+
 def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli import main
@@ -118,6 +133,9 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     assert not any("epochs=16" in " ".join(s.cmd) for n, s in drupe16.items() if n != "attack-drupe")
     with pytest.raises(ValueError, match="trains only drupe on the simclr encoder, not badencoder"):
         _grid(tmp_path, attacks=["badencoder"], auxes=["id"], variant="drupe16")
+    drupe8 = {s.name: s for s in _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="drupe8")}
+    attack = " ".join(drupe8["attack-drupe"].cmd)  # the preset's epochs, its attack success also measured halfway
+    assert "asr_every=4" in attack and "epochs=" not in attack and "--set" not in drupe8["pretrain-simclr"].cmd
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
     # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
@@ -297,7 +315,8 @@ def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dic
 def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> None:
     from training.report_reproduce import reproduce_lines
 
-    recs = _cell_records("badencoder", "id", 0.961, 0.612) + _cell_records("drupe", "ood", 0.912, 0.55)
+    recs = (_cell_records("drupe", "ood-imagenette", 0.962, 0.6) + _cell_records("badencoder", "id", 0.961, 0.612)
+            + _cell_records("drupe", "ood", 0.912, 0.55))
     for r in (robust := _cell_records("badencoder", "id-robust", 0.944, 0.633)):
         r.update({"detector": "dede-robust", "dede_drop_worst": 0.05, "aux": "x-id"})
     recs += robust
@@ -356,8 +375,11 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "met (>= 0.95)" in filt and text.index("| x-id, robust") < text.index("| x-id, dense")
     assert "10 nearest neighbours" in text  # its legend, only where a filtered cell is shown
     assert "nearest" not in "\n".join(reproduce_lines([r for r in recs if "dede_drop_dense" not in r]))
-    drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood"))
+    drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood |"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
+    imagenette = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood-imagenette"))
+    assert "| 0.962 | 0.600 | 0.976 |" in imagenette and "met (>= 0.95)" in imagenette  # compared with it too
+    assert text.index("| drupe | badencoder | x-ood |") < text.index("| drupe | badencoder | x-ood-imagenette")
     assert "| asset (asset-get_t) | drupe | 0.777 | 0.800 |" in text and "94.7 / 27.6 / 0.858" in text
     assert "| cifar10-train-4000-at-1% | 200, 1.5% (1.0%) |" in text  # step-2 flags: 3 of 200 poisoned, vs 1%
     assert "| DeDe (deployed fpr@0.01), poisoned-1% | 50.0 / 4.0 (80.5 / 0.9) |" in text  # Table 4, DRUPE
