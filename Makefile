@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe8 asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -110,6 +110,11 @@ IMAGENETTE_OOD := --aux ood --ood-dataset imagenette --stage-set train:aux_split
 reproduce-drupe16-imagenette:
 	$(DEDE) reproduce --preset cpu --variant drupe16 $(IMAGENETTE_OOD) --jobs 2 --threads 1 \
 		--command-line "make reproduce-drupe16-imagenette"
+
+# Domain or amount of data? GTSRB cut to Imagenette's 3,040 training images, 90 epochs, on the same DRUPE
+reproduce-drupe16-gtsrb3040:
+	$(DEDE) reproduce --preset cpu --variant drupe16 --aux ood --ood-images 3040 --stage-set train:epochs=90 \
+		--jobs 2 --threads 1 --command-line "make reproduce-drupe16-gtsrb3040"
 
 # The cpu preset's DRUPE (8 epochs) on a SimCLR encoder pre-trained again, in a grid of its own
 # (runs/reproduce-cpu-drupe8): its detectors on Imagenette (as above), then on GTSRB (the plain grid's `ood`)

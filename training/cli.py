@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood-dataset", default=DEFAULT_OOD,
                    help=f"the out-of-distribution auxiliary set of aux 'ood' ({DEFAULT_OOD}, imagenette, or a path); "
                         f"another set than {DEFAULT_OOD}'s runs and cells are named ood-<its name>")
+    p.add_argument("--ood-images", type=int, default=0,
+                   help="train the out-of-distribution detectors on this many of its images (0: the preset's); "
+                        "their runs and cells are named ood-<set>-<images>")
     p.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                    help="override a config key of every pretrain / attack / train step (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="steps run side by side")

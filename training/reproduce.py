@@ -19,7 +19,8 @@ For a preset P (tiny / cpu / paper) everything lives under one root (default ``r
 
 aux = ``id`` (CIFAR-10 train with 1% of the images triggered, the paper's in-distribution set), ``ood``
 (``--ood-dataset``, default GTSRB: STL-10 is not available here; clean, resized to the encoder's input; another
-dataset's runs and cells are named ``ood-<dataset>``, e.g. ``ood-imagenette``, so one grid can hold both) or
+dataset's runs and cells are named ``ood-<dataset>``, e.g. ``ood-imagenette``, so one grid can hold both;
+``--ood-images N`` cuts the set to N training images, ``ood-<dataset>-<N>``) or
 ``id-robust`` (the ``id`` set, with DeDe trained robustly: ``drop_worst`` leaves the 5% highest-loss samples of
 each batch out, our answer to a poisoned auxiliary set; not in the paper, and its control is trained the same way)
 or ``id-filtered`` (the ``id`` set without the densest 5% of its embeddings, ``drop_dense``: our other answer, which
@@ -88,10 +89,13 @@ POISONED_AUXES = ("id", *OUR_AUXES)  # CIFAR-10 train with 1% of the images trig
 DEFAULT_OOD = "gtsrb"
 
 
-def ood_aux(dataset: str) -> str:
+def ood_aux(dataset: str, images: int = 0) -> str:
     """The name an out-of-distribution set's runs and cells carry: ``ood`` for the default set (GTSRB),
-    ``ood-<name>`` for another (``--ood-dataset imagenette``: ``ood-imagenette``), so that a grid can hold both."""
-    return "ood" if dataset == DEFAULT_OOD else f"ood-{Path(dataset).stem}"
+    ``ood-<name>`` for another (``--ood-dataset imagenette``: ``ood-imagenette``), ``ood-<name>-<images>`` for a
+    set cut to that many training images (``--ood-images``), so that a grid can hold them all."""
+    if dataset == DEFAULT_OOD and not images:
+        return "ood"
+    return f"ood-{Path(dataset).stem}" + (f"-{images}" if images else "")
 
 
 def aux_kind(aux: str) -> str:
@@ -172,6 +176,7 @@ class GridSpec:
     baselines: bool = True  # also ASSET and DECREE
     include_weak: bool = False  # also detectors and downstream runs for attacks that did not implant a backdoor
     variant: str = ""  # a key of VARIANTS, or "" for the plain grid
+    ood_images: int = 0  # training images of the out-of-distribution set (0: the preset's aux_images)
 
     def __post_init__(self) -> None:
         self.auxes = [self.ood_aux if a == "ood" else a for a in self.auxes]
@@ -190,7 +195,7 @@ class GridSpec:
 
     @property
     def ood_aux(self) -> str:
-        return ood_aux(self.ood_dataset)
+        return ood_aux(self.ood_dataset, self.ood_images)
 
     def sets(self, stage: str, extra: list[str] | None = None) -> list[str]:
         out = []
@@ -236,7 +241,8 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     users = [a for a in g.attacks if control_run(a, aux) == name] if control else [attack]
     encoder = r / (clean if control else attack)
     aux_sets = (["aux_source=cifar10", "poison_rate=0.01", f"trigger_from={r / attack}"] if aux in POISONED_AUXES
-                else [f"aux_source={g.ood_dataset}", "poison_rate=0"])
+                else [f"aux_source={g.ood_dataset}", "poison_rate=0"]
+                + ([f"aux_images={g.ood_images}"] if g.ood_images else []))
     ours = list(OUR_AUXES[aux].sets) if aux in OUR_AUXES else []
     extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + ours
     run_dir = r / "dede" / name
@@ -486,7 +492,7 @@ def reproduce_cli(a: argparse.Namespace) -> None:
     root = Path(a.root or f"runs/reproduce-{grid_label(a.preset, a.variant)}")
     g = GridSpec(a.preset, root, attacks, a.aux or list(AUXES), a.ood_dataset, parse_stage_sets(a.stage_set),
                  a.max_images, Path(a.figures), command, not a.no_downstream, not a.no_baselines, a.include_weak,
-                 a.variant)
+                 a.variant, a.ood_images)
     steps = build_grid(g)
     if a.dry_run:
         for s, state in dry_run(steps).items():

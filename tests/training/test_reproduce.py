@@ -103,6 +103,13 @@ def test_another_ood_dataset_gets_runs_and_cells_of_its_own(tmp_path: Path) -> N
     assert down[down.index("--ood-bundle") + 1] == str(tmp_path / "bundles" / "badencoder-ood-imagenette")
     assert GridSpec("tiny", tmp_path, ["badencoder"], ["ood"], "/data/stl10.zip").auxes == ["ood-stl10"]
     assert GridSpec("tiny", tmp_path, ["badencoder"], ["ood"]).auxes == ["ood"]
+    cut = GridSpec("tiny", tmp_path, ["badencoder"], ["ood"], ood_images=3040)  # the default set, cut
+    assert cut.auxes == ["ood-gtsrb-3040"]
+    train = " ".join({s.name: s for s in build_grid(cut)}["train-badencoder-ood-gtsrb-3040"].cmd)
+    assert "aux_source=gtsrb" in train and "aux_images=3040" in train
+    from training.report_reproduce import _aux_label
+    assert _aux_label({"aux": "gtsrb-ood", "aux_kind": "ood-gtsrb-3040"}) == "gtsrb-ood, 3,040 training images"
+    assert _aux_label({"aux": "imagenette-ood", "aux_kind": "ood-imagenette"}) == "imagenette-ood"
 
 
 def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path: Path,
