@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(AUXES)} (repeatable; default all)")
     p.add_argument("--ood-dataset", default=DEFAULT_OOD,
                    help=f"the out-of-distribution auxiliary set of aux 'ood' ({DEFAULT_OOD}, imagenette, or a path); "
-                        f"another set than {DEFAULT_OOD}'s runs and cells are named ood-<its name>")
+                        f"the runs and cells of a set other than {DEFAULT_OOD} are named ood-<its name>")
     p.add_argument("--ood-images", type=int, default=0,
                    help="train the out-of-distribution detectors on this many of its images (0: the preset's); "
                         "their runs and cells are named ood-<set>-<images>")

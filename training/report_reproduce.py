@@ -193,8 +193,8 @@ def _aux_label(r: dict[str, Any], control: dict[str, Any] | None = None) -> str:
         return (f"{r['aux']}, dense-filtered (drop_dense {dense:g}: {_f(r.get('aux_poisoned_dropped'))} of "
                 f"{_f(r.get('aux_poisoned'))} triggered left out"
                 + (f"; control: {_f(control.get('aux_poisoned_dropped'))}" if control else "") + ")")
-    if (n := str(r.get("aux_kind", "")).rpartition("-")[2]).isdigit():  # ood-<set>-<images>: a cut set
-        return f"{r['aux']}, {int(n):,} training images"
+    if (n := r.get("aux_train_images")) and str(r.get("aux_kind")).endswith(f"-{n}"):  # ood-<set>-<n>: a cut set
+        return f"{r['aux']}, {n:,} training images"
     return str(r["aux"])
 
 

@@ -111,7 +111,7 @@ def detector_fields(run: dict[str, Any]) -> dict[str, Any]:
     detector on the same auxiliary set."""
     out = {"train_wall_s": run["train_wall_s"], "train_device": run["device"],
            "train_wall_partial": run.get("train_wall_partial", False), "dede_epochs": run["epochs"],
-           "train_mask_ratio": run["train_mask_ratio"]}
+           "train_mask_ratio": run["train_mask_ratio"], "aux_train_images": run.get("aux", {}).get("n_train")}
     if run.get("drop_worst"):
         out.update({"detector": ROBUST_DETECTOR, "dede_drop_worst": run["drop_worst"]})
     if run.get("drop_dense"):

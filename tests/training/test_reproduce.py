@@ -108,8 +108,9 @@ def test_another_ood_dataset_gets_runs_and_cells_of_its_own(tmp_path: Path) -> N
     train = " ".join({s.name: s for s in build_grid(cut)}["train-badencoder-ood-gtsrb-3040"].cmd)
     assert "aux_source=gtsrb" in train and "aux_images=3040" in train
     from training.report_reproduce import _aux_label
-    assert _aux_label({"aux": "gtsrb-ood", "aux_kind": "ood-gtsrb-3040"}) == "gtsrb-ood, 3,040 training images"
-    assert _aux_label({"aux": "imagenette-ood", "aux_kind": "ood-imagenette"}) == "imagenette-ood"
+    assert (_aux_label({"aux": "gtsrb-ood", "aux_kind": "ood-gtsrb-3040", "aux_train_images": 3040})
+            == "gtsrb-ood, 3,040 training images")
+    assert _aux_label({"aux": "x-ood", "aux_kind": "ood-cifar-100", "aux_train_images": 18000}) == "x-ood"  # a name
 
 
 def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path: Path,
@@ -169,6 +170,7 @@ def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
     assert (filtered["detector"], filtered["dede_drop_dense"]) == ("dede-filtered", 0.05)
     assert (filtered["aux_poisoned_dropped"], filtered["aux_poisoned"]) == (191, 200)
     assert "detector" not in detector_fields(run | {"drop_dense": 0.0, "aux": {}})
+    assert detector_fields(run | {"aux": {"n_train": 3040}})["aux_train_images"] == 3040  # a cut set's rows say so
 
 
 def test_stage_sets_reach_every_step_of_their_stage(tmp_path: Path) -> None:
