@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="", help="train one clean encoder and its attacks differently: 'slip' (the "
                                                  "mini-CLIP with SLIP's image-only term, weight 1), 'slip4' (weight "
                                                  "4), 'drupe16' (DRUPE trained 16 epochs), 'drupe8' (DRUPE as in the "
-                                                 "plain grid, a grid of its own); detection cells only")
+                                                 "plain grid, a grid of its own), 'clip' (the mini-CLIP "
+                                                 "and both attacks as in the plain grid, a grid of its own); "
+                                                 "detection cells only")
     p.add_argument("--attack", action="append", default=[], help="only this attack (repeatable; default all, or "
                                                                   "all on the variant's encoder)")
     p.add_argument("--aux", action="append", default=[],

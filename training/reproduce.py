@@ -31,7 +31,8 @@ A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the at
 diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``), ``slip4`` with that
 term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE for 16 epochs (is DRUPE's shortfall at the cpu preset
 an attack that fired on only about half of the images?); ``drupe8`` trains it as the plain grid does, in a grid of
-its own (the cpu preset's DRUPE on out-of-distribution sets the plain grid did not have). Its grid lives in
+its own (the cpu preset's DRUPE on out-of-distribution sets the plain grid did not have); ``clip`` does the same for
+the mini-CLIP and both of its attacks. Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -126,7 +127,10 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
     "drupe8": Variant(
         "simclr", (), ("asr_every=4",), "DRUPE trained as in the plain grid (8 epochs, its attack success also "
         "measured after 4), on a SimCLR encoder pre-trained again as in the plain grid: the cpu preset's DRUPE on both "
-        "out-of-distribution sets, GTSRB and Imagenette", ("drupe",))}
+        "out-of-distribution sets, GTSRB and Imagenette", ("drupe",)),
+    "clip": Variant(
+        "clip", (), (), "the mini-CLIP and both of its attacks trained as in the plain grid, in a grid of its own: the "
+        "CLIP rows on both out-of-distribution sets, GTSRB and Imagenette (natural photos), against the same encoders")}
 
 
 def grid_label(preset: str, variant: str = "") -> str:
@@ -179,6 +183,9 @@ class GridSpec:
     ood_images: int = 0  # training images of the out-of-distribution set (0: the preset's aux_images)
 
     def __post_init__(self) -> None:
+        if self.ood_images < 0:
+            raise ValueError(f"ood_images (--ood-images) must be a number of images >= 1, or 0 for the preset's; "
+                             f"got {self.ood_images}")
         self.auxes = [self.ood_aux if a == "ood" else a for a in self.auxes]
         if self.variant:  # a variant's grid has detection cells only
             if self.variant not in VARIANTS:

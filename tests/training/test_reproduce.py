@@ -107,6 +107,8 @@ def test_another_ood_dataset_gets_runs_and_cells_of_its_own(tmp_path: Path) -> N
     assert cut.auxes == ["ood-gtsrb-3040"]
     train = " ".join({s.name: s for s in build_grid(cut)}["train-badencoder-ood-gtsrb-3040"].cmd)
     assert "aux_source=gtsrb" in train and "aux_images=3040" in train
+    with pytest.raises(ValueError, match="--ood-images"):  # a negative count is refused, not named ood-gtsrb--5
+        GridSpec("tiny", tmp_path, ["badencoder"], ["ood"], ood_images=-5)
     from training.report_reproduce import _aux_label
     assert (_aux_label({"aux": "gtsrb-ood", "aux_kind": "ood-gtsrb-3040", "aux_train_images": 3040})
             == "gtsrb-ood, 3,040 training images")
@@ -144,6 +146,16 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     drupe8 = {s.name: s for s in _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="drupe8")}
     attack = " ".join(drupe8["attack-drupe"].cmd)  # the preset's epochs, its attack success also measured halfway
     assert "asr_every=4" in attack and "epochs=" not in attack and "--set" not in drupe8["pretrain-simclr"].cmd
+    # the mini-CLIP trained again as in the plain grid, in a grid of its own: both attacks, one shared control
+    clip = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"], variant="clip",
+                                      ood_dataset="imagenette")}
+    assert "--set" not in clip["pretrain-clip"].cmd and "--set" not in clip["attack-badclip"].cmd
+    assert {"cell-clip-backdoor-ood-imagenette", "cell-badclip-ood-imagenette"} <= set(clip)
+    assert len([n for n in clip if n.startswith("train-control-")]) == 1
+    cell = clip["cell-badclip-ood-imagenette"].cmd
+    assert cell[cell.index("--label") + 1] == "tiny-clip"
+    with pytest.raises(ValueError, match="only the attacks on the clip encoder, not drupe"):
+        _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="clip")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
     # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
