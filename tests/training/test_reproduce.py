@@ -149,7 +149,9 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     # the mini-CLIP trained again as in the plain grid, in a grid of its own: both attacks, one shared control
     clip = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"], variant="clip",
                                       ood_dataset="imagenette")}
-    assert "--set" not in clip["pretrain-clip"].cmd and "--set" not in clip["attack-badclip"].cmd
+    plain = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"])}
+    for name in ("pretrain-clip", "attack-clip-backdoor", "attack-badclip"):  # the same commands as the plain grid's
+        assert clip[name].cmd == plain[name].cmd
     assert {"cell-clip-backdoor-ood-imagenette", "cell-badclip-ood-imagenette"} <= set(clip)
     assert len([n for n in clip if n.startswith("train-control-")]) == 1
     cell = clip["cell-badclip-ood-imagenette"].cmd
@@ -166,6 +168,10 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     assert main(["reproduce", "--preset", "tiny", "--variant", "drupe16", "--aux", "ood", "--dry-run"]) == 0
     listed = capsys.readouterr().out.split()
     assert {"attack-drupe", "cell-drupe-ood"} <= set(listed) and "attack-badencoder" not in listed
+    assert main(["reproduce", "--preset", "tiny", "--variant", "clip", "--aux", "ood", "--dry-run"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert {"attack-clip-backdoor", "attack-badclip", "cell-badclip-ood"} <= set(listed)
+    assert "pretrain-simclr" not in listed
 
 
 def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
