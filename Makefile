@@ -95,12 +95,15 @@ reproduce-slip:
 reproduce-slip4:
 	$(DEDE) reproduce --preset cpu --variant slip4 --attack clip-backdoor --aux ood --jobs 2 --threads 1
 
+# $(call variant-grid,VARIANT,ARGS): one `dede reproduce` of a variant's grid at the cpu preset, recorded as the
+# make target that ran it
+variant-grid = $(DEDE) reproduce --preset cpu --variant $(1) $(2) --jobs 2 --threads 1 --command-line "make $@"
+
 # DRUPE trained for 16 epochs instead of the cpu preset's 8 (runs/reproduce-cpu-drupe16): at 8 epochs it fired on
 # 57% of the triggered images; does DeDe reach the target on a DRUPE that fires more often? (the SimCLR encoder
 # is pre-trained again as in the plain grid, alone, with both threads; about 90 minutes on the 2-core CPU machine)
 reproduce-drupe16:
-	$(DEDE) reproduce --preset cpu --variant drupe16 --aux id-filtered --aux ood --jobs 2 --threads 1 \
-		--command-line "make reproduce-drupe16"
+	$(call variant-grid,drupe16,--aux id-filtered --aux ood)
 
 # The same DRUPE with Imagenette as the out-of-distribution set (cells ood-imagenette): natural ImageNet photos, as
 # STL-10 (the paper's set) is, where GTSRB is traffic signs. Every image of it (3,800: 760 held out, 3,040 to train
@@ -108,29 +111,24 @@ reproduce-drupe16:
 # (it trains what is missing of it first).
 IMAGENETTE_OOD := --aux ood --ood-dataset imagenette --stage-set train:aux_split= --stage-set train:epochs=90
 reproduce-drupe16-imagenette:
-	$(DEDE) reproduce --preset cpu --variant drupe16 $(IMAGENETTE_OOD) --jobs 2 --threads 1 \
-		--command-line "make reproduce-drupe16-imagenette"
+	$(call variant-grid,drupe16,$(IMAGENETTE_OOD))
 
 # Domain or amount of data? GTSRB cut to Imagenette's 3,040 training images, 90 epochs, on the same DRUPE
 reproduce-drupe16-gtsrb3040:
-	$(DEDE) reproduce --preset cpu --variant drupe16 --aux ood --ood-images 3040 --stage-set train:epochs=90 \
-		--jobs 2 --threads 1 --command-line "make reproduce-drupe16-gtsrb3040"
+	$(call variant-grid,drupe16,--aux ood --ood-images 3040 --stage-set train:epochs=90)
 
 # The cpu preset's DRUPE (8 epochs) on a SimCLR encoder pre-trained again, in a grid of its own
 # (runs/reproduce-cpu-drupe8): its detectors on Imagenette (as above), then on GTSRB (the plain grid's `ood`)
 reproduce-drupe8:
-	$(DEDE) reproduce --preset cpu --variant drupe8 $(IMAGENETTE_OOD) --jobs 2 --threads 1 \
-		--command-line "make reproduce-drupe8"
-	$(DEDE) reproduce --preset cpu --variant drupe8 --aux ood --jobs 2 --threads 1 --command-line "make reproduce-drupe8"
+	$(call variant-grid,drupe8,$(IMAGENETTE_OOD))
+	$(call variant-grid,drupe8,--aux ood)
 
 # the CLIP rows with natural photos as the out-of-distribution set: the mini-CLIP and both attacks trained as in the
 # plain grid, in a grid of its own (runs/reproduce-cpu-clip), detectors on Imagenette, then on GTSRB (the same
 # encoders on both sets)
 reproduce-clip-imagenette:
-	$(DEDE) reproduce --preset cpu --variant clip $(IMAGENETTE_OOD) --jobs 2 --threads 1 \
-		--command-line "make reproduce-clip-imagenette"
-	$(DEDE) reproduce --preset cpu --variant clip --aux ood --jobs 2 --threads 1 \
-		--command-line "make reproduce-clip-imagenette"
+	$(call variant-grid,clip,$(IMAGENETTE_OOD))
+	$(call variant-grid,clip,--aux ood)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

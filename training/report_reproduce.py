@@ -151,7 +151,7 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
         pap = by.get((attack, aux, trig, False, "paper-1.5x"))
         if bd is None:
             continue
-        paper = paper_detection(test, "dede", PAPER_AUX.get(aux_kind(aux), aux_kind(aux)), attack)
+        paper = paper_detection(test, "dede", PAPER_AUX.get(kind := aux_kind(aux), kind), attack)
         goal = TARGET_AUC.get(attack, 0.9)
         verdict = "-" if preset != "cpu" else f"{'met' if bd['auc'] >= goal else 'missed'} (>= {goal})"
         lines.append(

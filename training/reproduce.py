@@ -90,7 +90,7 @@ POISONED_AUXES = ("id", *OUR_AUXES)  # CIFAR-10 train with 1% of the images trig
 DEFAULT_OOD = "gtsrb"
 
 
-def ood_aux(dataset: str, images: int = 0) -> str:
+def ood_aux(dataset: str, images: int) -> str:
     """The name an out-of-distribution set's runs and cells carry: ``ood`` for the default set (GTSRB),
     ``ood-<name>`` for another (``--ood-dataset imagenette``: ``ood-imagenette``), ``ood-<name>-<images>`` for a
     set cut to that many training images (``--ood-images``), so that a grid can hold them all."""
