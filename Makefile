@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-clip-imagenette asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly decompose asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -129,6 +129,40 @@ reproduce-drupe8:
 reproduce-clip-imagenette:
 	$(call variant-grid,clip,$(IMAGENETTE_OOD))
 	$(call variant-grid,clip,--aux ood)
+
+# The mini-CLIP pre-trained with captions that also describe the image (half of them: tone, colour of the centre and
+# of the border, "a photo of a dark red truck on blue."), CLIP Backdoor on it, detectors on Imagenette as above
+# (runs/reproduce-cpu-captions): does a mini-CLIP whose embedding keeps more of the image give DeDe a signal?
+reproduce-captions:
+	$(call variant-grid,captions,--attack clip-backdoor $(IMAGENETTE_OOD))
+
+# The same with poisoned pairs whose captions name the target class only (runs/reproduce-cpu-captions-classonly): in
+# `reproduce-captions` they also describe the clean image, which asks the backdoored embedding to keep its colours
+reproduce-captions-classonly:
+	$(call variant-grid,captions-classonly,--attack clip-backdoor $(IMAGENETTE_OOD))
+
+# Where each detector's separation comes from (docs/DECOMPOSITION.md): the trigger's pixels, the backdoored
+# embedding, or any other image's embedding, for the demo pair and the detectors of the variant grids above (their
+# bundles come from `make reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe8 reproduce-clip-imagenette
+# reproduce-captions reproduce-captions-classonly`).
+# $(call decompose-pair,LABEL,GRID BUNDLE,GRID CONTROL[,ARGS]); no commas in a label
+decompose-pair = $(DEDE) decompose --label "$(1)" --bundle runs/reproduce-cpu-$(2) --control runs/reproduce-cpu-$(3) \
+	$(4) --command-line "make decompose"
+decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
+	$(DEDE) decompose --label "demo BadEncoder (clean CIFAR-10 aux)" --bundle $(BAD) --control $(CLEAN) \
+		--command-line "make decompose"
+	$(call decompose-pair,drupe16 DRUPE (filtered CIFAR-10 aux),drupe16/bundles/drupe-id-filtered,drupe16/bundles/control-simclr-badencoder-id-filtered)
+	$(call decompose-pair,drupe16 DRUPE (GTSRB aux),drupe16/bundles/drupe-ood,drupe16/bundles/control-simclr-badencoder-ood)
+	$(call decompose-pair,drupe16 DRUPE (Imagenette aux),drupe16/bundles/drupe-ood-imagenette,drupe16/bundles/control-simclr-badencoder-ood-imagenette)
+	$(call decompose-pair,drupe8 DRUPE (GTSRB aux),drupe8/bundles/drupe-ood,drupe8/bundles/control-simclr-badencoder-ood)
+	$(call decompose-pair,drupe8 DRUPE (Imagenette aux),drupe8/bundles/drupe-ood-imagenette,drupe8/bundles/control-simclr-badencoder-ood-imagenette)
+	$(call decompose-pair,clip CLIP Backdoor (GTSRB aux),clip/bundles/clip-backdoor-ood,clip/bundles/control-clip-clip-backdoor-ood)
+	$(call decompose-pair,clip CLIP Backdoor (Imagenette aux),clip/bundles/clip-backdoor-ood-imagenette,clip/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,clip BadCLIP (GTSRB aux),clip/bundles/badclip-ood,clip/bundles/control-clip-clip-backdoor-ood)
+	$(call decompose-pair,clip BadCLIP (Imagenette aux),clip/bundles/badclip-ood-imagenette,clip/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,clip BadCLIP noise patch (Imagenette aux),clip/bundles/badclip-ood-imagenette,clip/bundles/control-clip-clip-backdoor-ood-imagenette,--trigger noise-patch)
+	$(call decompose-pair,captions CLIP Backdoor (Imagenette aux),captions/bundles/clip-backdoor-ood-imagenette,captions/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly CLIP Backdoor (Imagenette aux),captions-classonly/bundles/clip-backdoor-ood-imagenette,captions-classonly/bundles/control-clip-clip-backdoor-ood-imagenette)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

@@ -219,6 +219,22 @@ class Scorer:
         self.detector.run_with_iobinding(det)
         return compute_score(det.get_outputs()[2].numpy(), self.manifest.detector.score)
 
+    def score_against(self, images: np.ndarray, embeddings: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Scores of uint8 (B, H, W, 3) images when the decoder draws from ``embeddings`` (B, E) instead of the
+        images' own, in batches of ``batch_size`` -> (B,). One mask draw (draw 0) and no ``fixed_batch`` padding:
+        with ``mask_draws`` 1 and ``fixed_batch`` 0, ``score_against(x, embed_many(x))`` is ``score(x)``.
+        ``training.decompose`` pairs images with other embeddings to see what each part of the score sees."""
+        if len(embeddings) != len(images):
+            raise ValueError(f"{len(images)} images but {len(embeddings)} embeddings")
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            x = ort.OrtValue.ortvalue_from_numpy(self.preprocess(chunk), self._device, 0)
+            e = ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(embeddings[i : i + batch_size], np.float32), self._device, 0)
+            out.append(self._detect(x, e, self.keep_ids(chunk)))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
     def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores of any number of images, in batches -> (N,)."""
         out = [self.score(images[i : i + batch_size]).scores for i in range(0, len(images), batch_size)]

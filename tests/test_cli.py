@@ -10,7 +10,7 @@ def test_every_subcommand_exists() -> None:
     sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert sub is not None
     assert set(sub) == {"pretrain", "attack", "train", "calibrate", "export", "evaluate", "scan", "serve", "study",
-                        "reproduce"}
+                        "reproduce", "decompose"}
 
 
 def test_bad_config_exits_2_with_message(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 
+from service.errors import BundleError
 from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
 from training.reproduce import AUXES, DEFAULT_OOD
 
@@ -64,6 +65,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from training.evaluate import evaluate_cli
 
     evaluate_cli(a)
+
+
+def cmd_decompose(a: argparse.Namespace) -> None:
+    from training.decompose import decompose_cli
+
+    decompose_cli(a)
 
 
 def cmd_reproduce(a: argparse.Namespace) -> None:
@@ -159,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("decompose", help="where a detector's separation comes from: trigger pixels or the "
+                                         "backdoor's embedding (pairs images with other embeddings)")
+    p.add_argument("--bundle", required=True, help="the backdoored encoder's bundle (its manifest names the attack)")
+    p.add_argument("--control", required=True, help="the clean encoder's bundle (the control)")
+    p.add_argument("--label", default=None, help="the pair's row in the report (default: the bundle and trigger); "
+                                                 "a new run of a label replaces its records")
+    p.add_argument("--trigger", default=None, help="test trigger (default: the bundle's own)")
+    p.add_argument("--max-images", type=int, default=0, help="limit the non-target test images (0 = all)")
+    p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe of firing")
+    p.add_argument("--results", default="docs/decomposition.json")
+    p.add_argument("--report", default="docs/DECOMPOSITION.md")
+    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
+    p.set_defaults(func=cmd_decompose)
+
     p = sub.add_parser("reproduce", help="the paper's detection grid (attacks x auxiliary sets), resumable")
     p.add_argument("--preset", choices=presets, default="cpu")
     p.add_argument("--root", default=None,
@@ -236,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, BundleError) as exc:  # bad arguments, missing or corrupted files
         print(f"dede {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

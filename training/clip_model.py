@@ -22,7 +22,7 @@ import math
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,9 +70,11 @@ class WordTokenizer:
         self.pad_id, self.sot_id, self.eot_id, self.unk_id = range(4)
 
     @classmethod
-    def build(cls, templates: Sequence[str], classnames: Sequence[str]) -> WordTokenizer:
-        """The vocabulary of every template filled with every class name (sorted: deterministic)."""
-        texts = [t.format(c) for t in templates for c in classnames]
+    def build(cls, templates: Sequence[str], classnames: Sequence[str],
+              fills: Sequence[str] = ("{}",)) -> WordTokenizer:
+        """The vocabulary of every template filled with every class name, inside each of ``fills`` (phrases around
+        the class name, ``ClipInfo.fills``), sorted: deterministic."""
+        texts = [t.format(f.format(c)) for t in templates for f in fills for c in classnames]
         vocab = sorted({w for text in texts for w in words(text)})
         return cls([*SPECIALS, *vocab], max(len(words(t)) for t in texts) + 2)
 
@@ -182,6 +184,14 @@ class ClipInfo:
     text_layers: int = 3
     text_heads: int = 4
     logit_scale: float = math.log(1 / 0.07)  # log of the learned scale
+    # phrases around the class name that describe the image ("dark red {} on blue"), see ``clip_captions``;
+    # empty: captions name the class only (the plain mini-CLIP)
+    attributes: list[str] = field(default_factory=list)
+
+    @property
+    def fills(self) -> list[str]:
+        """What fills a template: the class name alone (fill 0), then each attribute phrase."""
+        return ["{}", *self.attributes]
 
     def tokenizer(self) -> WordTokenizer:
         return WordTokenizer(self.vocab, self.context_length)

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.augment import simclr_augment
+from training.clip_captions import ATTRIBUTES, caption_tokens, encode_captions, image_attributes, random_captions
 from training.clip_model import (
     TEMPLATES,
     ClipInfo,
@@ -62,6 +63,7 @@ class ClipConfig:
     eval_images: int = 10000  # test images for zero-shot accuracy and the kNN probe (0 = all)
     ssl_weight: float = 0.0  # > 0: SLIP's image-only SimCLR term, with this weight (see the module docstring)
     ssl_temperature: float = 0.5  # NT-Xent temperature of that term (the project's SimCLR recipe)
+    caption_attributes: bool = False  # half the captions also describe the image (``clip_captions``)
     seed: int = 0
     device: str = "auto"
 
@@ -94,16 +96,6 @@ def random_shift_flip(x: torch.Tensor, max_shift: int) -> torch.Tensor:
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1], contiguous (see encoders.to_input)."""
     return images.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-
-
-def caption_tokens(tokenizer: WordTokenizer, classnames: list[str], templates: list[str]) -> torch.Tensor:
-    """Every caption, class-major: row c * T + t is templates[t].format(classnames[c]). -> (C*T, L)."""
-    return tokenizer.encode([t.format(c) for c in classnames for t in templates])
-
-
-def random_captions(labels: torch.Tensor, n_templates: int) -> torch.Tensor:
-    """labels (B,) -> caption rows (B,) of ``caption_tokens``: the image's class, a random template."""
-    return labels * n_templates + torch.randint(0, n_templates, labels.shape, device=labels.device)
 
 
 class SslTerm(nn.Module):
@@ -167,9 +159,10 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_clip(cfg: ClipConfig, classnames: list[str]) -> tuple[MiniCLIP, EncoderSpec, ClipInfo]:
     templates = list(TEMPLATES)
-    tokenizer = WordTokenizer.build(templates, classnames)
+    attributes = list(ATTRIBUTES) if cfg.caption_attributes else []
+    tokenizer = WordTokenizer.build(templates, classnames, ["{}", *attributes])
     info = ClipInfo(tokenizer.vocab, tokenizer.context_length, templates, list(classnames), cfg.embed_dim,
-                    cfg.text_width, cfg.text_layers, cfg.text_heads)
+                    cfg.text_width, cfg.text_layers, cfg.text_heads, attributes=attributes)
     kwargs = {"width": cfg.width, "embed_dim": cfg.embed_dim}
     image = create_encoder("clip_image", **kwargs)
     spec = EncoderSpec("clip_image", kwargs, cfg.image_size)
@@ -189,7 +182,8 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
     clip, spec, info = build_clip(cfg, data.classes)
     clip = clip.to(device)
     slip = slip_term(clip, cfg.ssl_weight, cfg.ssl_temperature, device)
-    tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates).to(device)  # (C*T, L)
+    tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates, info.fills).to(device)  # (C*T*F, L)
+    attrs = torch.from_numpy(image_attributes(images)).to(device) if info.attributes else None  # (N,)
     steps_per_epoch = len(images_t) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(images_t)} images is fewer than one batch of {cfg.batch_size}")
@@ -208,9 +202,10 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
             unit = to_unit(images_t[idx])  # (B, 3, H, W) in [0, 1]
             x = normalise(random_shift_flip(unit, cfg.max_shift), spec)
             img = F.normalize(clip.image(x), dim=-1)  # (B, D)
-            txt = F.normalize(clip.text(tokens), dim=-1)  # (C*T, D): every caption once
-            caption = random_captions(labels_t[idx], len(info.templates))  # (B,)
-            loss = clip_loss(clip.scale() * img @ txt[caption].T)  # (B, B) logits
+            caption = random_captions(labels_t[idx], len(info.templates), None if attrs is None else attrs[idx],
+                                      len(info.fills))  # (B,)
+            txt = encode_captions(clip.text, tokens, caption)  # (B, D), each distinct caption once
+            loss = clip_loss(clip.scale() * img @ txt.T)  # (B, B) logits
             if slip is not None:
                 loss = loss + cfg.ssl_weight * slip(clip.image.backbone, unit, spec)
             value = optimizer_step(opt, loss, step)

@@ -130,7 +130,15 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
         "out-of-distribution sets, GTSRB and Imagenette", ("drupe",)),
     "clip": Variant(
         "clip", (), (), "the mini-CLIP and both of its attacks trained as in the plain grid, in a grid of its own: the "
-        "CLIP rows on both out-of-distribution sets, GTSRB and Imagenette (natural photos), against the same encoders")}
+        "CLIP rows on both out-of-distribution sets, GTSRB and Imagenette (natural photos), against the same encoders"),
+    "captions": Variant(
+        "clip", ("caption_attributes=true",), (), "the mini-CLIP pre-trained with half of its captions also describing "
+        "the image (tone, colour of the centre and of the border: \"a photo of a dark red truck on blue.\"), and its "
+        "attacks fine-tuning with such captions: does an embedding that keeps more of the image give DeDe a signal?"),
+    "captions-classonly": Variant(
+        "clip", ("caption_attributes=true",), ("poison_attributes=false",), "the `captions` mini-CLIP, attacked with "
+        "poisoned pairs whose captions name the target class only (its clean pairs still describe their images): "
+        "does the backdoored embedding keep the image's content because the poisoned captions described it?")}
 
 
 def grid_label(preset: str, variant: str = "") -> str:

@@ -18,6 +18,15 @@ from torch import nn
 
 from tests.conftest import data_root, needs_cifar
 from training.attacks.triggers import badclip_patch_size, make_trigger
+from training.clip_captions import (
+    ATTRIBUTES,
+    COLOURS,
+    caption_tokens,
+    colour_ids,
+    encode_captions,
+    image_attributes,
+    random_captions,
+)
 from training.clip_model import (
     SPECIALS,
     TEMPLATES,
@@ -270,6 +279,27 @@ def test_slip_adds_its_term_to_pretraining_and_to_the_attack(clip_runs: Path) ->
 
 
 @needs_cifar
+def test_attribute_captions_reach_pretraining_and_the_attack(clip_runs: Path) -> None:
+    """``caption_attributes=true`` (``dede reproduce --variant captions``): the saved CLIP's vocabulary and
+    clip.json carry the attribute phrases, so the attack (which reads them there) fine-tunes with them too."""
+    from training.cli import main
+
+    data = ["--set", f"dataset={clip_runs / 'cifar10-mini.zip'}"]
+    rich = clip_runs / "captions"
+    assert main(["pretrain", "--method", "clip", "--preset", "tiny", *data, "--set", "caption_attributes=true",
+                 "--out", str(rich / "clip")]) == 0
+    assert main(["attack", "clip-backdoor", "--encoder", str(rich / "clip"), "--preset", "tiny", *data,
+                 "--out", str(rich / "clip-backdoor")]) == 0
+    for name in ("clip", "clip-backdoor"):
+        _, _, info = load_clip(rich / name)
+        assert info.attributes == ATTRIBUTES and {"dark", "purple", "on"} <= set(info.vocab)
+    _, _, plain = load_clip(clip_runs / "clip")
+    assert plain.attributes == [] and "purple" not in plain.vocab
+    history = json.loads((rich / "clip-backdoor" / "encoder.json").read_text())["history"]
+    assert [h["stage"] for h in history] == ["pretrain-clip", "attack-clip-backdoor"]
+
+
+@needs_cifar
 def test_pretrain_records_zero_shot_accuracy(clip_runs: Path) -> None:
     spec = json.loads((clip_runs / "clip" / "encoder.json").read_text())
     assert spec["name"] == "clip_image" and spec["kwargs"] == {"width": 4, "embed_dim": 32}
@@ -337,3 +367,41 @@ def test_bundle_manifest_carries_trigger_params(clip_runs: Path, tmp_path: Path)
     assert victim["attack"] == "badclip"
     assert victim["trigger_params"] == raw["history"][-1]["trigger_params"]
     make_trigger(victim["trigger"], 32, victim["trigger_params"])  # a bundle's provenance rebuilds the trigger
+
+
+def test_colour_and_attribute_words_at_known_colours() -> None:
+    rgb = np.array([[1, 0, 0], [1, 0.5, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [0.5, 0, 1], [1, 0, 0.2],
+                    [0.5, 0.5, 0.5], [0.9, 0.88, 0.86]], np.float32)
+    names = [COLOURS[i] for i in colour_ids(rgb)]
+    assert names == ["red", "orange", "yellow", "green", "blue", "blue", "purple", "red", "gray", "gray"]
+    img = np.zeros((2, 32, 32, 3), np.uint8)
+    img[0, ..., 2] = 120  # dark blue border ...
+    img[0, 8:24, 8:24] = (150, 10, 10)  # ... around a dark red centre
+    img[1] = 230  # bright, no colour anywhere
+    img[1, 8:24, 8:24] = (250, 250, 60)  # a yellow centre
+    phrases = [ATTRIBUTES[i - 1] for i in image_attributes(img)]
+    assert phrases == ["dark red {} on blue", "bright yellow {} on gray"]
+    assert len(set(ATTRIBUTES)) == len(ATTRIBUTES) == 3 * 7 * 7
+
+
+def test_caption_rows_name_the_class_template_and_the_images_attributes() -> None:
+    fills = ["{}", *ATTRIBUTES]
+    tok = WordTokenizer.build(list(TEMPLATES), CLASSES, fills)
+    tokens = caption_tokens(tok, CLASSES, list(TEMPLATES), fills)
+    T, F_ = len(TEMPLATES), len(fills)
+    assert tokens.shape == (len(CLASSES) * T * F_, tok.context_length) and (tokens != tok.unk_id).all()
+    row = (9 * T + 0) * F_ + 1 + ATTRIBUTES.index("dark red {} on blue")
+    assert tokens[row].tolist() == tok.encode(["a photo of a dark red truck on blue."])[0].tolist()
+    torch.manual_seed(0)
+    labels, attrs = torch.randint(0, 10, (4000,)), torch.randint(1, F_, (4000,))
+    rows = random_captions(labels, T, attrs, F_)
+    fill, template, cls = rows % F_, rows // F_ % T, rows // (F_ * T)
+    assert torch.equal(cls, labels) and template.unique().numel() == T
+    assert ((fill == 0) | (fill == attrs)).all() and 0.45 < (fill == attrs).float().mean() < 0.55
+    plain = random_captions(labels, T)  # no attributes: one fill, the class alone
+    assert torch.equal(plain // T, labels)
+    text = TextTower(len(tok.vocab), tok.context_length, width=16, layers=1, heads=2, embed_dim=8).eval()
+    some = rows[:50]
+    with torch.no_grad():
+        got = encode_captions(text, tokens, some, chunk=7)
+        assert torch.allclose(got, F.normalize(text(tokens[some]), dim=-1), atol=1e-5)

@@ -158,6 +158,16 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     assert cell[cell.index("--label") + 1] == "tiny-clip"
     with pytest.raises(ValueError, match="only the attacks on the clip encoder, not drupe"):
         _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="clip")
+    # captions that describe the image: in pre-training only (the attacks read them from the saved CLIP)
+    rich = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"], variant="captions")}
+    assert "caption_attributes=true" in " ".join(rich["pretrain-clip"].cmd)
+    assert rich["attack-clip-backdoor"].cmd == plain["attack-clip-backdoor"].cmd
+    cell = rich["cell-clip-backdoor-ood"].cmd
+    assert cell[cell.index("--label") + 1] == "tiny-captions"
+    classonly = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                          variant="captions-classonly")}
+    assert classonly["pretrain-clip"].cmd == rich["pretrain-clip"].cmd  # the same mini-CLIP, attacked otherwise
+    assert "poison_attributes=false" in " ".join(classonly["attack-clip-backdoor"].cmd)
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
     # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
