@@ -109,8 +109,8 @@ def displacement(clean: np.ndarray, triggered: np.ndarray, target: np.ndarray, s
     moved towards the target class, 0 = no closer to target-class images than the clean embedding, 1 = as close as
     target-class images are to each other. clean, triggered: (N, E) embeddings of the same images; target (M, E)."""
     c, t, g = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in (clean, triggered, target))
-    shift = int(np.random.default_rng(seed).integers(1, len(c)))
-    other = (c * np.roll(c, shift, axis=0)).sum(1).mean()  # each image with another one
+    # random pairs; an image drawn with itself (about 1 in N) biases ``other`` by about (1 - other) / N
+    other = (c * c[np.random.default_rng(seed).permutation(len(c))]).sum(1).mean()
     own = (c * t).sum(1).mean()
     gg = g @ g.T  # (M, M)
     within = (gg.sum() - np.trace(gg)) / (len(g) * (len(g) - 1))  # target-class pairs, not an image with itself
