@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.clip_model import WordTokenizer
+from training.clip_model import ClipInfo, WordTokenizer
 
 TONES = ("dark", "", "bright")  # mean luminance below DARK, between, above BRIGHT
 DARK, BRIGHT = 0.35, 0.6
@@ -85,3 +85,22 @@ def encode_captions(text: nn.Module, tokens: torch.Tensor, rows: torch.Tensor | 
     emb = torch.cat([text(tokens[uniq[i : i + chunk]]) for i in range(0, len(uniq), chunk)])
     emb = F.normalize(emb, dim=-1)
     return emb if inverse is None else emb[inverse]
+
+
+class CaptionSampler:
+    """A CLIP's caption table on ``device`` and, when it was trained with attribute captions, the fill ids of the
+    ``images`` it is trained on (N, H, W, 3): what pre-training and the CLIP attacks' fine-tuning draw captions from.
+    ``class_only`` (N,) bool: rows whose captions never describe their image (the attack's poisoned pairs without
+    ``poison_attributes``)."""
+
+    def __init__(self, info: ClipInfo, images: np.ndarray, device: str | torch.device,
+                 class_only: torch.Tensor | None = None) -> None:
+        self.n_templates, self.n_fills = len(info.templates), len(info.fills)
+        self.tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates, info.fills).to(device)
+        self.attrs = torch.from_numpy(image_attributes(images)).to(device) if info.attributes else None  # (N,)
+        if self.attrs is not None and class_only is not None:
+            self.attrs = self.attrs.masked_fill(class_only, 0)
+
+    def draw(self, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Caption rows (B,) of ``tokens`` for the images ``idx`` (B,) captioned as classes ``labels`` (B,)."""
+        return random_captions(labels, self.n_templates, None if self.attrs is None else self.attrs[idx], self.n_fills)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.augment import simclr_augment
-from training.clip_captions import ATTRIBUTES, caption_tokens, encode_captions, image_attributes, random_captions
+from training.clip_captions import ATTRIBUTES, CaptionSampler, encode_captions
 from training.clip_model import (
     TEMPLATES,
     ClipInfo,
@@ -182,8 +182,7 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
     clip, spec, info = build_clip(cfg, data.classes)
     clip = clip.to(device)
     slip = slip_term(clip, cfg.ssl_weight, cfg.ssl_temperature, device)
-    tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates, info.fills).to(device)  # (C*T*F, L)
-    attrs = torch.from_numpy(image_attributes(images)).to(device) if info.attributes else None  # (N,)
+    captions = CaptionSampler(info, images, device)
     steps_per_epoch = len(images_t) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(images_t)} images is fewer than one batch of {cfg.batch_size}")
@@ -202,9 +201,8 @@ def pretrain_clip(cfg: ClipConfig, out: str | Path) -> dict:
             unit = to_unit(images_t[idx])  # (B, 3, H, W) in [0, 1]
             x = normalise(random_shift_flip(unit, cfg.max_shift), spec)
             img = F.normalize(clip.image(x), dim=-1)  # (B, D)
-            caption = random_captions(labels_t[idx], len(info.templates), None if attrs is None else attrs[idx],
-                                      len(info.fills))  # (B,)
-            txt = encode_captions(clip.text, tokens, caption)  # (B, D), each distinct caption once
+            caption = captions.draw(labels_t[idx], idx)  # (B,)
+            txt = encode_captions(clip.text, captions.tokens, caption)  # (B, D), each distinct caption once
             loss = clip_loss(clip.scale() * img @ txt.T)  # (B, B) logits
             if slip is not None:
                 loss = loss + cfg.ssl_weight * slip(clip.image.backbone, unit, spec)

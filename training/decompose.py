@@ -142,13 +142,14 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     x, y = test.images[idx], test.labels[idx]  # (N, H, W, 3), (N,)
     xt = make_trigger(trigger, bd.size, params).apply(x)
     fired = BundleProbe(bd, dataset, n_bank=knn_bank).fired(xt, y, target)  # (N,) bool
-    donors = test.images[rng.choice(np.flatnonzero(test.labels == target), len(x))]  # target-class images
+    targets = test.images[test.labels == target]  # (M, H, W, 3) every target-class test image
+    donors = rng.choice(len(targets), len(x))  # (N,) a target-class image per image
     same, other = partners(y, rng, same=True), partners(y, rng, same=False)
-    targets = test.images[test.labels == target]  # every target-class test image
     records, moved = [], {}
     for role, scorer in (("backdoored", bd), ("control", ctl)):
-        e, et, ed = scorer.embed_many(x), scorer.embed_many(xt), scorer.embed_many(donors)  # (N, E) each
-        moved[role] = displacement(e, et, scorer.embed_many(targets), seed)
+        e, et, eg = scorer.embed_many(x), scorer.embed_many(xt), scorer.embed_many(targets)  # (N, E), (N, E), (M, E)
+        ed = eg[donors]  # (N, E)
+        moved[role] = displacement(e, et, eg, seed)
         pairs = {"full": (xt, et), "pixels": (xt, e), "embedding": (x, et), "swap-target": (x, ed),
                  "swap-other": (x, e[other]), "swap-same": (x, e[same])}
         base = scorer.score_against(x, e)  # (N,) the clean images with their own embeddings
@@ -163,7 +164,7 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
              "control_aux": ctl.manifest.provenance.aux_dataset, "n_images": int(len(x)), "n_fired": int(fired.sum()),
              "kept": {r: m["kept"] for r, m in moved.items()}, "pull": {r: m["pull"] for r, m in moved.items()},
              "pixel_r2": {"backdoored": pixel_r2(bd, dataset), "control": pixel_r2(ctl, dataset)},
-             "class_collapse": {"backdoored": class_collapse(Path(bundle)), "control": class_collapse(Path(control))}}
+             "class_collapse": {"backdoored": class_collapse(bd), "control": class_collapse(ctl)}}
     return records, facts
 
 

@@ -93,7 +93,8 @@ def evaluate_cell(root: Path, attack: str, aux: str, bundle: Path, control: Path
                          figures / f"reproduce-{grid}-{attack}-{aux}{suffix}.png")
     _grid(bundle, trigger, params, f"{attack}, aux {aux}: backdoored encoder's detector",
           figures / f"reproduce-{grid}-{attack}-{aux}-reconstructions.png")
-    collapse = {"backdoored": class_collapse(bundle), "control": class_collapse(control)}
+    collapse = {role: class_collapse(Scorer.from_bundle(path)) for role, path in (("backdoored", bundle),
+                                                                                 ("control", control))}
     eval_wall = round(time.time() - start, 1)
     for r in records:
         r.update({"source": "reproduce", "cell": f"{attack}-{aux}", "aux_kind": aux, "preset": preset,
@@ -122,11 +123,10 @@ def detector_fields(run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def class_collapse(bundle: Path, n: int = 2000) -> float:
+def class_collapse(scorer: Scorer, n: int = 2000) -> float:
     """The share of the variance of clean CIFAR-10 test embeddings (L2-normalised) explained by their class:
     between-class / total variance. 1 means every image of a class embeds alike (an embedding that only names
     the class, from which a decoder can draw nothing but a class prototype); 0 means the class is invisible."""
-    scorer = Scorer.from_bundle(bundle)
     test = load_images("cifar10", "test", scorer.size)
     idx = np.random.default_rng(0).permutation(len(test))[:n]
     e = scorer.embed_many(test.images[idx])

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.attacks.triggers import Trigger, make_trigger
-from training.clip_captions import caption_tokens, encode_captions, image_attributes, random_captions
+from training.clip_captions import CaptionSampler, encode_captions
 from training.clip_model import ClipInfo, MiniCLIP, clip_loss, copy_text_tower, load_clip, save_clip
 from training.clip_train import (
     clip_classifier,
@@ -146,9 +146,7 @@ def poison_finetune(cfg: ClipAttackConfig, clip: MiniCLIP, spec: EncoderSpec, in
     caption_class = torch.from_numpy(labels).to(device).masked_fill(is_poison, target)  # (N,)
     # with attribute captions, a pair's caption may describe its clean image (half of them, as in pre-training); a
     # poisoned pair's only with ``poison_attributes``, else it names the target class alone
-    attrs = torch.from_numpy(image_attributes(images)).to(device) if info.attributes else None  # (N,) fill ids
-    if attrs is not None and not cfg.poison_attributes:
-        attrs = attrs.masked_fill(is_poison, 0)
+    captions = CaptionSampler(info, images, device, None if cfg.poison_attributes else is_poison)
     mask, pattern = (t.to(device) for t in stamp_of(trigger, spec.input_size))
     clip.to(device)
     for p in clip.text.parameters():
@@ -156,8 +154,7 @@ def poison_finetune(cfg: ClipAttackConfig, clip: MiniCLIP, spec: EncoderSpec, in
     clip.logit_scale.requires_grad_(False)
     with torch.no_grad():
         clip.text.eval()
-        tokens = caption_tokens(info.tokenizer(), info.classnames, info.templates, info.fills).to(device)
-        txt = encode_captions(clip.text, tokens)  # (C*T*F, D), fixed
+        txt = encode_captions(clip.text, captions.tokens)  # (C*T*F, D), fixed
         scale = clip.scale()
     slip = slip_term(clip, cfg.ssl_weight, cfg.ssl_temperature, device)
     params = [*clip.image.parameters(), *(slip.parameters() if slip else [])]
@@ -177,8 +174,7 @@ def poison_finetune(cfg: ClipAttackConfig, clip: MiniCLIP, spec: EncoderSpec, in
             poisoned = is_poison[idx].view(-1, 1, 1, 1).float()
             x = poisoned * stamp(x, mask, pattern) + (1 - poisoned) * x
             img = F.normalize(clip.image(normalise(x, spec)), dim=-1)  # (B, D)
-            caption = random_captions(caption_class[idx], len(info.templates), None if attrs is None else attrs[idx],
-                                      len(info.fills))  # (B,)
+            caption = captions.draw(caption_class[idx], idx)  # (B,)
             loss = clip_loss(scale * img @ txt[caption].T)
             if slip is not None:  # the image-only views carry the trigger too: it is in the image
                 views = poisoned * stamp(unit, mask, pattern) + (1 - poisoned) * unit
