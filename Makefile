@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly decompose asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long16 decompose asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -123,6 +123,12 @@ reproduce-drupe8:
 	$(call variant-grid,drupe8,$(IMAGENETTE_OOD))
 	$(call variant-grid,drupe8,--aux ood)
 
+# The cpu preset's BadEncoder (8 epochs) on a SimCLR encoder pre-trained again, in a grid of its own
+# (runs/reproduce-cpu-badencoder): its detectors on Imagenette (as above), then on GTSRB (the plain grid's `ood`)
+reproduce-badencoder:
+	$(call variant-grid,badencoder,$(IMAGENETTE_OOD))
+	$(call variant-grid,badencoder,--aux ood)
+
 # the CLIP rows with natural photos as the out-of-distribution set: the mini-CLIP and both attacks trained as in the
 # plain grid, in a grid of its own (runs/reproduce-cpu-clip), detectors on Imagenette, then on GTSRB (the same
 # encoders on both sets)
@@ -139,12 +145,17 @@ reproduce-captions:
 # The same with poisoned pairs whose captions name the target class only (runs/reproduce-cpu-captions-classonly): in
 # `reproduce-captions` they also describe the clean image, which asks the backdoored embedding to keep its colours
 reproduce-captions-classonly:
-	$(call variant-grid,captions-classonly,--attack clip-backdoor $(IMAGENETTE_OOD))
+	$(call variant-grid,captions-classonly,--attack clip-backdoor --attack badclip $(IMAGENETTE_OOD))
+
+# The same CLIP Backdoor fine-tuned for 8 or 16 epochs instead of 2 (runs/reproduce-cpu-captions-classonly-long,
+# -long16): does a longer attack leave less of the image in the triggered embedding, and does DeDe then see it?
+reproduce-captions-classonly-long reproduce-captions-classonly-long16:
+	$(call variant-grid,$(@:reproduce-%=%),--attack clip-backdoor $(IMAGENETTE_OOD))
 
 # Where each detector's separation comes from (docs/DECOMPOSITION.md): the trigger's pixels, the backdoored
 # embedding, or any other image's embedding, for the demo pair and the detectors of the variant grids above (their
-# bundles come from `make reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe8 reproduce-clip-imagenette
-# reproduce-captions reproduce-captions-classonly`).
+# bundles come from `make reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe8 reproduce-badencoder
+# reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long`).
 # $(call decompose-pair,LABEL,GRID BUNDLE,GRID CONTROL[,ARGS]); no commas in a label
 decompose-pair = $(DEDE) decompose --label "$(1)" --bundle runs/reproduce-cpu-$(2) --control runs/reproduce-cpu-$(3) \
 	$(4) --command-line "make decompose"
@@ -156,6 +167,8 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,drupe16 DRUPE (Imagenette aux),drupe16/bundles/drupe-ood-imagenette,drupe16/bundles/control-simclr-badencoder-ood-imagenette)
 	$(call decompose-pair,drupe8 DRUPE (GTSRB aux),drupe8/bundles/drupe-ood,drupe8/bundles/control-simclr-badencoder-ood)
 	$(call decompose-pair,drupe8 DRUPE (Imagenette aux),drupe8/bundles/drupe-ood-imagenette,drupe8/bundles/control-simclr-badencoder-ood-imagenette)
+	$(call decompose-pair,badencoder BadEncoder (GTSRB aux),badencoder/bundles/badencoder-ood,badencoder/bundles/control-simclr-badencoder-ood)
+	$(call decompose-pair,badencoder BadEncoder (Imagenette aux),badencoder/bundles/badencoder-ood-imagenette,badencoder/bundles/control-simclr-badencoder-ood-imagenette)
 	$(call decompose-pair,clip CLIP Backdoor (GTSRB aux),clip/bundles/clip-backdoor-ood,clip/bundles/control-clip-clip-backdoor-ood)
 	$(call decompose-pair,clip CLIP Backdoor (Imagenette aux),clip/bundles/clip-backdoor-ood-imagenette,clip/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,clip BadCLIP (GTSRB aux),clip/bundles/badclip-ood,clip/bundles/control-clip-clip-backdoor-ood)
@@ -163,6 +176,8 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,clip BadCLIP noise patch (Imagenette aux),clip/bundles/badclip-ood-imagenette,clip/bundles/control-clip-clip-backdoor-ood-imagenette,--trigger noise-patch)
 	$(call decompose-pair,captions CLIP Backdoor (Imagenette aux),captions/bundles/clip-backdoor-ood-imagenette,captions/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly CLIP Backdoor (Imagenette aux),captions-classonly/bundles/clip-backdoor-ood-imagenette,captions-classonly/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly BadCLIP (Imagenette aux),captions-classonly/bundles/badclip-ood-imagenette,captions-classonly/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long CLIP Backdoor (Imagenette aux),captions-classonly-long/bundles/clip-backdoor-ood-imagenette,captions-classonly-long/bundles/control-clip-clip-backdoor-ood-imagenette)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

@@ -12,7 +12,16 @@ from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.aux_filter import DENSE_K
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
-from training.reproduce import AUXES, FILTERED_DETECTOR, ROBUST_DETECTOR, VARIANTS, aux_kind, grid_label
+from training.reproduce import (
+    ATTACKS,
+    AUXES,
+    EXTRA_TEST_TRIGGERS,
+    FILTERED_DETECTOR,
+    ROBUST_DETECTOR,
+    VARIANTS,
+    aux_kind,
+    grid_label,
+)
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
 PAPER_AUX = {"id-robust": "id", "id-filtered": "id"}  # the paper's row a cell is compared with (ours)
@@ -41,8 +50,6 @@ def _pct(v: float | None) -> str:
 
 def _order(attack: str) -> int:
     return ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
-
-
 
 
 def attack_lines(recs: list[dict[str, Any]], preset: str) -> list[str]:
@@ -317,6 +324,82 @@ def asset_filter_lines(recs: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+RetrainKey = tuple[str, str, str, str]  # (preset, cell, test trigger, attack or "none")
+
+
+def _retrain_pairs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(plain grid's record, retrained record, variant) for every balanced-test DeDe record at the deployed threshold
+    of a ``retrain`` variant (``reproduce.VARIANTS``) whose cell the plain grid of the same preset also has."""
+    def key(r: dict[str, Any]) -> RetrainKey:
+        return r.get("preset", "?"), r["cell"], r["test_trigger"], r["attack"]
+
+    cells = [r for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
+             and r.get("detector", "dede") == "dede"]
+    plain = {key(r): r for r in cells if not r.get("variant")}
+    pairs = [(plain[key(r)], r, r["variant"]) for r in cells
+             if (v := VARIANTS.get(r.get("variant", ""))) is not None and v.retrain and key(r) in plain]
+    return sorted(pairs, key=lambda p: (_order(p[0]["attack"]), p[0]["cell"], p[0]["test_trigger"], p[2]))
+
+
+def retrain_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The plain grid's cells next to the same cells of grids that trained the same recipe again (pre-training,
+    attack and detector): how far one retrain moves a number, summarised over the attacks' own triggers."""
+    pairs = _retrain_pairs(records)
+    if not pairs:
+        return []
+    lines = ["## Retrains: the same cells trained again", "",
+             "Grids of the variants that train the plain grid's recipe again (" +
+             ", ".join(f"`{v}`" for v, var in VARIANTS.items() if var.retrain) + "; every stage trained anew, from "
+             "SimCLR or CLIP pre-training to the detector) repeat some of the plain grid's cells. One retrain is "
+             "how far a number in the tables above can move with nothing changed but the run. Balanced test, "
+             "deployed threshold (`fpr@0.01`); ASR of the attacked encoder as in the attack tables; TPR / FPR in %.",
+             "",
+             "| grid | cell | test trigger | ASR plain / retrained | AUC plain / retrained (difference) | "
+             "TPR / FPR plain | TPR / FPR retrained | control AUC plain / retrained (difference) |",
+             "|---|---|---|---|---|---|---|---|"]
+    ctl_deltas: dict[tuple[str, str, float, float], float] = {}
+    by_control = {(r.get("preset"), r.get("variant", ""), r["cell"], r["test_trigger"]): r
+                  for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
+                  and r.get("detector", "dede") == "dede" and r["attack"] == "none"}
+    bad_deltas = []
+    for old, new, variant in pairs:
+        if old["attack"] == "none":
+            continue
+        c_old = by_control.get((old.get("preset"), "", old["cell"], old["test_trigger"]))
+        c_new = by_control.get((new.get("preset"), variant, new["cell"], new["test_trigger"]))
+        control, own_trigger = "-", not _extra_trigger(old)
+        if c_old and c_new:
+            control = f"{_f(c_old['auc'])} / {_f(c_new['auc'])} ({c_new['auc'] - c_old['auc']:+.3f})"
+            clean = ATTACKS[old["attack"]]["clean"]
+            if own_trigger:  # the same pair of numbers from two grids (a control copied into a second grid): once
+                ctl_deltas[(clean, old["aux"], c_old["auc"], c_new["auc"])] = c_new["auc"] - c_old["auc"]
+        if own_trigger:
+            bad_deltas.append(new["auc"] - old["auc"])
+        lines.append(f"| {variant} | {old['cell']} | {old['test_trigger']} | {_f(old.get('attack_asr'))} / "
+                     f"{_f(new.get('attack_asr'))} | {_f(old['auc'])} / {_f(new['auc'])} "
+                     f"({new['auc'] - old['auc']:+.3f}) | {_pct(old['tpr'])} / {_pct(old['fpr'])} | "
+                     f"{_pct(new['tpr'])} / {_pct(new['fpr'])} | {control} |")
+    lines += ["", "With each attack's own trigger (other test triggers reuse the same detectors):",
+              f"- backdoored detectors: {len(bad_deltas)} retrained, AUC difference {_spread(bad_deltas)};",
+              f"- their controls: {len(ctl_deltas)} rows (a control copied into a second grid counts once), AUC "
+              f"difference {_spread(list(ctl_deltas.values()))}.", ""]
+    return lines
+
+
+def _spread(deltas: list[float]) -> str:
+    """Mean absolute and largest absolute difference."""
+    if not deltas:
+        return "-"
+    absolute = [abs(d) for d in deltas]
+    return f"mean |d| {sum(absolute) / len(absolute):.3f}, largest {max(deltas, key=abs):+.3f}"
+
+
+def _extra_trigger(r: dict[str, Any]) -> bool:
+    """Whether a cell's record scores a test trigger other than its attack's own (``EXTRA_TEST_TRIGGERS``)."""
+    attack = r.get("control_for") or r["attack"]
+    return r["test_trigger"] in {t for t, _ in EXTRA_TEST_TRIGGERS.get(attack, [])}
+
+
 def _grid_order(preset: str, variant: str) -> tuple[bool, int, str, str]:
     """Sections in a fixed order, whatever the order of the records: the plain grids (cpu, paper, tiny, others)
     first, then the variants."""
@@ -411,10 +494,10 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
         lines += ["Figures (ROC and score histograms per cell; reconstructions: masked input, reconstruction, "
                   "ground truth for clean and triggered images):", ""]
         for cell in cells:
-            extra = sorted({r["test_trigger"] for r in recs if r["cell"] == cell and r["test_trigger"] != r["trigger"]})
+            extra = sorted({r["test_trigger"] for r in recs if r["cell"] == cell and _extra_trigger(r)})
             lines.append(f"- {cell}: [detection](figures/reproduce-{grid}-{cell}.png), "
                          + "".join(f"[detection, {t} trigger](figures/reproduce-{grid}-{cell}-{t}.png), "
                                    for t in extra)
                          + f"[reconstructions](figures/reproduce-{grid}-{cell}-reconstructions.png)")
         lines.append("")
-    return lines
+    return lines + retrain_lines(records)

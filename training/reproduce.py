@@ -31,8 +31,8 @@ A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the at
 diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``), ``slip4`` with that
 term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE for 16 epochs (is DRUPE's shortfall at the cpu preset
 an attack that fired on only about half of the images?); ``drupe8`` trains it as the plain grid does, in a grid of
-its own (the cpu preset's DRUPE on out-of-distribution sets the plain grid did not have); ``clip`` does the same for
-the mini-CLIP and both of its attacks. Its grid lives in
+its own (the cpu preset's DRUPE on out-of-distribution sets the plain grid did not have); ``badencoder`` does the
+same for BadEncoder, ``clip`` for the mini-CLIP and both of its attacks. Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -67,6 +67,8 @@ ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts 
     "badclip": {"clean": "clip"},
 }
 STAGES = ("pretrain", "attack", "train", "downstream")
+# test triggers a cell scores besides its attack's own (the paper's BadCLIP test sets used a random noise patch)
+EXTRA_TEST_TRIGGERS: dict[str, list[tuple[str, dict[str, Any]]]] = {"badclip": [("noise-patch", {})]}
 CTRL_DEDE = ["mask_ratio=0.75", "ood_noise_quantile=0.99"]  # the paper's CTRL handling
 
 
@@ -113,6 +115,7 @@ class Variant:
     attack_sets: tuple[str, ...]
     about: str  # one line for RESULTS.md
     attacks: tuple[str, ...] = ()  # the attacks it trains (empty: every attack on its clean encoder)
+    retrain: bool = False  # the plain grid's recipe trained again (settings that only measure aside): its cells repeat
 
     def trains(self, attack: str) -> bool:
         return ATTACKS[attack]["clean"] == self.clean and (not self.attacks or attack in self.attacks)
@@ -127,10 +130,15 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
     "drupe8": Variant(
         "simclr", (), ("asr_every=4",), "DRUPE trained as in the plain grid (8 epochs, its attack success also "
         "measured after 4), on a SimCLR encoder pre-trained again as in the plain grid: the cpu preset's DRUPE on both "
-        "out-of-distribution sets, GTSRB and Imagenette", ("drupe",)),
+        "out-of-distribution sets, GTSRB and Imagenette", ("drupe",), retrain=True),
+    "badencoder": Variant(
+        "simclr", (), (), "BadEncoder trained as in the plain grid (8 epochs), on a SimCLR encoder pre-trained again "
+        "as in the plain grid, in a grid of its own: the BadEncoder rows on natural photos (Imagenette) as the "
+        "out-of-distribution set, which the plain grid's GTSRB-only `ood` cells lack", ("badencoder",), retrain=True),
     "clip": Variant(
         "clip", (), (), "the mini-CLIP and both of its attacks trained as in the plain grid, in a grid of its own: the "
-        "CLIP rows on both out-of-distribution sets, GTSRB and Imagenette (natural photos), against the same encoders"),
+        "CLIP rows on both out-of-distribution sets, GTSRB and Imagenette (natural photos), against the same encoders",
+        retrain=True),
     "captions": Variant(
         "clip", ("caption_attributes=true",), (), "the mini-CLIP pre-trained with half of its captions also describing "
         "the image (tone, colour of the centre and of the border: \"a photo of a dark red truck on blue.\"), and its "
@@ -138,7 +146,11 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
     "captions-classonly": Variant(
         "clip", ("caption_attributes=true",), ("poison_attributes=false",), "the `captions` mini-CLIP, attacked with "
         "poisoned pairs whose captions name the target class only (its clean pairs still describe their images): "
-        "does the backdoored embedding keep the image's content because the poisoned captions described it?")}
+        "does the backdoored embedding keep the image's content because the poisoned captions described it?"),
+    **{f"captions-classonly-long{'' if n == 8 else n}": Variant(
+        "clip", ("caption_attributes=true",), ("poison_attributes=false", f"epochs={n}"), "the `captions-classonly` "
+        f"attack fine-tuned for {n} epochs, {n // 2} times the cpu preset's 2: does a longer attack leave less of the "
+        "image in the triggered embedding, and does DeDe then see it?", ("clip-backdoor",)) for n in (8, 16)}}
 
 
 def grid_label(preset: str, variant: str = "") -> str:

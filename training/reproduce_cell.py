@@ -26,11 +26,7 @@ from training.attacks.triggers import make_trigger
 from training.data import load_images
 from training.evaluate import evaluate_bundle, hardware
 from training.figures import detection_figure, reconstruction_grid
-from training.reproduce import FILTERED_DETECTOR, ROBUST_DETECTOR
-
-# the paper's BadCLIP test sets used a random noise patch
-EXTRA_TEST_TRIGGERS: dict[str, list[tuple[str, dict[str, Any]]]] = {"badclip": [("noise-patch", {})]}
-
+from training.reproduce import EXTRA_TEST_TRIGGERS, FILTERED_DETECTOR, ROBUST_DETECTOR
 
 STEALTH = ("swd_before", "swd", "outlier_auc_before", "outlier_auc")  # embedding-space visibility (DRUPE's claim)
 

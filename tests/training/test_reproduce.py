@@ -146,6 +146,16 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
     drupe8 = {s.name: s for s in _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="drupe8")}
     attack = " ".join(drupe8["attack-drupe"].cmd)  # the preset's epochs, its attack success also measured halfway
     assert "asr_every=4" in attack and "epochs=" not in attack and "--set" not in drupe8["pretrain-simclr"].cmd
+    # BadEncoder trained as in the plain grid, in a grid of its own: the plain grid's commands, its own cell labels
+    bad = {s.name: s for s in _grid(tmp_path, attacks=["badencoder"], auxes=["ood"], variant="badencoder",
+                                     ood_dataset="imagenette")}
+    plain_simclr = {s.name: s for s in _grid(tmp_path, attacks=["badencoder"], auxes=["ood"])}
+    for name in ("pretrain-simclr", "attack-badencoder"):
+        assert bad[name].cmd == plain_simclr[name].cmd
+    cell = bad["cell-badencoder-ood-imagenette"].cmd
+    assert cell[cell.index("--label") + 1] == "tiny-badencoder"
+    with pytest.raises(ValueError, match="trains only badencoder on the simclr encoder, not drupe"):
+        _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="badencoder")
     # the mini-CLIP trained again as in the plain grid, in a grid of its own: both attacks, one shared control
     clip = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"], variant="clip",
                                       ood_dataset="imagenette")}
@@ -168,6 +178,12 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
                                           variant="captions-classonly")}
     assert classonly["pretrain-clip"].cmd == rich["pretrain-clip"].cmd  # the same mini-CLIP, attacked otherwise
     assert "poison_attributes=false" in " ".join(classonly["attack-clip-backdoor"].cmd)
+    long = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                     variant="captions-classonly-long")}
+    assert long["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
+    assert {"poison_attributes=false", "epochs=8"} <= set(long["attack-clip-backdoor"].cmd)
+    with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
+        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
     # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
@@ -334,14 +350,16 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
     assert cell.stat().st_mtime == stamp
 
 
-def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float) -> list[dict[str, object]]:
+def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float,
+                  trigger: str = "badencoder") -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for test in ("balanced", "unbalanced-1%"):
         for rule in ("fpr@0.01", "paper-1.5x"):
             for name, a in ((attack, auc), ("none", ctl_auc)):
                 out.append({"attack": name, "detector": "dede", "test": test, "threshold_rule": rule, "auc": a,
                             "tpr": 0.5, "fpr": 0.01, "n_clean": 100, "n_triggered": 100, "aux": f"x-{aux}",
-                            "aux_kind": aux, "test_trigger": "badencoder", "trigger": "badencoder",
+                            "aux_kind": aux, "test_trigger": trigger, "trigger": trigger,
+                            "deployed": rule == "fpr@0.01",
                             "cell": f"{attack}-{aux}", "preset": "cpu", "source": "reproduce",
                             "attack_asr": 0.9 if name != "none" else 0.08, "encoder_clean_acc": 0.5,
                             "train_wall_s": 10.0, "eval_wall_s": 5.0, "dede_epochs": 15,
@@ -488,6 +506,38 @@ def test_a_variants_cells_get_a_section_of_their_own() -> None:
     assert "SLIP's image-only" in text[cut:] and "SLIP" not in text[:cut]
     assert "(figures/reproduce-cpu-clip-backdoor-ood.png)" in text[:cut]
     assert "(figures/reproduce-cpu-slip-clip-backdoor-ood.png)" in text[cut:]
+
+
+def test_retrained_cells_are_set_next_to_the_plain_grids_and_summarised() -> None:
+    from training.report_reproduce import reproduce_lines, retrain_lines
+
+    def grid(variant: str, *cells: tuple[str, float, float, str]) -> list[dict[str, object]]:
+        return [{**r, **({"variant": variant} if variant else {})}
+                for attack, auc, ctl, trig in cells for r in _cell_records(attack, "ood", auc, ctl, trig)]
+
+    badclip = [{**r, "cell": "badclip-ood"} for r in _cell_records("badclip", "ood", 0.52, 0.52, "noise-patch")]
+    plain = grid("", ("badencoder", 0.985, 0.807, "badencoder"), ("drupe", 0.897, 0.807, "badencoder"),
+                 ("badclip", 0.586, 0.556, "badclip")) + badclip
+    retrained = (grid("drupe8", ("drupe", 0.896, 0.830, "badencoder"))
+                 # a control copied from the drupe8 grid: the same pair of numbers
+                 + grid("badencoder", ("badencoder", 0.965, 0.830, "badencoder"))
+                 + grid("clip", ("badclip", 0.629, 0.542, "badclip"))
+                 + [{**r, "variant": "clip", "auc": 0.6} for r in badclip]
+                 + grid("slip", ("badclip", 0.7, 0.5, "badclip")))  # another recipe: not a retrain
+    text = "\n".join(retrain_lines(plain + retrained))
+    assert text.startswith("## Retrains: the same cells trained again")
+    assert "| drupe8 | drupe-ood | badencoder | 0.900 / 0.900 | 0.897 / 0.896 (-0.001) |" in text
+    assert "| badencoder | badencoder-ood | badencoder |" in text and "0.985 / 0.965 (-0.020)" in text
+    assert "| clip | badclip-ood | noise-patch |" in text and "0.520 / 0.600 (+0.080)" in text  # listed
+    assert "slip" not in text.split("|---|")[1]
+    # the noise patch reuses the BadCLIP detector, the copied control counts once
+    assert "backdoored detectors: 3 retrained, AUC difference mean |d| 0.021, largest +0.043" in text
+    assert "their controls: 2 rows" in text and "mean |d| 0.018, largest +0.023" in text
+    assert retrain_lines(plain + grid("slip", ("badclip", 0.7, 0.5, "badclip"))) == []
+    assert text in "\n".join(reproduce_lines(plain + retrained))
+    # the extra test trigger's figure is linked in its grid's section
+    assert ("[detection, noise-patch trigger](figures/reproduce-cpu-badclip-ood-noise-patch.png)"
+            in "\n".join(reproduce_lines(plain)))
 
 
 def test_publishing_without_finished_cells_says_so_and_leaves_the_docs(tmp_path: Path,
