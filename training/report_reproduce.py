@@ -324,27 +324,33 @@ def asset_filter_lines(recs: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-RetrainKey = tuple[str, str, str, str]  # (preset, cell, test trigger, attack or "none")
+RetrainKey = tuple[str, str, str, str, bool]  # (preset, variant, cell, test trigger, is the control)
 
 
-def _retrain_pairs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
-    """(plain grid's record, retrained record, variant) for every balanced-test DeDe record at the deployed threshold
-    of a ``retrain`` variant (``reproduce.VARIANTS``) whose cell the plain grid of the same preset also has."""
-    def key(r: dict[str, Any]) -> RetrainKey:
-        return r.get("preset", "?"), r["cell"], r["test_trigger"], r["attack"]
+def _deployed_dede(records: list[dict[str, Any]]) -> dict[RetrainKey, dict[str, Any]]:
+    """The balanced-test DeDe records at the deployed threshold, by ``RetrainKey`` (variant "" for the plain grid)."""
+    return {(r.get("preset", "?"), r.get("variant", ""), r["cell"], r["test_trigger"], r["attack"] == "none"): r
+            for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
+            and r.get("detector", "dede") == "dede"}
 
-    cells = [r for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
-             and r.get("detector", "dede") == "dede"]
-    plain = {key(r): r for r in cells if not r.get("variant")}
-    pairs = [(plain[key(r)], r, r["variant"]) for r in cells
-             if (v := VARIANTS.get(r.get("variant", ""))) is not None and v.retrain and key(r) in plain]
-    return sorted(pairs, key=lambda p: (_order(p[0]["attack"]), p[0]["cell"], p[0]["test_trigger"], p[2]))
+
+def _retrain_pairs(by: dict[RetrainKey, dict[str, Any]]) -> list[tuple[RetrainKey, RetrainKey]]:
+    """(the plain grid's key, the retrained key) of every backdoored detector's record in a ``retrain`` variant's
+    grid (``reproduce.VARIANTS``) whose cell the plain grid of the same preset also has."""
+    pairs = []
+    for key in by:
+        preset, variant, cell, trigger, control = key
+        plain = (preset, "", cell, trigger, False)
+        if not control and (v := VARIANTS.get(variant)) is not None and v.retrain and plain in by:
+            pairs.append((plain, key))
+    return sorted(pairs, key=lambda p: (_order(by[p[0]]["attack"]), p[0][2], p[0][3], p[1][1]))
 
 
 def retrain_lines(records: list[dict[str, Any]]) -> list[str]:
     """The plain grid's cells next to the same cells of grids that trained the same recipe again (pre-training,
     attack and detector): how far one retrain moves a number, summarised over the attacks' own triggers."""
-    pairs = _retrain_pairs(records)
+    by = _deployed_dede(records)
+    pairs = _retrain_pairs(by)
     if not pairs:
         return []
     lines = ["## Retrains: the same cells trained again", "",
@@ -358,15 +364,10 @@ def retrain_lines(records: list[dict[str, Any]]) -> list[str]:
              "TPR / FPR plain | TPR / FPR retrained | control AUC plain / retrained (difference) |",
              "|---|---|---|---|---|---|---|---|"]
     ctl_deltas: dict[tuple[str, str, float, float], float] = {}
-    by_control = {(r.get("preset"), r.get("variant", ""), r["cell"], r["test_trigger"]): r
-                  for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
-                  and r.get("detector", "dede") == "dede" and r["attack"] == "none"}
     bad_deltas = []
-    for old, new, variant in pairs:
-        if old["attack"] == "none":
-            continue
-        c_old = by_control.get((old.get("preset"), "", old["cell"], old["test_trigger"]))
-        c_new = by_control.get((new.get("preset"), variant, new["cell"], new["test_trigger"]))
+    for old_key, new_key in pairs:
+        old, new, variant = by[old_key], by[new_key], new_key[1]
+        c_old, c_new = by.get((*old_key[:4], True)), by.get((*new_key[:4], True))
         control, own_trigger = "-", not _extra_trigger(old)
         if c_old and c_new:
             control = f"{_f(c_old['auc'])} / {_f(c_new['auc'])} ({c_new['auc'] - c_old['auc']:+.3f})"

@@ -150,7 +150,7 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
     **{f"captions-classonly-long{'' if n == 8 else n}": Variant(
         "clip", ("caption_attributes=true",), ("poison_attributes=false", f"epochs={n}"), "the `captions-classonly` "
         f"attack fine-tuned for {n} epochs, {n // 2} times the cpu preset's 2: does a longer attack leave less of the "
-        "image in the triggered embedding, and does DeDe then see it?", ("clip-backdoor",)) for n in (8, 16)}}
+        "image in the triggered embedding, and does DeDe then see it?", ("clip-backdoor",)) for n in (8, 12)}}
 
 
 def grid_label(preset: str, variant: str = "") -> str:

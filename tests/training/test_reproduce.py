@@ -182,6 +182,10 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
                                      variant="captions-classonly-long")}
     assert long["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
     assert {"poison_attributes=false", "epochs=8"} <= set(long["attack-clip-backdoor"].cmd)
+    long12 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                       variant="captions-classonly-long12")}
+    assert "epochs=12" in long12["attack-clip-backdoor"].cmd and "epochs=8" not in long12["attack-clip-backdoor"].cmd
+    assert long12["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
     with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
         _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
