@@ -44,6 +44,7 @@ from training.evaluate import hardware
 from training.knn import BundleProbe
 from training.metrics import auc
 from training.records import replace_in_place
+from training.report_reproduce import fmt
 from training.reproduce_cell import class_collapse
 
 # condition -> (image, embedding) in the words of the report
@@ -168,13 +169,9 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     return records, facts
 
 
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _pair(recs: list[dict[str, Any]], key: str) -> str:
     v = recs[0].get(key) or {}
-    return f"{_f(v.get('backdoored'))} / {_f(v.get('control'))}"
+    return f"{fmt(v.get('backdoored'))} / {fmt(v.get('control'))}"
 
 
 def write_report(records: list[dict[str, Any]], path: Path) -> None:
@@ -191,7 +188,7 @@ def write_report(records: list[dict[str, Any]], path: Path) -> None:
         for label, recs in pairs.items():
             by = {(r["detector"], r["condition"]): r[key] for r in recs}
             rows.append(f"| {label} | " + " | ".join(
-                f"{_f(by.get(('backdoored', c)))} / {_f(by.get(('control', c)))}" for c in CONDITIONS) + " |")
+                f"{fmt(by.get(('backdoored', c)))} / {fmt(by.get(('control', c)))}" for c in CONDITIONS) + " |")
         return rows
 
     lines = [
@@ -267,5 +264,5 @@ def decompose_cli(a: argparse.Namespace) -> None:
     path.write_text(json.dumps(merged, indent=1))
     write_report(merged, Path(a.report))
     for r in records:
-        print(f"{r['detector']:>10} {r['condition']:>11}  AUC {r['auc']:.3f}  fired {_f(r['auc_fired'])}")
+        print(f"{r['detector']:>10} {r['condition']:>11}  AUC {r['auc']:.3f}  fired {fmt(r['auc_fired'])}")
     print(f"wrote {a.results} and {a.report} ({pair['wall_s']} s)")

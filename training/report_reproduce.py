@@ -40,7 +40,8 @@ TESTS = (("balanced", "Table 1: balanced test set (every clean CIFAR-10 test ima
          ("unbalanced-1%", "Table 3: unbalanced test set (the clean images + triggered copies of 1% of them)"))
 
 
-def _f(v: Any, digits: int = 3) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
+    """A number for a table: `digits` decimals for a float, "-" for None."""
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
@@ -73,17 +74,18 @@ def attack_lines(recs: list[dict[str, Any]], preset: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for a in sorted(seen, key=_order):
         r, c = seen[a], ctl.get(a, {})
-        lines.append(f"| {a} | {r['trigger']} | {_f(c.get('attack_asr'))} -> {_f(r.get('attack_asr'))} | "
-                     f"{_f(c.get('encoder_clean_acc'))} -> {_f(r.get('encoder_clean_acc'))} | "
-                     f"{r.get('asr_method', 'knn')} | {_f(r.get('knn_asr'))} / {_f(r.get('knn_clean_acc'))} | "
-                     f"{_f(r.get('swd_before'), 2)} -> {_f(r.get('swd'), 2)} | "
-                     f"{_f(r.get('outlier_auc_before'))} -> {_f(r.get('outlier_auc'))} | "
-                     f"{_f(c.get('class_collapse'))} -> {_f(r.get('class_collapse'))} | "
-                     f"{_epochs(r.get('stage_epochs'), preset)}, {_f(r.get('attack_wall_s'), 0)} s |")
+        lines.append(f"| {a} | {r['trigger']} | {fmt(c.get('attack_asr'))} -> {fmt(r.get('attack_asr'))} | "
+                     f"{fmt(c.get('encoder_clean_acc'))} -> {fmt(r.get('encoder_clean_acc'))} | "
+                     f"{r.get('asr_method', 'knn')} | {fmt(r.get('knn_asr'))} / {fmt(r.get('knn_clean_acc'))} | "
+                     f"{fmt(r.get('swd_before'), 2)} -> {fmt(r.get('swd'), 2)} | "
+                     f"{fmt(r.get('outlier_auc_before'))} -> {fmt(r.get('outlier_auc'))} | "
+                     f"{fmt(c.get('class_collapse'))} -> {fmt(r.get('class_collapse'))} | "
+                     f"{_epochs(r.get('stage_epochs'), preset)}, {fmt(r.get('attack_wall_s'), 0)} s |")
     if curves := [(a, seen[a]["asr_curve"]) for a in sorted(seen, key=_order) if seen[a].get("asr_curve")]:
         lines += ["", "Attack success while the attack trained (kNN ASR / clean accuracy after the epoch; epoch 0 is "
                   "the clean encoder; `asr_every`): " + "; ".join(
-                      f"{a}: " + ", ".join(f"epoch {p['epoch']} {_f(p['asr'])} / {_f(p['clean_accuracy'])}" for p in c)
+                      f"{a}: " + ", ".join(f"epoch {p['epoch']} {fmt(p['asr'])} / {fmt(p['clean_accuracy'])}"
+                                           for p in c)
                       for a, c in curves) + "."]
     weak = [a for a in sorted(seen, key=_order)
             if not implanted(seen[a].get("attack_asr"), ctl.get(a, {}).get("attack_asr"))]
@@ -162,14 +164,14 @@ def detection_lines(recs: list[dict[str, Any]], test: str, preset: str) -> list[
         goal = TARGET_AUC.get(attack, 0.9)
         verdict = "-" if preset != "cpu" else f"{'met' if bd['auc'] >= goal else 'missed'} (>= {goal})"
         lines.append(
-            f"| {attack} | {trig} | {_aux_label(bd, ctl)} | {_f(bd['auc'])} | {_f(ctl['auc']) if ctl else '-'} | "
-            f"{_f(paper[2]) if paper else '-'} | {_pct(bd['tpr'])} / {_pct(bd['fpr'])} | "
+            f"| {attack} | {trig} | {_aux_label(bd, ctl)} | {fmt(bd['auc'])} | {fmt(ctl['auc']) if ctl else '-'} | "
+            f"{fmt(paper[2]) if paper else '-'} | {_pct(bd['tpr'])} / {_pct(bd['fpr'])} | "
             f"{(_pct(ctl['tpr']) + ' / ' + _pct(ctl['fpr'])) if ctl else '-'} | "
             f"{(_pct(pap['tpr']) + ' / ' + _pct(pap['fpr'])) if pap else '-'} | "
-            f"{(f'{paper[0]:.1f} / {paper[1]:.1f}') if paper else '-'} | {_f(bd.get('tpr_at_1pct_fpr'))} | "
-            f"{'>= ' if bd.get('train_wall_partial') else ''}{_f(bd.get('train_wall_s'), 0)} s "
+            f"{(f'{paper[0]:.1f} / {paper[1]:.1f}') if paper else '-'} | {fmt(bd.get('tpr_at_1pct_fpr'))} | "
+            f"{'>= ' if bd.get('train_wall_partial') else ''}{fmt(bd.get('train_wall_s'), 0)} s "
             f"({_done_of(bd.get('dede_epochs'), planned_epochs('dede', preset))} ep) + "
-            f"{_f(bd.get('eval_wall_s'), 0)} s | {verdict} |")
+            f"{fmt(bd.get('eval_wall_s'), 0)} s | {verdict} |")
     return [*lines, ""]
 
 
@@ -187,8 +189,8 @@ def fired_lines(recs: list[dict[str, Any]]) -> list[str]:
     for attack, aux, trig in rows:
         r, ctl = bd[(attack, aux, trig, False)], bd.get((attack, aux, trig, True))
         lines.append(f"| {attack} | {trig} | {_aux_label(r, ctl)} | {r['n_fired']} / {r['n_unfired']} | "
-                     f"{_f(r['auc'])} | {_f(r['auc_fired'])} | {_f(r['auc_unfired'])} | "
-                     f"{(_f(ctl['auc_fired']) + ' / ' + _f(ctl['auc_unfired'])) if ctl else '-'} | "
+                     f"{fmt(r['auc'])} | {fmt(r['auc_fired'])} | {fmt(r['auc_unfired'])} | "
+                     f"{(fmt(ctl['auc_fired']) + ' / ' + fmt(ctl['auc_unfired'])) if ctl else '-'} | "
                      f"{_pct(r['tpr_fired'])} / {_pct(r['tpr_unfired'])} |")
     return [*lines, ""]
 
@@ -197,9 +199,9 @@ def _aux_label(r: dict[str, Any], control: dict[str, Any] | None = None) -> str:
     if drop := r.get("dede_drop_worst"):
         return f"{r['aux']}, robust (drop_worst {drop:g})"
     if dense := r.get("dede_drop_dense"):
-        return (f"{r['aux']}, dense-filtered (drop_dense {dense:g}: {_f(r.get('aux_poisoned_dropped'))} of "
-                f"{_f(r.get('aux_poisoned'))} triggered left out"
-                + (f"; control: {_f(control.get('aux_poisoned_dropped'))}" if control else "") + ")")
+        return (f"{r['aux']}, dense-filtered (drop_dense {dense:g}: {fmt(r.get('aux_poisoned_dropped'))} of "
+                f"{fmt(r.get('aux_poisoned'))} triggered left out"
+                + (f"; control: {fmt(control.get('aux_poisoned_dropped'))}" if control else "") + ")")
     if (n := r.get("aux_train_images")) and str(r.get("aux_kind")).endswith(f"-{n}"):  # ood-<set>-<n>: a cut set
         return f"{r['aux']}, {n:,} training images"
     return str(r["aux"])
@@ -216,11 +218,11 @@ def baseline_lines(recs: list[dict[str, Any]], test: str) -> list[str]:
              "wall |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = paper_detection(test, r["detector"], "id", r["attack"])
-        lines.append(f"| {r['detector']} ({r['threshold_rule']}) | {r['attack']} | {_f(r['auc'])} | "
-                     f"{_f(r.get('auc_best_epoch'))} | {_pct(r['tpr'])} / {_pct(r['fpr'])} | "
+        lines.append(f"| {r['detector']} ({r['threshold_rule']}) | {r['attack']} | {fmt(r['auc'])} | "
+                     f"{fmt(r.get('auc_best_epoch'))} | {_pct(r['tpr'])} / {_pct(r['fpr'])} | "
                      + (f"{paper[0]:.1f} / {paper[1]:.1f} / {paper[2]:.3f}" if paper else "-")
                      + f" | {r.get('aux') if r['detector'] == 'asset' else '-'} | {_flag_share(r)} | "
-                     f"{_f(r.get('baseline_wall_s'), 0)} s |")
+                     f"{fmt(r.get('baseline_wall_s'), 0)} s |")
     return [*lines, ""]
 
 
@@ -249,8 +251,8 @@ def verdict_lines(recs: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         verdict = ("trojaned" if r["trojaned"] else "clean") + ("" if r["found"] else " (cos target never reached)")
-        lines.append(f"| {r['attack']} | {r['encoder_role']} | {_f(r['pl1'])} | {verdict} | {_f(r['best_cos'])} | "
-                     f"{r['steps']} | {_f(r['baseline_wall_s'], 1)} s |")
+        lines.append(f"| {r['attack']} | {r['encoder_role']} | {fmt(r['pl1'])} | {verdict} | {fmt(r['best_cos'])} | "
+                     f"{r['steps']} | {fmt(r['baseline_wall_s'], 1)} s |")
     return [*lines, "", *(f"- {n}" for n in notes), ""]
 
 
@@ -370,14 +372,14 @@ def retrain_lines(records: list[dict[str, Any]]) -> list[str]:
         c_old, c_new = by.get((*old_key[:4], True)), by.get((*new_key[:4], True))
         control, own_trigger = "-", not _extra_trigger(old)
         if c_old and c_new:
-            control = f"{_f(c_old['auc'])} / {_f(c_new['auc'])} ({c_new['auc'] - c_old['auc']:+.3f})"
+            control = f"{fmt(c_old['auc'])} / {fmt(c_new['auc'])} ({c_new['auc'] - c_old['auc']:+.3f})"
             clean = ATTACKS[old["attack"]]["clean"]
             if own_trigger:  # the same pair of numbers from two grids (a control copied into a second grid): once
                 ctl_deltas[(clean, old["aux"], c_old["auc"], c_new["auc"])] = c_new["auc"] - c_old["auc"]
         if own_trigger:
             bad_deltas.append(new["auc"] - old["auc"])
-        lines.append(f"| {variant} | {old['cell']} | {old['test_trigger']} | {_f(old.get('attack_asr'))} / "
-                     f"{_f(new.get('attack_asr'))} | {_f(old['auc'])} / {_f(new['auc'])} "
+        lines.append(f"| {variant} | {old['cell']} | {old['test_trigger']} | {fmt(old.get('attack_asr'))} / "
+                     f"{fmt(new.get('attack_asr'))} | {fmt(old['auc'])} / {fmt(new['auc'])} "
                      f"({new['auc'] - old['auc']:+.3f}) | {_pct(old['tpr'])} / {_pct(old['fpr'])} | "
                      f"{_pct(new['tpr'])} / {_pct(new['fpr'])} | {control} |")
     lines += ["", "With each attack's own trigger (other test triggers reuse the same detectors):",
