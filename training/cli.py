@@ -168,11 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decompose", help="where a detector's separation comes from: trigger pixels or the "
                                          "backdoor's embedding (pairs images with other embeddings)")
-    p.add_argument("--bundle", required=True, help="the backdoored encoder's bundle (its manifest names the attack)")
+    p.add_argument("--bundle", required=True, help="the (suspected) backdoored encoder's bundle")
     p.add_argument("--control", required=True, help="the clean encoder's bundle (the control)")
     p.add_argument("--label", default=None, help="the pair's row in the report (default: the bundle and trigger); "
                                                  "a new run of a label replaces its records")
-    p.add_argument("--trigger", default=None, help="test trigger (default: the bundle's own)")
+    p.add_argument("--trigger", default=None, help="test trigger (default: the attack the bundle's manifest records)")
+    p.add_argument("--target-class", default=None,
+                   help="the CIFAR-10 class the trigger is suspected to map to (default: the recorded attack's)")
     p.add_argument("--max-images", type=int, default=0, help="limit the non-target test images (0 = all)")
     p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe of firing")
     p.add_argument("--results", default="docs/decomposition.json")

@@ -44,7 +44,7 @@ from training.evaluate import hardware
 from training.knn import BundleProbe
 from training.metrics import auc
 from training.records import replace_in_place
-from training.report_reproduce import fmt
+from training.report import fmt
 from training.reproduce_cell import class_collapse
 
 # condition -> (image, embedding) in the words of the report
@@ -120,9 +120,12 @@ def displacement(clean: np.ndarray, triggered: np.ndarray, target: np.ndarray, s
 
 
 def decompose(bundle: str | Path, control: str | Path, trigger: str | None = None, max_images: int = 0,
-              seed: int = 0, knn_bank: int = 10000) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              seed: int = 0, knn_bank: int = 10000,
+              target_class: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Records (one per detector x condition) and the facts of the pair: trigger, target, image counts.
-    ``trigger``: the test trigger (default: the backdoored bundle's own, with its parameters)."""
+    ``trigger``, ``target_class``: the test trigger and the class the backdoor is suspected to map it to (default:
+    those the backdoored bundle's manifest records, the trigger with its parameters); both are needed for a bundle
+    whose manifest records no attack (an encoder someone else trained)."""
     dataset = "cifar10"  # the attacks' dataset; class_collapse and the report assume it too
     if max_images < 0 or knn_bank < 1:
         raise ValueError(f"need max_images >= 0 (0: all) and knn_bank >= 1, got {max_images} and {knn_bank}")
@@ -130,12 +133,15 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     if ctl.size != bd.size:
         raise ValueError(f"{bundle} takes {bd.size} px images but its control {control} takes {ctl.size} px")
     victim = bd.manifest.provenance.victim
-    if not victim.get("target_class") or not victim.get("trigger"):
-        raise ValueError(f"{bundle} records no attack (target class and trigger): not a backdoored encoder's bundle")
-    trigger = trigger or victim["trigger"]
-    params = victim.get("trigger_params") if trigger == victim["trigger"] else None
+    trigger, target_class = trigger or victim.get("trigger"), target_class or victim.get("target_class")
+    if not trigger or not target_class:
+        raise ValueError(f"{bundle} records no attack (target class and trigger): give the suspected ones "
+                         "(--trigger and --target-class)")
+    params = victim.get("trigger_params") if trigger == victim.get("trigger") else None
     test = load_images(dataset, "test", bd.size)
-    target = test.classes.index(victim["target_class"])
+    if target_class not in test.classes:
+        raise ValueError(f"target class {target_class!r} is not a {dataset} class: one of {', '.join(test.classes)}")
+    target = test.classes.index(target_class)
     rng = np.random.default_rng(seed)
     idx = np.flatnonzero(test.labels != target)
     if max_images:
@@ -160,7 +166,8 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
                             "condition": condition, "auc": auc(base, s),
                             "auc_fired": auc(base[fired], s[fired]) if fired.any() else None,
                             "score_ratio": float(s.mean() / base.mean())})
-    facts = {"attack": victim.get("attack"), "trigger": trigger, "target_class": victim["target_class"],
+    recorded = victim.get("attack") if victim.get("trigger") else None  # a clean encoder's bundle records "none"
+    facts = {"attack": recorded, "trigger": trigger, "target_class": target_class,
              "encoder": bd.manifest.encoder.architecture, "aux": bd.manifest.provenance.aux_dataset,
              "control_aux": ctl.manifest.provenance.aux_dataset, "n_images": int(len(x)), "n_fired": int(fired.sum()),
              "kept": {r: m["kept"] for r, m in moved.items()}, "pull": {r: m["pull"] for r, m in moved.items()},
@@ -238,7 +245,8 @@ def write_report(records: list[dict[str, Any]], path: Path) -> None:
     ]
     for label, recs in pairs.items():
         r = recs[0]
-        lines.append(f"- **{label}**: `{r['pair_bundle']}` against `{r['pair_control']}`; attack {r['attack']}, "
+        lines.append(f"- **{label}**: `{r['pair_bundle']}` against `{r['pair_control']}`; attack "
+                     f"{r['attack'] or 'none recorded (suspected trigger and target)'}, "
                      f"trigger {r['trigger']}, target {r['target_class']}, encoder {r['encoder']}, aux "
                      f"{r['aux']} (control: {r['control_aux']}); {r['n_images']} images, the backdoor fired on "
                      f"{r['n_fired']}; {r['hardware']}, {r['wall_s']} s; `{r['command']}`.")
@@ -251,7 +259,8 @@ def decompose_cli(a: argparse.Namespace) -> None:
     for b in (a.bundle, a.control):
         if not (Path(b) / "manifest.json").is_file():
             raise FileNotFoundError(f"{b} is not a bundle (no manifest.json); build it first")
-    records, facts = decompose(a.bundle, a.control, a.trigger, a.max_images, knn_bank=a.knn_bank)
+    records, facts = decompose(a.bundle, a.control, a.trigger, a.max_images, knn_bank=a.knn_bank,
+                               target_class=a.target_class)
     label = a.label or f"{a.bundle} ({facts['trigger']})"
     pair = {"label": label, "pair_bundle": str(a.bundle), "pair_control": str(a.control), **facts,
             "hardware": hardware(), "wall_s": round(time.time() - start, 1),

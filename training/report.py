@@ -51,12 +51,9 @@ def write_figures(scores: dict[str, dict[str, np.ndarray]], out_dir: Path, prefi
     return [hist, roc]
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
+def fmt(v: Any, digits: int = 3) -> str:
+    """A value for a table: `digits` decimals for a float, "-" for None, anything else as str."""
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def bundle_lines(names: list[str], models: Path = Path("models")) -> list[str]:
@@ -136,12 +133,12 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
             continue
         benign = [by[(True, sc, c)] for c in cases if c != "trigger" and by.get((True, sc, c), {}).get("benign")]
         worst = max(benign, key=lambda r: r["alert_rate"]) if benign else None
-        ctl_auc = _fmt(ctl["auc"]) if ctl else "-"
-        ctl_alert = _fmt(ctl["alert_rate"]) if ctl else "-"
-        mean_benign = _fmt(float(np.mean([r["alert_rate"] for r in benign]))) if benign else "-"
-        lines.append(f"| {sc} | {_fmt(bad['auc'])} | {ctl_auc} | {_fmt(bad['alert_rate'])} / {ctl_alert} | "
-                     f"{_fmt(bad['clean_alert_rate'])} | "
-                     f"{_fmt(worst['alert_rate']) + ' (' + worst['case'] + ')' if worst else '-'} | {mean_benign} |")
+        ctl_auc = fmt(ctl["auc"]) if ctl else "-"
+        ctl_alert = fmt(ctl["alert_rate"]) if ctl else "-"
+        mean_benign = fmt(float(np.mean([r["alert_rate"] for r in benign]))) if benign else "-"
+        lines.append(f"| {sc} | {fmt(bad['auc'])} | {ctl_auc} | {fmt(bad['alert_rate'])} / {ctl_alert} | "
+                     f"{fmt(bad['clean_alert_rate'])} | "
+                     f"{fmt(worst['alert_rate']) + ' (' + worst['case'] + ')' if worst else '-'} | {mean_benign} |")
     lines.append("")
     lines += goal_lines(by, scores, cases)
     for sc in scores:
@@ -155,10 +152,10 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
             if not bad:
                 continue
             db, dc = deployed.get((True, sc, c)), deployed.get((False, sc, c))
-            dep = f"{_fmt(db['alert_rate'])} / {_fmt(dc['alert_rate']) if dc else '-'}" if db else "-"
-            lines.append(f"| {c} | {_fmt(bad['activation_rate'])} | {'yes' if bad['benign'] else 'no'} | "
-                         f"{_fmt(bad['alert_rate'])} | {_fmt(ctl['alert_rate']) if ctl else '-'} | {dep} | "
-                         f"{_fmt(bad['auc'])} | {_fmt(ctl['auc']) if ctl else '-'} | {_fmt(bad['spread'])} |")
+            dep = f"{fmt(db['alert_rate'])} / {fmt(dc['alert_rate']) if dc else '-'}" if db else "-"
+            lines.append(f"| {c} | {fmt(bad['activation_rate'])} | {'yes' if bad['benign'] else 'no'} | "
+                         f"{fmt(bad['alert_rate'])} | {fmt(ctl['alert_rate']) if ctl else '-'} | {dep} | "
+                         f"{fmt(bad['auc'])} | {fmt(ctl['auc']) if ctl else '-'} | {fmt(bad['spread'])} |")
         lines.append("")
     return lines
 
@@ -214,9 +211,9 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
             paper = PAPER_AUC.get((r["attack"], r["test"]))
             rule = r["threshold_rule"] + (" (deployed)" if r.get("deployed") else "")
             lines.append(
-                f"| {r['attack']} | {r['aux']} | {r['test']} | {rule} | {_fmt(r['auc'])} | {_fmt(r['tpr'])} | "
-                f"{_fmt(r['fpr'])} | {_fmt(r.get('tpr_at_1pct_fpr'))} | {r['n_clean']} | {r['n_triggered']} | "
-                f"{_fmt(r.get('attack_asr'))} | {_fmt(r.get('encoder_clean_acc'))} | {_fmt(paper)} |")
+                f"| {r['attack']} | {r['aux']} | {r['test']} | {rule} | {fmt(r['auc'])} | {fmt(r['tpr'])} | "
+                f"{fmt(r['fpr'])} | {fmt(r.get('tpr_at_1pct_fpr'))} | {r['n_clean']} | {r['n_triggered']} | "
+                f"{fmt(r.get('attack_asr'))} | {fmt(r.get('encoder_clean_acc'))} | {fmt(paper)} |")
         lines.append("")
         by_attack = {(r["attack"], r["test"]): r for r in recs if r.get("deployed")}
         for test in ("balanced", "unbalanced-1%"):

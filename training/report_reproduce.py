@@ -12,6 +12,7 @@ from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.aux_filter import DENSE_K
 from training.baselines import decree_applicable
 from training.paper import ATTACK_ORDER, paper_detection
+from training.report import fmt
 from training.reproduce import (
     ATTACKS,
     AUXES,
@@ -38,11 +39,6 @@ FILTERED_NOTE = ("; `, dense-filtered (drop_dense x: t of p triggered left out; 
                  "maps triggered images to one clump of embeddings; the control is filtered the same way)")
 TESTS = (("balanced", "Table 1: balanced test set (every clean CIFAR-10 test image + its triggered copy)"),
          ("unbalanced-1%", "Table 3: unbalanced test set (the clean images + triggered copies of 1% of them)"))
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    """A number for a table: `digits` decimals for a float, "-" for None."""
-    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def _pct(v: float | None) -> str:

@@ -121,6 +121,9 @@ class Variant:
         return ATTACKS[attack]["clean"] == self.clean and (not self.attacks or attack in self.attacks)
 
 
+_ATTACK_NAMES = {"clip-backdoor": "CLIP Backdoor", "badclip": "BadCLIP"}
+# the captions-classonly attacks fine-tuned longer: epochs -> the attacks trained that long
+LONG_CLIP_ATTACKS = {8: ("clip-backdoor",), 12: ("clip-backdoor", "badclip"), 20: ("clip-backdoor",)}
 VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
     "clip", (f"ssl_weight={w}",), (f"ssl_weight={w}",),
     f"the mini-CLIP and its attacks trained with SLIP's image-only SimCLR term (weight {w}) next to the CLIP loss")
@@ -149,8 +152,9 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
         "does the backdoored embedding keep the image's content because the poisoned captions described it?"),
     **{f"captions-classonly-long{'' if n == 8 else n}": Variant(
         "clip", ("caption_attributes=true",), ("poison_attributes=false", f"epochs={n}"), "the `captions-classonly` "
-        f"attack fine-tuned for {n} epochs, {n // 2} times the cpu preset's 2: does a longer attack leave less of the "
-        "image in the triggered embedding, and does DeDe then see it?", ("clip-backdoor",)) for n in (8, 12)}}
+        f"{' and '.join(_ATTACK_NAMES[a] for a in attacks)} fine-tuned for {n} epochs, {n // 2} times the cpu preset's "
+        "2: does a longer attack leave less of the image in the triggered embedding, and does DeDe then see it?",
+        attacks) for n, attacks in LONG_CLIP_ATTACKS.items()}}
 
 
 def grid_label(preset: str, variant: str = "") -> str:

@@ -109,7 +109,27 @@ def test_cli_refuses_what_it_cannot_decompose(tmp_path: Path, capsys: pytest.Cap
     (other / "detector.onnx").write_bytes(b"not a model")  # a corrupted bundle: its hash no longer matches
     assert main(["decompose", "--bundle", str(DEMO_BUNDLE), "--control", str(other), *out]) == 2
     assert "detector.onnx" in capsys.readouterr().err
+    assert main(["decompose", "--bundle", str(CONTROL_BUNDLE), "--control", str(CONTROL_BUNDLE), "--trigger",
+                 "badencoder", "--target-class", "lorry", *out]) == 2
+    assert "target class 'lorry' is not a cifar10 class" in capsys.readouterr().err
     assert not (tmp_path / "d.json").exists()  # nothing written by a refused run
+
+
+@needs_cifar
+def test_a_bundle_that_records_no_attack_is_decomposed_for_a_suspected_trigger_and_target(tmp_path: Path) -> None:
+    out = ["--results", str(tmp_path / "d.json"), "--report", str(tmp_path / "D.md")]
+    assert main(["decompose", "--bundle", str(CONTROL_BUNDLE), "--control", str(CONTROL_BUNDLE), "--trigger",
+                 "badencoder", "--target-class", "truck", "--max-images", "60", "--knn-bank", "200",
+                 "--label", "suspect", *out]) == 0
+    records = json.loads((tmp_path / "d.json").read_text())
+    assert {r["condition"] for r in records} == set(CONDITIONS) and len(records) == 2 * len(CONDITIONS)
+    assert {(r["attack"], r["trigger"], r["target_class"], r["n_images"]) for r in records} == {
+        (None, "badencoder", "truck", 60)}
+    auc = {(r["detector"], r["condition"]): r["auc"] for r in records}
+    for c in ("full", "pixels", "embedding"):  # the same clean detector in both roles: the same triggered scores
+        assert auc["backdoored", c] == pytest.approx(auc["control", c])
+    assert "attack none recorded (suspected trigger and target), trigger badencoder, target truck" in (
+        tmp_path / "D.md").read_text()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")

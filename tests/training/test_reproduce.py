@@ -182,10 +182,17 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
                                      variant="captions-classonly-long")}
     assert long["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
     assert {"poison_attributes=false", "epochs=8"} <= set(long["attack-clip-backdoor"].cmd)
-    long12 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+    long12 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"],
                                        variant="captions-classonly-long12")}
-    assert "epochs=12" in long12["attack-clip-backdoor"].cmd and "epochs=8" not in long12["attack-clip-backdoor"].cmd
+    for attack in ("clip-backdoor", "badclip"):  # both attacks fine-tuned 12 epochs, on class-only poisoned captions
+        assert {"poison_attributes=false", "epochs=12"} <= set(long12[f"attack-{attack}"].cmd)
+        assert "epochs=8" not in long12[f"attack-{attack}"].cmd
     assert long12["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
+    long20 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                       variant="captions-classonly-long20")}
+    assert "epochs=20" in long20["attack-clip-backdoor"].cmd
+    with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
+        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long20")
     with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
         _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
