@@ -145,15 +145,13 @@ reproduce-captions:
 # The same with poisoned pairs whose captions name the target class only (runs/reproduce-cpu-captions-classonly): in
 # `reproduce-captions` they also describe the clean image, which asks the backdoored embedding to keep its colours
 reproduce-captions-classonly:
-	$(call variant-grid,captions-classonly,--attack clip-backdoor --attack badclip $(IMAGENETTE_OOD))
+	$(call variant-grid,captions-classonly,$(IMAGENETTE_OOD))
 
 # The same CLIP Backdoor fine-tuned for 8, 12 or 20 epochs instead of 2, and BadCLIP for 12
-# (runs/reproduce-cpu-captions-classonly-long, -long12, -long20): does a longer attack leave less of the image in the
-# triggered embedding, and does DeDe then see it?
-reproduce-captions-classonly-long reproduce-captions-classonly-long20:
-	$(call variant-grid,$(@:reproduce-%=%),--attack clip-backdoor $(IMAGENETTE_OOD))
-reproduce-captions-classonly-long12:
-	$(call variant-grid,$(@:reproduce-%=%),--attack clip-backdoor --attack badclip $(IMAGENETTE_OOD))
+# (runs/reproduce-cpu-captions-classonly-long, -long12, -long20; each variant's attacks: reproduce.LONG_CLIP_ATTACKS):
+# does a longer attack leave less of the image in the triggered embedding, and does DeDe then see it?
+reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20:
+	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
 
 # Where each detector's separation comes from (docs/DECOMPOSITION.md): the trigger's pixels, the backdoored
 # embedding, or any other image's embedding, for the demo pair and the detectors of the variant grids above (their

@@ -40,6 +40,7 @@ import numpy as np
 from service.scoring import Scorer
 from training.attacks.triggers import make_trigger
 from training.data import load_images
+from training.downstream_bundle import bundle_attack
 from training.evaluate import hardware
 from training.knn import BundleProbe
 from training.metrics import auc
@@ -132,12 +133,12 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     bd, ctl = Scorer.from_bundle(bundle), Scorer.from_bundle(control)
     if ctl.size != bd.size:
         raise ValueError(f"{bundle} takes {bd.size} px images but its control {control} takes {ctl.size} px")
-    victim = bd.manifest.provenance.victim
-    trigger, target_class = trigger or victim.get("trigger"), target_class or victim.get("target_class")
+    recorded = bundle_attack(bundle)
+    trigger, target_class = trigger or recorded.trigger_name, target_class or recorded.target_class
     if not trigger or not target_class:
         raise ValueError(f"{bundle} records no attack (target class and trigger): give the suspected ones "
                          "(--trigger and --target-class)")
-    params = victim.get("trigger_params") if trigger == victim.get("trigger") else None
+    params = recorded.trigger_params if trigger == recorded.trigger_name else None
     test = load_images(dataset, "test", bd.size)
     if target_class not in test.classes:
         raise ValueError(f"target class {target_class!r} is not a {dataset} class: one of {', '.join(test.classes)}")
@@ -166,8 +167,8 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
                             "condition": condition, "auc": auc(base, s),
                             "auc_fired": auc(base[fired], s[fired]) if fired.any() else None,
                             "score_ratio": float(s.mean() / base.mean())})
-    recorded = victim.get("attack") if victim.get("trigger") else None  # a clean encoder's bundle records "none"
-    facts = {"attack": recorded, "trigger": trigger, "target_class": target_class,
+    facts = {"attack": None if recorded.name == "none" else recorded.name, "trigger": trigger,
+             "target_class": target_class,
              "encoder": bd.manifest.encoder.architecture, "aux": bd.manifest.provenance.aux_dataset,
              "control_aux": ctl.manifest.provenance.aux_dataset, "n_images": int(len(x)), "n_fired": int(fired.sum()),
              "kept": {r: m["kept"] for r, m in moved.items()}, "pull": {r: m["pull"] for r, m in moved.items()},
