@@ -75,33 +75,44 @@ def partners(labels: np.ndarray, rng: np.random.Generator, same: bool) -> np.nda
     return out
 
 
-def pixel_r2(scorer: Scorer, dataset: str = "cifar10", n_train: int = 5000, n_test: int = 2000) -> float:
-    """How much of an image an encoder's embedding keeps, whatever decoder reads it: R^2 on test images of a ridge
-    regression from the (standardised) embedding to the image's 8 x 8 grid of mean colours, fitted on ``n_train``
-    train images (the ridge strength picked on a fifth of them). 0: nothing of the layout; 1: all of it."""
-    train, test = load_images(dataset, "train", scorer.size), load_images(dataset, "test", scorer.size)
-    rng = np.random.default_rng(0)
-    tr = train.images[rng.permutation(len(train.images))[:n_train]]
-    te = test.images[rng.permutation(len(test.images))[:n_test]]
+def grid(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 8 * 8 * 3): each image's 8 x 8 grid of mean colours in [0, 1]."""
+    n, h = len(images), images.shape[1] // 8
+    cells = images[:, : 8 * h, : 8 * h].astype(np.float32).reshape(n, 8, h, 8, h, 3) / 255
+    return cells.mean((2, 4)).reshape(n, -1)
 
-    def grid(images: np.ndarray) -> np.ndarray:  # (N, H, W, 3) uint8 -> (N, 8 * 8 * 3) mean colours in [0, 1]
-        n, h = len(images), images.shape[1] // 8
-        cells = images[:, : 8 * h, : 8 * h].astype(np.float32).reshape(n, 8, h, 8, h, 3) / 255
-        return cells.mean((2, 4)).reshape(n, -1)
 
-    x, y = scorer.embed_many(tr).astype(np.float64), grid(tr)  # (n, E), (n, 192)
-    mu, sd = x.mean(0), x.std(0) + 1e-8
-    x, x_te, y_mean = (x - mu) / sd, (scorer.embed_many(te) - mu) / sd, y.mean(0)
-    fit, val = slice(n_train // 5, None), slice(0, n_train // 5)
+class LayoutProbe:
+    """A linear read-out of an image's layout from an encoder's embedding: a ridge regression from the
+    (standardised) embedding to the image's ``grid`` of mean colours, fitted on ``n_train`` train images (the ridge
+    strength picked on a fifth of them). ``pixel_r2``: its R^2 on ``n_test`` test images with their own embeddings,
+    how much of an image the embedding keeps, whatever decoder reads it (0: nothing of the layout, 1: all of it).
+    ``r2(embeddings, images)``: the same with other embeddings, e.g. triggered images' against the clean images: how
+    much of the clean image's layout they still say (below 0: worse than the mean layout)."""
 
-    def ridge(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:  # (n, E), (n, P) -> (E, P)
-        return np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (b - y_mean))
+    def __init__(self, scorer: Scorer, dataset: str = "cifar10", n_train: int = 5000, n_test: int = 2000) -> None:
+        train, test = load_images(dataset, "train", scorer.size), load_images(dataset, "test", scorer.size)
+        rng = np.random.default_rng(0)
+        tr = train.images[rng.permutation(len(train.images))[:n_train]]
+        te = test.images[rng.permutation(len(test.images))[:n_test]]
+        x, y = scorer.embed_many(tr).astype(np.float64), grid(tr)  # (n, E), (n, 192)
+        self.mu, self.sd, self.y_mean = x.mean(0), x.std(0) + 1e-8, y.mean(0)
+        x = (x - self.mu) / self.sd
+        fit, val = slice(n_train // 5, None), slice(0, n_train // 5)
+        lam = max((0.1, 1.0, 10.0, 100.0, 1000.0),
+                  key=lambda v: self._r2(self._ridge(x[fit], y[fit], v), x[val], y[val]))
+        self.w = self._ridge(x, y, lam)  # (E, 192)
+        self.pixel_r2 = self.r2(scorer.embed_many(te), te)
 
-    def r2(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-        return float(1 - ((a @ w + y_mean - b) ** 2).sum() / ((b - b.mean(0)) ** 2).sum())
+    def _ridge(self, a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:  # (n, E), (n, P) -> (E, P)
+        return np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (b - self.y_mean))
 
-    lam = max((0.1, 1.0, 10.0, 100.0, 1000.0), key=lambda v: r2(ridge(x[fit], y[fit], v), x[val], y[val]))
-    return r2(ridge(x, y, lam), x_te, grid(te))
+    def _r2(self, w: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        return float(1 - ((a @ w + self.y_mean - b) ** 2).sum() / ((b - b.mean(0)) ** 2).sum())
+
+    def r2(self, embeddings: np.ndarray, images: np.ndarray) -> float:
+        """embeddings (N, E), images (N, H, W, 3) uint8."""
+        return self._r2(self.w, (embeddings - self.mu) / self.sd, grid(images))
 
 
 def displacement(clean: np.ndarray, triggered: np.ndarray, target: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -109,7 +120,8 @@ def displacement(clean: np.ndarray, triggered: np.ndarray, target: np.ndarray, s
     (embeddings of one encoder are not comparable with another's raw): ``kept`` = how much of the clean
     embedding the triggered one keeps, 1 = unmoved, 0 = as far as a random other image's; ``pull`` = how far it
     moved towards the target class, 0 = no closer to target-class images than the clean embedding, 1 = as close as
-    target-class images are to each other. clean, triggered: (N, E) embeddings of the same images; target (M, E)."""
+    target-class images are to each other; ``norm_ratio`` = the triggered embeddings' mean length over the clean
+    ones' (a cosine does not see it). clean, triggered: (N, E) embeddings of the same images; target (M, E)."""
     c, t, g = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in (clean, triggered, target))
     # random pairs; an image drawn with itself (about 1 in N) biases ``other`` by about (1 - other) / N
     other = (c * c[np.random.default_rng(seed).permutation(len(c))]).sum(1).mean()
@@ -117,7 +129,8 @@ def displacement(clean: np.ndarray, triggered: np.ndarray, target: np.ndarray, s
     gg = g @ g.T  # (M, M)
     within = (gg.sum() - np.trace(gg)) / (len(g) * (len(g) - 1))  # target-class pairs, not an image with itself
     before, after = (c @ g.T).mean(), (t @ g.T).mean()
-    return {"kept": float((own - other) / (1 - other)), "pull": float((after - before) / (within - before))}
+    return {"kept": float((own - other) / (1 - other)), "pull": float((after - before) / (within - before)),
+            "norm_ratio": float(np.linalg.norm(triggered, axis=1).mean() / np.linalg.norm(clean, axis=1).mean())}
 
 
 def decompose(bundle: str | Path, control: str | Path, trigger: str | None = None, max_images: int = 0,
@@ -153,11 +166,13 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     targets = test.images[test.labels == target]  # (M, H, W, 3) every target-class test image
     donors = rng.choice(len(targets), len(x))  # (N,) a target-class image per image
     same, other = partners(y, rng, same=True), partners(y, rng, same=False)
-    records, moved = [], {}
+    records, moved, r2 = [], {}, {}
     for role, scorer in (("backdoored", bd), ("control", ctl)):
         e, et, eg = scorer.embed_many(x), scorer.embed_many(xt), scorer.embed_many(targets)  # (N, E), (N, E), (M, E)
         ed = eg[donors]  # (N, E)
         moved[role] = displacement(e, et, eg, seed)
+        probe = LayoutProbe(scorer, dataset)
+        r2[role] = {"pixel_r2": probe.pixel_r2, "layout_kept": probe.r2(et, x)}
         pairs = {"full": (xt, et), "pixels": (xt, e), "embedding": (x, et), "swap-target": (x, ed),
                  "swap-other": (x, e[other]), "swap-same": (x, e[same])}
         base = scorer.score_against(x, e)  # (N,) the clean images with their own embeddings
@@ -171,10 +186,14 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
              "target_class": target_class,
              "encoder": bd.manifest.encoder.architecture, "aux": bd.manifest.provenance.aux_dataset,
              "control_aux": ctl.manifest.provenance.aux_dataset, "n_images": int(len(x)), "n_fired": int(fired.sum()),
-             "kept": {r: m["kept"] for r, m in moved.items()}, "pull": {r: m["pull"] for r, m in moved.items()},
-             "pixel_r2": {"backdoored": pixel_r2(bd, dataset), "control": pixel_r2(ctl, dataset)},
+             **{k: {r: m[k] for r, m in moved.items()} for k in ("kept", "pull", "norm_ratio")},
+             **{k: {r: m[k] for r, m in r2.items()} for k in ("pixel_r2", "layout_kept")},
              "class_collapse": {"backdoored": class_collapse(bd), "control": class_collapse(ctl)}}
     return records, facts
+
+# the encoder table's columns: heading -> the pair's fact
+ENCODER_FACTS = {"pixel R2": "pixel_r2", "class collapse": "class_collapse", "kept": "kept", "pull": "pull",
+                 "norm": "norm_ratio", "layout kept": "layout_kept"}
 
 
 def _pair(recs: list[dict[str, Any]], key: str) -> str:
@@ -234,12 +253,16 @@ def write_report(records: list[dict[str, Any]], path: Path) -> None:
         "Where the trigger moves an embedding (cosine similarities on the encoder's own scale): `kept` = how much",
         "of its clean embedding a triggered image keeps (1: unmoved, 0: as far as a random other image's); `pull` =",
         "how far towards the target class it moved (0: no closer to target-class images than before, 1: as close",
-        "as target-class images are to each other). Backdoored / control encoder.",
+        "as target-class images are to each other). `norm` = the triggered embeddings' mean length over the clean",
+        "ones'. `layout kept` = the pixel R2's ridge read-out applied to the triggered embeddings, scored against",
+        "the clean images' layouts (all the images above): how much of the clean image's layout a triggered",
+        "embedding still says (the pixel R2 if the trigger changed nothing; below 0: worse than the mean layout).",
+        "Backdoored / control encoder.",
         "",
-        "| pair | pixel R2 | class collapse | kept | pull |",
-        "|---|---|---|---|---|",
-        *[f"| {label} | {_pair(recs, 'pixel_r2')} | {_pair(recs, 'class_collapse')} | {_pair(recs, 'kept')} | "
-          f"{_pair(recs, 'pull')} |" for label, recs in pairs.items()],
+        "| pair | " + " | ".join(ENCODER_FACTS) + " |",
+        "|---|" + "---|" * len(ENCODER_FACTS),
+        *[f"| {label} | " + " | ".join(_pair(recs, k) for k in ENCODER_FACTS.values()) + " |"
+          for label, recs in pairs.items()],
         "",
         "## Pairs",
         "",

@@ -27,12 +27,14 @@ or ``id-filtered`` (the ``id`` set without the densest 5% of its embeddings, ``d
 removes the clump a backdoor makes of the triggered images before training; its control is filtered the same way).
 CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
 
-A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it are trained, to test a
-diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term (``training.clip_train``), ``slip4`` with that
-term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE for 16 epochs (is DRUPE's shortfall at the cpu preset
-an attack that fired on only about half of the images?); ``drupe8`` trains it as the plain grid does, in a grid of
-its own (the cpu preset's DRUPE on out-of-distribution sets the plain grid did not have); ``badencoder`` does the
-same for BadEncoder, ``clip`` for the mini-CLIP and both of its attacks. Its grid lives in
+A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it (and, if it says so, the
+detectors) are trained, to test a diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term
+(``training.clip_train``), ``slip4`` with that term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE for 16
+epochs (is DRUPE's shortfall at the cpu preset an attack that fired on only about half of the images?); ``drupe8``
+trains it as the plain grid does, in a grid of its own (the cpu preset's DRUPE on out-of-distribution sets the plain
+grid did not have); ``badencoder`` does the same for BadEncoder, ``clip`` for the mini-CLIP and both of its attacks;
+the ``captions`` variants train a mini-CLIP whose captions describe the image, the ``-long`` ones attack it longer,
+and ``captions-classonly-long12-dede3x`` trains the detectors of one of them three times as long. Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -108,7 +110,9 @@ def aux_kind(aux: str) -> str:
 
 @dataclass(frozen=True)
 class Variant:
-    """Extra ``key=value`` settings for the pre-training of one clean encoder and for the attacks on it."""
+    """Extra ``key=value`` settings for the pre-training of one clean encoder, for the attacks on it and
+    (``train_sets``) for every detector of its grid, the controls included. A variant's detector settings come after
+    the command line's ``--stage-set train:...``: they are what the variant measures."""
 
     clean: str
     pretrain_sets: tuple[str, ...]
@@ -116,6 +120,7 @@ class Variant:
     about: str  # one line for RESULTS.md
     attacks: tuple[str, ...] = ()  # the attacks it trains (empty: every attack on its clean encoder)
     retrain: bool = False  # the plain grid's recipe trained again (settings that only measure aside): its cells repeat
+    train_sets: tuple[str, ...] = ()
 
     def trains(self, attack: str) -> bool:
         return ATTACKS[attack]["clean"] == self.clean and (not self.attacks or attack in self.attacks)
@@ -154,7 +159,12 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
         "clip", ("caption_attributes=true",), ("poison_attributes=false", f"epochs={n}"), "the `captions-classonly` "
         f"{' and '.join(_ATTACK_NAMES[a] for a in attacks)} fine-tuned for {n} epochs, {n // 2} times the cpu preset's "
         "2: does a longer attack leave less of the image in the triggered embedding, and does DeDe then see it?",
-        attacks) for n, attacks in LONG_CLIP_ATTACKS.items()}}
+        attacks) for n, attacks in LONG_CLIP_ATTACKS.items()},
+    "captions-classonly-long12-dede3x": Variant(
+        "clip", ("caption_attributes=true",), ("poison_attributes=false", "epochs=12"), "the "
+        "`captions-classonly-long12` CLIP Backdoor, its detector and control trained three times as long (270 epochs "
+        "on Imagenette's 3,040 images instead of 90): is the best CLIP row's detector held back by its training "
+        "length?", ("clip-backdoor",), train_sets=("epochs=270",))}
 
 
 def grid_label(preset: str, variant: str = "") -> str:
@@ -277,8 +287,9 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     ours = list(OUR_AUXES[aux].sets) if aux in OUR_AUXES else []
     extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + ours
     run_dir = r / "dede" / name
+    variant = [kv for s in (VARIANTS[g.variant].train_sets if g.variant else ()) for kv in ("--set", s)]
     return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
-                                          *g.sets("train", extra), "--out", str(run_dir)),
+                                          *g.sets("train", extra), *variant, "--out", str(run_dir)),
                  (run_dir / "run.json").exists, [f"attack-{attack}"] + ([f"pretrain-{clean}"] if control else []),
                  _unless_implanted(g, users)),
             Step(f"export-{name}", _python("export", "--run", str(run_dir), "--name", name,

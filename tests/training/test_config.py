@@ -53,3 +53,9 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     saved.pop("code_version")
     (tmp_path / "again.json").write_text(json.dumps(saved))
     assert resolve_config(TrainConfig, TRAIN_PRESETS, config_file=str(tmp_path / "again.json")) == cfg
+
+
+def test_a_later_override_of_the_same_key_wins() -> None:
+    # `dede reproduce` relies on it: a variant's detector settings follow the command line's --stage-set train:...
+    cfg = resolve_config(TrainConfig, TRAIN_PRESETS, "tiny", overrides=["epochs=90", "epochs=270"])
+    assert cfg.epochs == 270

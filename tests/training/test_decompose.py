@@ -47,6 +47,7 @@ def test_displacement_at_known_points() -> None:
     clean, target = rng.normal(size=(200, 16)), rng.normal(size=(50, 16)) + 3 * np.eye(16)[0]
     unmoved = displacement(clean, clean * 2.0, target)  # the same directions: nothing moved
     assert unmoved["kept"] == pytest.approx(1.0) and unmoved["pull"] == pytest.approx(0.0, abs=1e-12)
+    assert unmoved["norm_ratio"] == pytest.approx(2.0)  # ... but twice as long, which only the norm ratio sees
     onto = displacement(clean, target[rng.integers(0, 50, 200)], target)  # replaced by target-class embeddings
     assert onto["pull"] == pytest.approx(1.0, abs=0.05) and abs(onto["kept"]) < 0.1
     unit = clean / np.linalg.norm(clean, axis=1, keepdims=True)
@@ -67,6 +68,9 @@ def test_the_backdoor_not_the_trigger_pixels_separates_the_demo_detector() -> No
     assert abs(auc["backdoored", "pixels"] - auc["control", "pixels"]) < 0.1
     assert facts["kept"]["backdoored"] < facts["kept"]["control"] - 0.3  # the backdoor moves the embedding ...
     assert facts["pull"]["backdoored"] > 1.0 and facts["pull"]["control"] < 0.5  # ... onto the target class
+    # the backdoored triggered embedding no longer says the clean image's layout; the clean encoder's still does
+    assert facts["layout_kept"]["backdoored"] < 0 < facts["layout_kept"]["control"] <= facts["pixel_r2"]["control"]
+    assert facts["norm_ratio"]["backdoored"] > 1.5 > facts["norm_ratio"]["control"]
     # another image's embedding, even of the same class, is drawn as another image
     assert auc["backdoored", "swap-same"] > 0.75 and auc["control", "swap-same"] > 0.75
 
@@ -77,7 +81,7 @@ def test_report_tables_and_merging_by_label(tmp_path: Path) -> None:
                 "target_class": "truck", "encoder": "e", "aux": "a", "control_aux": "a", "n_images": 9,
                 "n_fired": 5, "hardware": "h", "wall_s": 1.0, "command": "make decompose"}
         encoders = {k: {"backdoored": value, "control": 1 - value}
-                    for k in ("pixel_r2", "class_collapse", "kept", "pull")}
+                    for k in ("pixel_r2", "class_collapse", "kept", "pull", "norm_ratio", "layout_kept")}
         return [{**pair, **encoders, "detector": d, "condition": c, "auc": value, "auc_fired": None,
                  "score_ratio": 1.0} for d in ("backdoored", "control") for c in CONDITIONS]
 
@@ -86,7 +90,7 @@ def test_report_tables_and_merging_by_label(tmp_path: Path) -> None:
     text = path.read_text()
     assert "| pair one | 0.250 / 0.250 | 0.250 / 0.250 |" in text
     assert "| pair two | 0.750 / 0.750 |" in text and "| pair two | - / - |" in text  # fired: none recorded
-    assert "| pair one | 0.250 / 0.750 | 0.250 / 0.750 | 0.250 / 0.750 | 0.250 / 0.750 |" in text  # the encoders
+    assert "| pair one |" + " 0.250 / 0.750 |" * 6 + "\n" in text  # the encoders: six columns
 
 
 def test_cli_refuses_what_it_cannot_decompose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

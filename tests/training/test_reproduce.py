@@ -188,6 +188,16 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
         assert {"poison_attributes=false", "epochs=12"} <= set(long12[f"attack-{attack}"].cmd)
         assert "epochs=8" not in long12[f"attack-{attack}"].cmd
     assert long12["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
+    # the 12-epoch attack again, its detector and control trained 270 epochs: after the command line's epochs
+    x3 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                   variant="captions-classonly-long12-dede3x",
+                                   stage_sets={"train": ["epochs=90"]})}
+    assert x3["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
+    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
+        cmd = x3[name].cmd
+        sets = [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set" and kv.startswith("epochs=")]
+        assert sets == ["epochs=90", "epochs=270"]  # the later --set wins
+    assert "epochs=270" not in " ".join(long12["train-clip-backdoor-ood"].cmd)
     long20 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
                                        variant="captions-classonly-long20")}
     assert "epochs=20" in long20["attack-clip-backdoor"].cmd
