@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x decompose asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x reproduce-captions-classonly-long12-id decompose asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -160,11 +160,17 @@ reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-
 reproduce-captions-classonly-long12-dede3x:
 	$(call variant-grid,captions-classonly-long12-dede3x,$(IMAGENETTE_OOD))
 
+# The paper's in-distribution auxiliary set (CIFAR-10 train, 1% triggered; Table 1) for that 12-epoch CLIP Backdoor,
+# which the captions grids measured on Imagenette only (cells clip-backdoor-id in runs/reproduce-cpu-...-long12)
+reproduce-captions-classonly-long12-id:
+	$(call variant-grid,captions-classonly-long12,--attack clip-backdoor --aux id)
+
 # Where each detector's separation comes from (docs/DECOMPOSITION.md): the trigger's pixels, the backdoored
 # embedding, or any other image's embedding, for the demo pair and the detectors of the variant grids above (their
 # bundles come from `make reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe8 reproduce-badencoder
 # reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long
-# reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x`).
+# reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x
+# reproduce-captions-classonly-long12-id`).
 # $(call decompose-pair,LABEL,GRID BUNDLE,GRID CONTROL[,ARGS]); no commas in a label
 decompose-pair = $(DEDE) decompose --label "$(1)" --bundle runs/reproduce-cpu-$(2) --control runs/reproduce-cpu-$(3) \
 	$(4) --command-line "make decompose"
@@ -190,6 +196,7 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,captions-classonly-long12 CLIP Backdoor (Imagenette aux),captions-classonly-long12/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long12 BadCLIP (Imagenette aux),captions-classonly-long12/bundles/badclip-ood-imagenette,captions-classonly-long12/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long20 CLIP Backdoor (Imagenette aux),captions-classonly-long20/bundles/clip-backdoor-ood-imagenette,captions-classonly-long20/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12 CLIP Backdoor (CIFAR-10 aux with 1% poison),captions-classonly-long12/bundles/clip-backdoor-id,captions-classonly-long12/bundles/control-clip-clip-backdoor-id)
 	$(call decompose-pair,captions-classonly-long12-dede3x CLIP Backdoor (Imagenette aux; detectors 270 epochs),captions-classonly-long12-dede3x/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-dede3x/bundles/control-clip-clip-backdoor-ood-imagenette)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
