@@ -54,7 +54,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,12 +159,12 @@ VARIANTS = {f"slip{'' if w == 1 else w}": Variant(
         "clip", ("caption_attributes=true",), ("poison_attributes=false", f"epochs={n}"), "the `captions-classonly` "
         f"{' and '.join(_ATTACK_NAMES[a] for a in attacks)} fine-tuned for {n} epochs, {n // 2} times the cpu preset's "
         "2: does a longer attack leave less of the image in the triggered embedding, and does DeDe then see it?",
-        attacks) for n, attacks in LONG_CLIP_ATTACKS.items()},
-    "captions-classonly-long12-dede3x": Variant(
-        "clip", ("caption_attributes=true",), ("poison_attributes=false", "epochs=12"), "the "
-        "`captions-classonly-long12` CLIP Backdoor, its detector and control trained three times as long (270 epochs "
-        "on Imagenette's 3,040 images instead of 90): is the best CLIP row's detector held back by its training "
-        "length?", ("clip-backdoor",), train_sets=("epochs=270",))}
+        attacks) for n, attacks in LONG_CLIP_ATTACKS.items()}}
+VARIANTS["captions-classonly-long12-dede3x"] = replace(  # the long12 encoders; detectors trained 270 epochs
+    VARIANTS["captions-classonly-long12"], attacks=("clip-backdoor",), train_sets=("epochs=270",),
+    about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained three times as long (270 "
+    "epochs on Imagenette's 3,040 images instead of the Makefile's 90): is the best CLIP row's detector held back by "
+    "its training length?")
 
 
 def grid_label(preset: str, variant: str = "") -> str:
