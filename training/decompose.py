@@ -166,13 +166,12 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     targets = test.images[test.labels == target]  # (M, H, W, 3) every target-class test image
     donors = rng.choice(len(targets), len(x))  # (N,) a target-class image per image
     same, other = partners(y, rng, same=True), partners(y, rng, same=False)
-    records, moved, r2 = [], {}, {}
+    records, moved = [], {}  # role -> where the trigger moves its encoder's embedding
     for role, scorer in (("backdoored", bd), ("control", ctl)):
         e, et, eg = scorer.embed_many(x), scorer.embed_many(xt), scorer.embed_many(targets)  # (N, E), (N, E), (M, E)
         ed = eg[donors]  # (N, E)
-        moved[role] = displacement(e, et, eg, seed)
         probe = LayoutProbe(scorer, dataset)
-        r2[role] = {"pixel_r2": probe.pixel_r2, "layout_kept": probe.r2(et, x)}
+        moved[role] = displacement(e, et, eg, seed) | {"pixel_r2": probe.pixel_r2, "layout_kept": probe.r2(et, x)}
         pairs = {"full": (xt, et), "pixels": (xt, e), "embedding": (x, et), "swap-target": (x, ed),
                  "swap-other": (x, e[other]), "swap-same": (x, e[same])}
         base = scorer.score_against(x, e)  # (N,) the clean images with their own embeddings
@@ -186,8 +185,7 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
              "target_class": target_class,
              "encoder": bd.manifest.encoder.architecture, "aux": bd.manifest.provenance.aux_dataset,
              "control_aux": ctl.manifest.provenance.aux_dataset, "n_images": int(len(x)), "n_fired": int(fired.sum()),
-             **{k: {r: m[k] for r, m in moved.items()} for k in ("kept", "pull", "norm_ratio")},
-             **{k: {r: m[k] for r, m in r2.items()} for k in ("pixel_r2", "layout_kept")},
+             **{k: {r: m[k] for r, m in moved.items()} for k in moved["backdoored"]},
              "class_collapse": {"backdoored": class_collapse(bd), "control": class_collapse(ctl)}}
     return records, facts
 
