@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x reproduce-captions-classonly-long12-id decompose asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-drupe8-crops6 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x reproduce-captions-classonly-long12-crops6 reproduce-captions-classonly-long12-crops12 reproduce-captions-classonly-long12-id decompose asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -123,6 +123,12 @@ reproduce-drupe8:
 	$(call variant-grid,drupe8,$(IMAGENETTE_OOD))
 	$(call variant-grid,drupe8,--aux ood)
 
+# That DRUPE's detector and control trained on 6 random crops of each Imagenette image (reproduce.CROPS6; see
+# reproduce-captions-classonly-long12-crops6 below) in runs/reproduce-cpu-drupe8-crops6 (the drupe8 grid's simclr/
+# and drupe/ copied in for the committed run; else it pre-trains and attacks anew)
+reproduce-drupe8-crops6:
+	$(call variant-grid,drupe8-crops6,$(IMAGENETTE_OOD))
+
 # The cpu preset's BadEncoder (8 epochs) on a SimCLR encoder pre-trained again, in a grid of its own
 # (runs/reproduce-cpu-badencoder): its detectors on Imagenette (as above), then on GTSRB (the plain grid's `ood`)
 reproduce-badencoder:
@@ -160,6 +166,18 @@ reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-
 reproduce-captions-classonly-long12-dede3x:
 	$(call variant-grid,captions-classonly-long12-dede3x,$(IMAGENETTE_OOD))
 
+# Both 12-epoch attacks' detectors and their control trained on 6 random crops of each Imagenette image (18,240
+# images, 15 epochs: the steps of 90 epochs on the 3,040 whole images; the variant's settings override IMAGENETTE_OOD's
+# epochs): are the CLIP rows held back by too few distinct auxiliary images? (runs/reproduce-cpu-captions-classonly-
+# long12-crops6; it pre-trains and attacks anew unless the long12 grid's clip/, clip-backdoor/ and badclip/ are copied
+# in, as they were for the committed run)
+reproduce-captions-classonly-long12-crops6:
+	$(call variant-grid,captions-classonly-long12-crops6,$(IMAGENETTE_OOD))
+
+# The CLIP Backdoor's detector and control on 12 crops of each image instead (36,480 images, 15 epochs: twice the steps)
+reproduce-captions-classonly-long12-crops12:
+	$(call variant-grid,captions-classonly-long12-crops12,$(IMAGENETTE_OOD))
+
 # The paper's in-distribution auxiliary set (CIFAR-10 train, 1% triggered; Table 1) for that 12-epoch CLIP Backdoor,
 # which the captions grids measured on Imagenette only, as is and without its densest 5% (cells clip-backdoor-id and
 # clip-backdoor-id-filtered in runs/reproduce-cpu-captions-classonly-long12)
@@ -171,7 +189,8 @@ reproduce-captions-classonly-long12-id:
 # bundles come from `make reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe8 reproduce-badencoder
 # reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long
 # reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x
-# reproduce-captions-classonly-long12-id`).
+# reproduce-captions-classonly-long12-id reproduce-captions-classonly-long12-crops6 reproduce-captions-classonly-long12-crops12
+# reproduce-drupe8-crops6`).
 # $(call decompose-pair,LABEL,GRID BUNDLE,GRID CONTROL[,ARGS]); no commas in a label
 decompose-pair = $(DEDE) decompose --label "$(1)" --bundle runs/reproduce-cpu-$(2) --control runs/reproduce-cpu-$(3) \
 	$(4) --command-line "make decompose"
@@ -183,6 +202,7 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,drupe16 DRUPE (Imagenette aux),drupe16/bundles/drupe-ood-imagenette,drupe16/bundles/control-simclr-badencoder-ood-imagenette)
 	$(call decompose-pair,drupe8 DRUPE (GTSRB aux),drupe8/bundles/drupe-ood,drupe8/bundles/control-simclr-badencoder-ood)
 	$(call decompose-pair,drupe8 DRUPE (Imagenette aux),drupe8/bundles/drupe-ood-imagenette,drupe8/bundles/control-simclr-badencoder-ood-imagenette)
+	$(call decompose-pair,drupe8-crops6 DRUPE (6 crops of each Imagenette image),drupe8-crops6/bundles/drupe-ood-imagenette,drupe8-crops6/bundles/control-simclr-badencoder-ood-imagenette)
 	$(call decompose-pair,badencoder BadEncoder (GTSRB aux),badencoder/bundles/badencoder-ood,badencoder/bundles/control-simclr-badencoder-ood)
 	$(call decompose-pair,badencoder BadEncoder (Imagenette aux),badencoder/bundles/badencoder-ood-imagenette,badencoder/bundles/control-simclr-badencoder-ood-imagenette)
 	$(call decompose-pair,clip CLIP Backdoor (GTSRB aux),clip/bundles/clip-backdoor-ood,clip/bundles/control-clip-clip-backdoor-ood)
@@ -199,6 +219,10 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,captions-classonly-long20 CLIP Backdoor (Imagenette aux),captions-classonly-long20/bundles/clip-backdoor-ood-imagenette,captions-classonly-long20/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long12 CLIP Backdoor (CIFAR-10 aux with 1% poison),captions-classonly-long12/bundles/clip-backdoor-id,captions-classonly-long12/bundles/control-clip-clip-backdoor-id)
 	$(call decompose-pair,captions-classonly-long12-dede3x CLIP Backdoor (Imagenette aux; detectors 270 epochs),captions-classonly-long12-dede3x/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-dede3x/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12 CLIP Backdoor (dense-filtered CIFAR-10 aux with 1% poison),captions-classonly-long12/bundles/clip-backdoor-id-filtered,captions-classonly-long12/bundles/control-clip-clip-backdoor-id-filtered)
+	$(call decompose-pair,captions-classonly-long12-crops6 CLIP Backdoor (6 crops of each Imagenette image),captions-classonly-long12-crops6/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12-crops12 CLIP Backdoor (12 crops of each Imagenette image),captions-classonly-long12-crops12/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops12/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12-crops6 BadCLIP (6 crops of each Imagenette image),captions-classonly-long12-crops6/bundles/badclip-ood-imagenette,captions-classonly-long12-crops6/bundles/control-clip-clip-backdoor-ood-imagenette)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

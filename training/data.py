@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from PIL import Image
 from service.imaging import resize_rgb, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".ppm")
+CROP_SCALE = (0.25, 1.0)  # load_crops: the share of an image's area a crop covers
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -98,11 +101,76 @@ def _decode(data: bytes, size: int) -> np.ndarray:
         return resize_rgb(to_rgb(img), size)
 
 
-def _cache_file(path: Path, split: str | None, size: int) -> Path:
+def _random_crops(data: bytes, size: int, n: int, rng: np.random.Generator,
+                  scale: tuple[float, float]) -> np.ndarray:
+    """``n`` random crops of one encoded image, each a share ``scale`` of its area with an aspect ratio of 3/4 to 4/3
+    (torchvision's RandomResizedCrop, without its retries), flipped left-right half of the time and resized whole
+    to ``size``. -> uint8 (n, size, size, 3)"""
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    with Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        rgb = to_rgb(img)
+        w, h = rgb.size
+        for j in range(n):
+            area, ratio = w * h * rng.uniform(*scale), math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw = min(w, max(1, round(math.sqrt(area * ratio))))
+            ch = min(h, max(1, round(math.sqrt(area / ratio))))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = rgb.crop((x, y, x + cw, y + ch))
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out[j] = resize_rgb(crop, size)
+    return out
+
+
+def _cache_file(path: Path, split: str | None, size: int, tag: str = "") -> Path:
+    """Where a decoded array of ``path`` is cached; ``tag`` names what else made it (crops: their count, seed...)."""
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{split}|{size}|v1"
+    key = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{split}|{size}|v1" + (f"|{tag}" if tag else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root() / f"{path.stem}-{split or 'all'}-{size}px-{digest}.npz"
+    return cache_root() / f"{path.stem}-{split or 'all'}-{size}px{'-' + tag if tag else ''}-{digest}.npz"
+
+
+def _save(cache_file: Path, **arrays: np.ndarray) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # processes decoding at once don't collide
+    np.savez(tmp, allow_pickle=False, **arrays)
+    tmp.replace(cache_file)
+
+
+def _members(path: Path, split: str | None, labelled: bool) -> tuple[_Reader, list[str], np.ndarray, list[str]]:
+    """The image members of a dataset that ``load_images`` reads, in its order: (reader, names, labels (N,),
+    class names)."""
+    reader = _Reader(path)
+    names = reader.names()
+    if labelled:
+        prefix = f"{split}/"
+        names = [n for n in names if n.startswith(prefix) and n.count("/") >= 2]
+        if not names:
+            raise ValueError(f"{path} has no images under '{split}/<class>/'")
+        class_of = [n.split("/")[1] for n in names]
+        classes = sorted(set(class_of))
+        return reader, names, np.array([classes.index(c) for c in class_of], dtype=np.int64), classes
+    if not names:
+        raise ValueError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return reader, names, np.full(len(names), -1, dtype=np.int64), []
+
+
+def _decode_each(reader: _Reader, names: list[str], shape: tuple[int, ...],
+                 decode: Callable[[bytes, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``decode(data, i)`` of every member ``names[i]`` -> (uint8 (N', *shape), the indices of the N' readable
+    ones). Unreadable images are skipped with a warning."""
+    out = np.empty((len(names), *shape), dtype=np.uint8)
+    bad = []
+    for i, name in enumerate(names):
+        try:
+            out[i] = decode(reader.read(name), i)
+        except (OSError, ValueError, SyntaxError) as exc:
+            bad.append(i)
+            if len(bad) <= 3:
+                print(f"warning: skipping unreadable image {name}: {exc}")
+    keep = np.setdiff1d(np.arange(len(names)), bad)
+    return (out[keep] if bad else out), keep
 
 
 def load_images(
@@ -117,38 +185,33 @@ def load_images(
     if cache and cache_file.exists():
         with np.load(cache_file, allow_pickle=False) as z:
             return ImageSet(z["images"], z["labels"], [str(c) for c in z["classes"]])
-    reader = _Reader(path)
-    names = reader.names()
-    if labelled:
-        prefix = f"{split}/"
-        names = [n for n in names if n.startswith(prefix) and n.count("/") >= 2]
-        if not names:
-            raise ValueError(f"{path} has no images under '{split}/<class>/'")
-        class_of = [n.split("/")[1] for n in names]
-        classes = sorted(set(class_of))
-        labels = np.array([classes.index(c) for c in class_of], dtype=np.int64)
-    else:
-        if not names:
-            raise ValueError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        classes, labels = [], np.full(len(names), -1, dtype=np.int64)
-    images = np.empty((len(names), size, size, 3), dtype=np.uint8)
-    bad = []
-    for i, name in enumerate(names):
-        try:
-            images[i] = _decode(reader.read(name), size)
-        except (OSError, ValueError, SyntaxError) as exc:
-            bad.append(i)
-            if len(bad) <= 3:
-                print(f"warning: skipping unreadable image {name}: {exc}")
-    if bad:
-        keep = np.setdiff1d(np.arange(len(names)), bad)
-        images, labels = images[keep], labels[keep]
-    out = ImageSet(images, labels, classes)
+    reader, names, labels, classes = _members(path, split, labelled)
+    images, keep = _decode_each(reader, names, (size, size, 3), lambda data, _: _decode(data, size))
+    out = ImageSet(images, labels[keep], classes)
     if cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # processes decoding at once don't collide
-        np.savez(tmp, images=out.images, labels=out.labels, classes=np.array(classes, dtype=str))
-        tmp.replace(cache_file)
+        _save(cache_file, images=out.images, labels=out.labels, classes=np.array(classes, dtype=str))
+    return out
+
+
+def load_crops(source: str | Path, split: str | None, size: int, crops: int, seed: int = 0, *,
+               labelled: bool = True, scale: tuple[float, float] = CROP_SCALE, cache: bool = True) -> np.ndarray:
+    """``crops`` random crops (``_random_crops``: a share ``scale`` of the area, flipped at random) of every image that
+    ``load_images`` with the same arguments loads, in its order: image i's crops are ``out[i]``. Image i's crops
+    depend on ``seed`` and i only. -> uint8 (N, crops, size, size, 3)
+
+    More distinct training images from a small set of large photos (Imagenette's are 224 px, the encoder's input 32)."""
+    if crops < 1 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"need crops >= 1 and 0 < scale[0] <= scale[1] <= 1, got {crops} and {scale}")
+    path = resolve_source(source)
+    cache_file = _cache_file(path, split if labelled else None, size, f"crops{crops}-{scale[0]:g}-{scale[1]:g}-s{seed}")
+    if cache and cache_file.exists():
+        with np.load(cache_file, allow_pickle=False) as z:
+            return z["crops"]
+    reader, names, _, _ = _members(path, split, labelled)
+    out, _ = _decode_each(reader, names, (crops, size, size, 3),
+                          lambda data, i: _random_crops(data, size, crops, np.random.default_rng([seed, i]), scale))
+    if cache:
+        _save(cache_file, crops=out)
     return out
 
 

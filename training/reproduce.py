@@ -34,7 +34,9 @@ epochs (is DRUPE's shortfall at the cpu preset an attack that fired on only abou
 trains it as the plain grid does, in a grid of its own (the cpu preset's DRUPE on out-of-distribution sets the plain
 grid did not have); ``badencoder`` does the same for BadEncoder, ``clip`` for the mini-CLIP and both of its attacks;
 the ``captions`` variants train a mini-CLIP whose captions describe the image, the ``-long`` ones attack it longer,
-and ``captions-classonly-long12-dede3x`` trains the detectors of one of them three times as long. Its grid lives in
+``captions-classonly-long12-dede3x`` trains the detectors of one of them three times as long, and
+``captions-classonly-long12-crops6`` and ``drupe8-crops6`` on six random crops of each auxiliary image
+(``-crops12``: twelve). Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -165,6 +167,24 @@ VARIANTS["captions-classonly-long12-dede3x"] = replace(  # the long12 encoders; 
     about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained three times as long (270 "
     "epochs on Imagenette's 3,040 images instead of the Makefile's 90): is the best CLIP row's detector held back by "
     "its training length?")
+# detectors trained on 6 random crops of each of Imagenette's 3,040 training images: 18,240 images for 15 epochs, the
+# optimiser steps of the Makefile's 90 epochs on the whole images (the encoders are those of the variant it replaces)
+CROPS6 = ("aux_crops=6", "epochs=15")
+VARIANTS["captions-classonly-long12-crops6"] = replace(
+    VARIANTS["captions-classonly-long12"], train_sets=CROPS6,
+    about="the `captions-classonly-long12` CLIP Backdoor and BadCLIP, their detectors and control trained on 6 random "
+    "crops of each of Imagenette's 3,040 training images (18,240 images, 15 epochs: the optimiser steps of the "
+    "Makefile's 90 epochs on the whole images): are the CLIP rows held back by too few distinct auxiliary images?")
+VARIANTS["captions-classonly-long12-crops12"] = replace(
+    VARIANTS["captions-classonly-long12"], attacks=("clip-backdoor",), train_sets=("aux_crops=12", "epochs=15"),
+    about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained on 12 random crops of each "
+    "of Imagenette's 3,040 training images (36,480 images, 15 epochs: twice the steps of `-crops6`, each crop seen "
+    "as often): do twice as many distinct auxiliary images help again?")
+VARIANTS["drupe8-crops6"] = replace(
+    VARIANTS["drupe8"], train_sets=CROPS6,
+    about="the `drupe8` DRUPE, its detector and control trained on 6 random crops of each of Imagenette's 3,040 "
+    "training images (18,240 images, 15 epochs: the optimiser steps of the Makefile's 90 epochs on the whole images): "
+    "does the cpu preset's DRUPE row reach the target with more distinct auxiliary images?")
 
 
 def grid_label(preset: str, variant: str = "") -> str:

@@ -6,7 +6,8 @@ set are computed once and cached in memory. Auxiliary sets:
 - in-distribution with ``poison_rate`` > 0: that share of the auxiliary images carries the trigger - the
   paper's provider scenario (1%);
 - out-of-distribution: ``aux_source`` another dataset (e.g. ``gtsrb``, ``imagenette``, or a folder path),
-  resized to the encoder's input size.
+  resized to the encoder's input size, or (``aux_crops`` K > 0; not the paper's) K random crops of each image
+  (``data.load_crops``): more distinct images from a small set of large photos, still embedded once.
 A disjoint held-out split of the same source calibrates the target-FPR threshold. Against a poisoned auxiliary
 set: ``drop_dense`` leaves out the densest clump of its embeddings before training (``training.aux_filter``), and
 ``drop_worst`` the highest-loss samples of each batch during training (``robust_mean``); neither is the paper's.
@@ -31,7 +32,7 @@ from training.attacks.triggers import Trigger, make_trigger
 from training.aux_filter import DENSE_K, dense_filter
 from training.calibrate import calibrate, parse_rule
 from training.config import code_version, optimizer_step, out_of_time, pick_device, save_config
-from training.data import fingerprint, load_images
+from training.data import fingerprint, load_crops, load_images
 from training.dede import DeDe, DeDeConfig, score_mask_ratio
 from training.encoders import EncoderSpec, embed, load_encoder, to_input
 
@@ -42,6 +43,9 @@ class TrainConfig:
     aux_source: str = "cifar10"  # dataset name or path (zip/folder)
     aux_split: str = "train"  # '' for an unlabelled folder of images
     aux_images: int = 0  # 0 = all images not held out
+    # > 0: train on this many random crops of each auxiliary image (data.load_crops) instead of the image itself;
+    # aux_images counts the images before cropping
+    aux_crops: int = 0
     holdout_images: int = 2000  # clean held-out images for the target-FPR threshold
     poison_rate: float = 0.0  # share of auxiliary images that carry the trigger
     trigger: str = "badencoder"
@@ -93,11 +97,14 @@ def robust_mean(per_sample: torch.Tensor, drop_worst: float) -> torch.Tensor:
 
 
 def aux_name(cfg: TrainConfig) -> str:
-    """A short label for results records: ``cifar10-clean``, ``cifar10-id-1%``, ``gtsrb-ood``..."""
+    """A short label for results records: ``cifar10-clean``, ``cifar10-id-1%``, ``gtsrb-ood``,
+    ``imagenette-ood-crops6`` (trained on 6 crops of each image)..."""
     source = Path(cfg.aux_source).stem
     if cfg.poison_rate > 0:
-        return f"{source}-id-{cfg.poison_rate * 100:g}%"
-    return f"{source}-clean" if source == "cifar10" else f"{source}-ood"
+        name = f"{source}-id-{cfg.poison_rate * 100:g}%"
+    else:
+        name = f"{source}-clean" if source == "cifar10" else f"{source}-ood"
+    return name + (f"-crops{cfg.aux_crops}" if cfg.aux_crops else "")
 
 
 def aux_trigger(cfg: TrainConfig, image_size: int) -> Trigger:
@@ -141,9 +148,17 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> AuxSet:
     if cfg.aux_images:
         rest = rest[: cfg.aux_images]
     train, holdout = data.images[rest].copy(), data.images[hold].copy()
+    if cfg.aux_crops:  # crops of the training images only: the threshold is calibrated on whole images, as scored
+        crops = load_crops(cfg.aux_source, cfg.aux_split or None, image_size, cfg.aux_crops, cfg.seed,
+                           labelled=bool(cfg.aux_split))  # (len(data), K, H, W, 3)
+        if len(crops) != len(data):
+            raise ValueError(f"{cfg.aux_source}: {len(crops)} images cropped but {len(data)} loaded whole")
+        train = crops[rest].reshape(-1, *train.shape[1:])  # (len(rest) * K, H, W, 3): image by image
     poisoned, poisoned_holdout = np.zeros(len(train), dtype=bool), np.zeros(len(holdout), dtype=bool)
     info: dict[str, Any] = {"source": str(cfg.aux_source), "split": cfg.aux_split, "n_train": len(train),
                             "n_holdout": len(holdout), "poison_rate": cfg.poison_rate}
+    if cfg.aux_crops:
+        info |= {"crops": cfg.aux_crops, "n_train_images": len(rest)}
     if cfg.poison_rate > 0:
         trigger = aux_trigger(cfg, image_size)
         for arr, mask, key in ((train, poisoned, "n_poisoned"), (holdout, poisoned_holdout, "n_poisoned_holdout")):
@@ -185,6 +200,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
             raise ValueError(f"{key} must be in [0, 1), got {value}")
     if cfg.dense_k < 1:
         raise ValueError(f"dense_k must be at least 1, got {cfg.dense_k}")
+    if cfg.aux_crops < 0:
+        raise ValueError(f"aux_crops must be 0 (whole images) or a number of crops per image, got {cfg.aux_crops}")
     device = pick_device(cfg.device)
     env = distributed.setup(device)
     if cfg.time_budget_s and env.world > 1:

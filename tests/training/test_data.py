@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import EXAMPLES, needs_cifar
-from training.data import fingerprint, load_images
+from training.data import fingerprint, load_crops, load_images
 
 
 @pytest.fixture
@@ -67,3 +67,38 @@ def test_cifar10_test_split() -> None:
     assert s.images.shape == (10000, 32, 32, 3)
     assert len(s.classes) == 10 and s.classes[9] == "truck"
     assert np.bincount(s.labels).tolist() == [1000] * 10
+
+
+def test_crops_follow_load_images_order(labelled_folder: Path) -> None:
+    whole = load_images(labelled_folder, "train", 16, cache=False)
+    crops = load_crops(labelled_folder, "train", 16, 3, seed=1)  # cached
+    assert crops.shape == (len(whole), 3, 16, 16, 3) and crops.dtype == np.uint8
+    assert np.array_equal(crops, load_crops(labelled_folder, "train", 16, 3, seed=1))  # from the cache
+    again = load_crops(labelled_folder, "train", 16, 3, seed=1, cache=False)
+    assert np.array_equal(crops, again)  # the crops depend on the seed and the image only
+    assert not np.array_equal(crops, load_crops(labelled_folder, "train", 16, 3, seed=2, cache=False))
+    gray = sorted(p.relative_to(labelled_folder).as_posix() for p in (labelled_folder / "train").rglob("*.png")).index(
+        "train/clean/gray.png")
+    assert np.all(crops[gray] == 128)  # a uniform image crops to itself, at the image's own index
+    assert not np.array_equal(crops[:, 0], crops[:, 1])  # two crops of an image differ
+    with pytest.raises(ValueError, match="crops >= 1"):
+        load_crops(labelled_folder, "train", 16, 0)
+    with pytest.raises(ValueError, match="scale"):
+        load_crops(labelled_folder, "train", 16, 2, scale=(0.5, 1.5))
+
+
+def test_crops_cover_a_share_of_the_image_and_flip(tmp_path: Path) -> None:
+    # left half red, right half blue, 200 px: a crop's red share says where it was cut and whether it was flipped
+    img = np.zeros((200, 200, 3), dtype=np.uint8)
+    img[:, :100, 0], img[:, 100:, 2] = 255, 255
+    (tmp_path / "two").mkdir()
+    Image.fromarray(img).save(tmp_path / "two" / "a.png")
+    crops = load_crops(tmp_path / "two", None, 32, 64, labelled=False, scale=(0.25, 0.25), cache=False)[0]
+    red = crops[..., 0].astype(float) > crops[..., 2]  # (64, 32, 32)
+    left, right = red[:, :, :16].mean(axis=(1, 2)), red[:, :, 16:].mean(axis=(1, 2))
+    assert np.any(left > right + 0.3) and np.any(right > left + 0.3)  # red on the left, and flipped: on the right
+    share = red.mean(axis=(1, 2))
+    assert np.any((share < 0.05) | (share > 0.95))  # a quarter of the area (about 100 px wide) fits in one half
+    whole = load_crops(tmp_path / "two", None, 32, 64, labelled=False, scale=(1.0, 1.0), cache=False)[0]
+    share = (whole[..., 0].astype(float) > whole[..., 2]).mean(axis=(1, 2))
+    assert np.all((share > 0.4) & (share < 0.6))  # the whole area (at least 173 px wide): both halves

@@ -224,6 +224,30 @@ def test_a_dense_filtered_training_set_is_recorded_and_rebuilt_alike_for_rescori
     assert load_manifest(pipeline / "models" / "tiny-bad").provenance.drop_dense == 0.0  # recorded: no filter
 
 
+def test_a_cropped_aux_set_trains_on_crops_and_calibrates_on_whole_images(pipeline: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from training.train_dede import TrainConfig, build_aux_set
+
+    cfg = TrainConfig(aux_source=str(EXAMPLES), aux_split="", aux_crops=3)
+    whole, cropped = build_aux_set(replace(cfg, aux_crops=0), 32), build_aux_set(cfg, 32)
+    assert len(cropped.train) == 3 * len(whole.train) > 0
+    assert np.array_equal(cropped.holdout, whole.holdout)  # the threshold's images stay whole and held out
+    assert cropped.info["crops"] == 3 and cropped.info["n_train_images"] == len(whole.train)
+    assert not any(np.array_equal(c, w) for c in cropped.train for w in whole.train)
+    args = ["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", f"aux_source={EXAMPLES}",
+            "--set", "aux_split=", "--set", "epochs=1"]
+    assert main(args + ["--set", "aux_crops=3", "--out", str(tmp_path / "run")]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["aux"]["name"] == "examples-ood-crops3" and run["aux"]["n_train"] == len(cropped.train)
+    assert main(["export", "--run", str(tmp_path / "run"), "--name", "cropped", "--out", str(tmp_path)]) == 0
+    provenance = load_manifest(tmp_path / "cropped").provenance
+    assert provenance.aux_dataset == "examples-ood-crops3" and provenance.aux_images == len(cropped.train)
+    assert main(args + ["--set", "aux_crops=-1", "--out", str(tmp_path / "bad-run")]) == 2  # before any work
+
+
 def test_training_resumes_from_its_checkpoint(pipeline: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import torch

@@ -198,6 +198,15 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
         sets = [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set" and kv.startswith("epochs=")]
         assert sets == ["epochs=90", "epochs=270"]  # the later --set wins
     assert "epochs=270" not in " ".join(long12["train-clip-backdoor-ood"].cmd)
+    # the 12-epoch attacks' detectors and the control on 6 (12) crops of each image, 15 epochs
+    for n, attacks in ((6, ["clip-backdoor", "badclip"]), (12, ["clip-backdoor"])):
+        crops = {s.name: s for s in _grid(tmp_path, attacks=attacks, auxes=["ood"], stage_sets={"train": ["epochs=90"]},
+                                          variant=f"captions-classonly-long12-crops{n}")}
+        assert crops["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
+        for name in [f"train-{a}-ood" for a in attacks] + ["train-control-clip-clip-backdoor-ood"]:
+            cmd = crops[name].cmd
+            assert [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set"][-3:] == [
+                "epochs=90", f"aux_crops={n}", "epochs=15"]
     long20 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
                                        variant="captions-classonly-long20")}
     assert "epochs=20" in long20["attack-clip-backdoor"].cmd
