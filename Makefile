@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-drupe8-crops6 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x reproduce-captions-classonly-long12-crops6 reproduce-captions-classonly-long12-crops12 reproduce-captions-classonly-long12-id decompose asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-drupe8-crops6 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x reproduce-captions-classonly-long12-crops6 reproduce-captions-classonly-long12-crops12 reproduce-captions-classonly-long12-crops6-seed1 reproduce-captions-classonly-long12-id decompose asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -173,6 +173,10 @@ reproduce-captions-classonly-long12-dede3x:
 # in, as they were for the committed run)
 reproduce-captions-classonly-long12-crops6:
 	$(call variant-grid,captions-classonly-long12-crops6,$(IMAGENETTE_OOD))
+
+# The crops6 CLIP Backdoor detector and control trained again with seed 1: how far does the detector's seed move it?
+reproduce-captions-classonly-long12-crops6-seed1:
+	$(call variant-grid,captions-classonly-long12-crops6-seed1,$(IMAGENETTE_OOD))
 
 # The CLIP Backdoor's detector and control on 12 crops of each image instead (36,480 images, 15 epochs: twice the steps)
 reproduce-captions-classonly-long12-crops12:

@@ -36,7 +36,7 @@ grid did not have); ``badencoder`` does the same for BadEncoder, ``clip`` for th
 the ``captions`` variants train a mini-CLIP whose captions describe the image, the ``-long`` ones attack it longer,
 ``captions-classonly-long12-dede3x`` trains the detectors of one of them three times as long, and
 ``captions-classonly-long12-crops6`` and ``drupe8-crops6`` on six random crops of each auxiliary image
-(``-crops12``: twelve). Its grid lives in
+(``-crops12``: twelve; ``-crops6-seed1``: six, trained again with another seed). Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -180,6 +180,10 @@ VARIANTS["captions-classonly-long12-crops12"] = replace(
     about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained on 12 random crops of each "
     "of Imagenette's 3,040 training images (36,480 images, 15 epochs: twice the steps of `-crops6`, each crop seen "
     "as often): do twice as many distinct auxiliary images help again?")
+VARIANTS["captions-classonly-long12-crops6-seed1"] = replace(
+    VARIANTS["captions-classonly-long12-crops6"], attacks=("clip-backdoor",), train_sets=(*CROPS6, "seed=1"),
+    about="the `captions-classonly-long12-crops6` CLIP Backdoor detector and control trained again with seed 1 (other "
+    "crops, another initialisation and mask stream): how far does the detector's own seed move the crops row?")
 VARIANTS["drupe8-crops6"] = replace(
     VARIANTS["drupe8"], train_sets=CROPS6,
     about="the `drupe8` DRUPE, its detector and control trained on 6 random crops of each of Imagenette's 3,040 "

@@ -207,6 +207,10 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
             cmd = crops[name].cmd
             assert [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set"][-3:] == [
                 "epochs=90", f"aux_crops={n}", "epochs=15"]
+    seed1 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                      variant="captions-classonly-long12-crops6-seed1")}
+    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
+        assert seed1[name].cmd[-6:-2] == ["--set", "epochs=15", "--set", "seed=1"]  # then --out DIR
     long20 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
                                        variant="captions-classonly-long20")}
     assert "epochs=20" in long20["attack-clip-backdoor"].cmd
