@@ -123,12 +123,6 @@ reproduce-drupe8:
 	$(call variant-grid,drupe8,$(IMAGENETTE_OOD))
 	$(call variant-grid,drupe8,--aux ood)
 
-# That DRUPE's detector and control trained on 6 random crops of each Imagenette image (reproduce.CROPS6; see
-# reproduce-captions-classonly-long12-crops6 below) in runs/reproduce-cpu-drupe8-crops6 (the drupe8 grid's simclr/
-# and drupe/ copied in for the committed run; else it pre-trains and attacks anew)
-reproduce-drupe8-crops6:
-	$(call variant-grid,drupe8-crops6,$(IMAGENETTE_OOD))
-
 # The cpu preset's BadEncoder (8 epochs) on a SimCLR encoder pre-trained again, in a grid of its own
 # (runs/reproduce-cpu-badencoder): its detectors on Imagenette (as above), then on GTSRB (the plain grid's `ood`)
 reproduce-badencoder:
@@ -159,28 +153,20 @@ reproduce-captions-classonly:
 reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20:
 	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
 
-# The 12-epoch CLIP Backdoor's detector and control trained three times as long (the variant's detector settings,
-# reproduce.VARIANTS, override IMAGENETTE_OOD's 90 epochs): is the best CLIP row held back by the detector's training?
-# (runs/reproduce-cpu-captions-classonly-long12-dede3x; it pre-trains and attacks anew unless the long12 grid's
-# clip/ and clip-backdoor/ are copied in, as they were for the committed run)
-reproduce-captions-classonly-long12-dede3x:
-	$(call variant-grid,captions-classonly-long12-dede3x,$(IMAGENETTE_OOD))
-
-# Both 12-epoch attacks' detectors and their control trained on 6 random crops of each Imagenette image (18,240
-# images, 15 epochs: the steps of 90 epochs on the 3,040 whole images; the variant's settings override IMAGENETTE_OOD's
-# epochs): are the CLIP rows held back by too few distinct auxiliary images? (runs/reproduce-cpu-captions-classonly-
-# long12-crops6; it pre-trains and attacks anew unless the long12 grid's clip/, clip-backdoor/ and badclip/ are copied
-# in, as they were for the committed run)
-reproduce-captions-classonly-long12-crops6:
-	$(call variant-grid,captions-classonly-long12-crops6,$(IMAGENETTE_OOD))
-
-# The crops6 CLIP Backdoor detector and control trained again with seed 1: how far does the detector's seed move it?
-reproduce-captions-classonly-long12-crops6-seed1:
-	$(call variant-grid,captions-classonly-long12-crops6-seed1,$(IMAGENETTE_OOD))
-
-# The CLIP Backdoor's detector and control on 12 crops of each image instead (36,480 images, 15 epochs: twice the steps)
-reproduce-captions-classonly-long12-crops12:
-	$(call variant-grid,captions-classonly-long12-crops12,$(IMAGENETTE_OOD))
+# Detectors trained differently on the encoders of another variant (each variant's detector settings,
+# reproduce.VARIANTS, override IMAGENETTE_OOD's 90 epochs), in grids of their own (runs/reproduce-cpu-<variant>; each
+# pre-trains and attacks anew unless the encoder grid's clean encoder and attacks are copied in, as they were for the
+# committed runs):
+# - captions-classonly-long12-dede3x: the 12-epoch CLIP Backdoor's detector and control three times as long: is the
+#   best CLIP row held back by the detector's training?
+# - captions-classonly-long12-crops6 (both 12-epoch attacks), drupe8-crops6: 6 random crops of each Imagenette image
+#   (18,240 images, 15 epochs: the steps of 90 epochs on the 3,040 whole images): too few distinct auxiliary images?
+# - captions-classonly-long12-crops12: 12 crops (36,480 images, 15 epochs: twice the steps);
+#   captions-classonly-long12-crops6-seed1: the 6-crop CLIP Backdoor detector again with seed 1 (the seed's spread)
+DETECTOR_VARIANTS := captions-classonly-long12-dede3x captions-classonly-long12-crops6 \
+	captions-classonly-long12-crops12 captions-classonly-long12-crops6-seed1 drupe8-crops6
+$(DETECTOR_VARIANTS:%=reproduce-%):
+	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
 
 # The paper's in-distribution auxiliary set (CIFAR-10 train, 1% triggered; Table 1) for that 12-epoch CLIP Backdoor,
 # which the captions grids measured on Imagenette only, as is and without its densest 5% (cells clip-backdoor-id and
