@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-drupe8-crops6 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x reproduce-captions-classonly-long12-crops6 reproduce-captions-classonly-long12-crops12 reproduce-captions-classonly-long12-crops6-seed1 reproduce-captions-classonly-long12-id decompose asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-id decompose ensemble asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -161,12 +161,27 @@ reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-
 #   best CLIP row held back by the detector's training?
 # - captions-classonly-long12-crops6 (both 12-epoch attacks), drupe8-crops6: 6 random crops of each Imagenette image
 #   (18,240 images, 15 epochs: the steps of 90 epochs on the 3,040 whole images): too few distinct auxiliary images?
-# - captions-classonly-long12-crops12: 12 crops (36,480 images, 15 epochs: twice the steps);
-#   captions-classonly-long12-crops6-seed1: the 6-crop CLIP Backdoor detector again with seed 1 (the seed's spread)
+# - captions-classonly-long12-crops12: 12 crops (36,480 images, 15 epochs: twice the steps)
+# - <variant>-seed<k> (reproduce.SEED_REPEATS): the CLIP Backdoor detector and control of the whole-image (6-crop)
+#   long12 variant again with seeds 1 and 2 (1 to 3): how far does the detector's own seed move a row?
+SEED_VARIANTS := $(foreach s,1 2,captions-classonly-long12-seed$(s)) \
+	$(foreach s,1 2 3,captions-classonly-long12-crops6-seed$(s))
 DETECTOR_VARIANTS := captions-classonly-long12-dede3x captions-classonly-long12-crops6 \
-	captions-classonly-long12-crops12 captions-classonly-long12-crops6-seed1 drupe8-crops6
+	captions-classonly-long12-crops12 drupe8-crops6 $(SEED_VARIANTS)
+.PHONY: $(DETECTOR_VARIANTS:%=reproduce-%)
 $(DETECTOR_VARIANTS:%=reproduce-%):
 	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
+
+# The seed repeats' detectors, alone and with their scores averaged, for every ensemble size (docs/ENSEMBLE.md):
+# what does averaging detectors trained with different seeds buy against the spread of one? (seed 0: the variant's
+# own grid); $(call ensemble-of,VARIANT,SEEDS,LABEL); no commas in a label
+seed-grid = runs/reproduce-cpu-$(1)$(if $(filter 0,$(2)),,-seed$(2))/bundles
+ensemble-of = $(DEDE) ensemble --label "$(3)" $(foreach s,$(2),\
+	--bundle $(call seed-grid,$(1),$(s))/clip-backdoor-ood-imagenette \
+	--control $(call seed-grid,$(1),$(s))/control-clip-clip-backdoor-ood-imagenette) --command-line "make ensemble"
+ensemble:
+	$(call ensemble-of,captions-classonly-long12,0 1 2,captions-classonly-long12 CLIP Backdoor (Imagenette aux; seeds 0-2))
+	$(call ensemble-of,captions-classonly-long12-crops6,0 1 2 3,captions-classonly-long12-crops6 CLIP Backdoor (6 crops of each Imagenette image; seeds 0-3))
 
 # The paper's in-distribution auxiliary set (CIFAR-10 train, 1% triggered; Table 1) for that 12-epoch CLIP Backdoor,
 # which the captions grids measured on Imagenette only, as is and without its densest 5% (cells clip-backdoor-id and
@@ -213,6 +228,9 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,captions-classonly-long12-crops6 CLIP Backdoor (6 crops of each Imagenette image),captions-classonly-long12-crops6/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long12-crops12 CLIP Backdoor (12 crops of each Imagenette image),captions-classonly-long12-crops12/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops12/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long12-crops6 BadCLIP (6 crops of each Imagenette image),captions-classonly-long12-crops6/bundles/badclip-ood-imagenette,captions-classonly-long12-crops6/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12-crops6-seed1 CLIP Backdoor (6 crops of each Imagenette image; detector seed 1),captions-classonly-long12-crops6-seed1/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6-seed1/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12-crops6-seed2 CLIP Backdoor (6 crops of each Imagenette image; detector seed 2),captions-classonly-long12-crops6-seed2/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6-seed2/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12-crops6-seed3 CLIP Backdoor (6 crops of each Imagenette image; detector seed 3),captions-classonly-long12-crops6-seed3/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6-seed3/bundles/control-clip-clip-backdoor-ood-imagenette)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

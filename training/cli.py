@@ -73,6 +73,12 @@ def cmd_decompose(a: argparse.Namespace) -> None:
     decompose_cli(a)
 
 
+def cmd_ensemble(a: argparse.Namespace) -> None:
+    from training.ensemble import ensemble_cli
+
+    ensemble_cli(a)
+
+
 def cmd_reproduce(a: argparse.Namespace) -> None:
     from training.reproduce import reproduce_cli
 
@@ -181,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="docs/DECOMPOSITION.md")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
     p.set_defaults(func=cmd_decompose)
+
+    p = sub.add_parser("ensemble", help="detectors of one encoder trained with different seeds: alone and with "
+                                        "their scores averaged, for every ensemble size")
+    p.add_argument("--bundle", action="append", required=True, help="a backdoored encoder's bundle (repeat, >= 2)")
+    p.add_argument("--control", action="append", required=True, help="a clean-encoder control bundle (repeat, >= 2)")
+    p.add_argument("--label", default=None, help="the ensemble's section in the report (default: from the bundles); "
+                                                 "a new run of a label replaces its records")
+    p.add_argument("--max-images", type=int, default=0, help="limit the CIFAR-10 test images (0 = all)")
+    p.add_argument("--results", default="docs/ensemble.json")
+    p.add_argument("--report", default="docs/ENSEMBLE.md")
+    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("reproduce", help="the paper's detection grid (attacks x auxiliary sets), resumable")
     p.add_argument("--preset", choices=presets, default="cpu")

@@ -29,8 +29,6 @@ regenerated from it.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from training.downstream_bundle import bundle_attack
 from training.evaluate import hardware
 from training.knn import BundleProbe
 from training.metrics import auc
-from training.records import replace_in_place
+from training.records import command_line, publish_by_label, require_bundles
 from training.report import fmt
 from training.reproduce_cell import class_collapse
 
@@ -278,22 +276,12 @@ def write_report(records: list[dict[str, Any]], path: Path) -> None:
 
 def decompose_cli(a: argparse.Namespace) -> None:
     start = time.time()
-    for b in (a.bundle, a.control):
-        if not (Path(b) / "manifest.json").is_file():
-            raise FileNotFoundError(f"{b} is not a bundle (no manifest.json); build it first")
+    require_bundles([a.bundle, a.control])
     records, facts = decompose(a.bundle, a.control, a.trigger, a.max_images, knn_bank=a.knn_bank,
                                target_class=a.target_class)
-    label = a.label or f"{a.bundle} ({facts['trigger']})"
-    pair = {"label": label, "pair_bundle": str(a.bundle), "pair_control": str(a.control), **facts,
-            "hardware": hardware(), "wall_s": round(time.time() - start, 1),
-            "command": a.command_line or "dede " + " ".join(sys.argv[1:])}
-    records = [{**pair, **r} for r in records]
-    path = Path(a.results)
-    old = json.loads(path.read_text()) if path.exists() else []
-    merged = replace_in_place(old, records, lambda r: r["label"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=1))
-    write_report(merged, Path(a.report))
-    for r in records:
+    head = {"label": a.label or f"{a.bundle} ({facts['trigger']})", "pair_bundle": str(a.bundle),
+            "pair_control": str(a.control), **facts, "hardware": hardware(), "wall_s": round(time.time() - start, 1),
+            "command": command_line(a.command_line)}
+    for r in publish_by_label(records, head, Path(a.results), Path(a.report), write_report):
         print(f"{r['detector']:>10} {r['condition']:>11}  AUC {r['auc']:.3f}  fired {fmt(r['auc_fired'])}")
-    print(f"wrote {a.results} and {a.report} ({pair['wall_s']} s)")
+    print(f"wrote {a.results} and {a.report} ({head['wall_s']} s)")

@@ -11,10 +11,8 @@ Records go to ``docs/results.json`` (merged by key); ``docs/RESULTS.md`` is rege
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from training.attacks.triggers import make_trigger
 from training.data import load_images
 from training.knn import BundleProbe
 from training.metrics import auc, detection_metrics, tpr_at_fpr
-from training.records import replace_in_place
+from training.records import command_line, merge_into
 from training.report import write_figures, write_report
 
 
@@ -137,15 +135,11 @@ def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]
     """Records of a new evaluation replace every older record of the same bundle, attack label, preset and
     kind of test (detection or honesty), in place, so results.json holds one evaluation of each and nothing
     stale."""
-    old = json.loads(path.read_text()) if path.exists() else []
 
     def group(r: dict[str, Any]) -> tuple[Any, ...]:
         return r.get("bundle"), r.get("attack"), r.get("preset"), r.get("test") == "honesty"
 
-    merged = replace_in_place(old, new, group)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=1))
-    return merged
+    return merge_into(path, new, group)
 
 
 def evaluate_cli(a: argparse.Namespace) -> None:
@@ -176,7 +170,7 @@ def evaluate_cli(a: argparse.Namespace) -> None:
             print(f"honesty evaluation of {bundle} ({name}): trigger + benign perturbations")
             records += honesty_records(bundle, name, a.dataset, trigger, target, n_eval=a.honesty_images)
     wall = round(time.time() - start, 1)
-    command = a.command_line or "dede " + " ".join(sys.argv[1:])
+    command = command_line(a.command_line)
     for r in records:
         r.update({"preset": a.preset, "hardware": hardware(), "wall_s": wall, "command": command})
     merged = merge_records(Path(a.results), records)

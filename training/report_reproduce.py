@@ -6,6 +6,7 @@ Rendered from the records with ``"source": "reproduce"`` (one group per preset a
 from __future__ import annotations
 
 from collections import defaultdict
+from statistics import mean, stdev
 from typing import Any
 
 from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
@@ -22,6 +23,7 @@ from training.reproduce import (
     VARIANTS,
     aux_kind,
     grid_label,
+    seed_repeat,
 )
 
 TARGET_AUC = {"badencoder": 0.95, "drupe": 0.95}  # issue 4's cpu-preset targets; 0.9 for the others
@@ -385,6 +387,73 @@ def retrain_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def seed_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The detectors of ``reproduce.SEED_REPEATS`` trained again with other seeds (nothing else changed: the same
+    encoders, auxiliary set and steps): each seed's row, then the mean and spread of the AUCs."""
+    by = _deployed_dede(records)
+    groups: dict[tuple[str, str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for (preset, variant, cell, trigger, control), r in by.items():
+        if not control and not _extra_trigger(r) and (repeat := seed_repeat(variant)) is not None:
+            groups[(preset, repeat[0], cell, trigger)][repeat[1]] = r
+    groups = {k: seeds for k, seeds in groups.items() if len(seeds) > 1}
+    if not groups:
+        return []
+    lines = ["## Seed repeats: the same detector trained with other seeds", "",
+             "The detector and its control of a variant in `reproduce.SEED_REPEATS`, trained again with "
+             "`--set seed=k` (another initialisation, mask stream, held-out split and, for `aux_crops`, other "
+             "crops) on the same encoders, auxiliary set and number of steps (`make reproduce-<variant>-seed<k>`; "
+             "seed 0 is the variant's own grid). The spread is how far one run of a row can move with nothing "
+             "changed but the detector's seed. Balanced test, deployed threshold (`fpr@0.01`); TPR / FPR in %.", "",
+             "| variant | cell | seed | AUC | control AUC | AUC - control | TPR / FPR | TPR@1%FPR |",
+             "|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for (preset, variant, cell, trigger), seeds in sorted(groups.items()):
+        aucs, ctls = [], []
+        for seed, r in sorted(seeds.items()):
+            c = by.get((preset, variant if seed == 0 else f"{variant}-seed{seed}", cell, trigger, True))
+            aucs.append(r["auc"])
+            ctls += [c["auc"]] if c else []
+            lines.append(f"| {variant} | {cell} | {seed} | {fmt(r['auc'])} | {fmt(c['auc']) if c else '-'} | "
+                         f"{fmt(r['auc'] - c['auc']) if c else '-'} | {_pct(r['tpr'])} / {_pct(r['fpr'])} | "
+                         f"{fmt(r.get('tpr_at_1pct_fpr'))} |")
+        summary.append(f"- `{variant}`, {cell} ({preset} preset), {len(aucs)} seeds: AUC {_mean_sd(aucs)}, "
+                       f"range {min(aucs):.3f} - {max(aucs):.3f}; control {_mean_sd(ctls)}.")
+    return [*lines, "", "Mean and sample standard deviation over the seeds:", "", *summary, ""]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{mean(values):.3f}" + (f" +- {stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def memorisation_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Each detector's mean score on its own training images and on its held-out calibration images (both written
+    by ``dede train``; ``reproduce.score_means``): a decoder that memorises its auxiliary set scores the images it
+    was trained on lower than images it never saw."""
+    by = _deployed_dede(records)
+    rows = sorted(((k, r) for k, r in by.items() if "score_mean_train" in r and not _extra_trigger(r)),
+                  key=lambda kr: (_grid_order(kr[0][0], kr[0][1]), kr[0][2], kr[0][4]))
+    if not rows:
+        return []
+    lines = ["## Training images against held-out images", "",
+             "The mean score (the deployed score, `paper`: summed patch error) of each detector's auxiliary "
+             "training images and of its held-out auxiliary images, which it never trained on and which set its "
+             "threshold; both from the run's `calibration.json`, for the grids whose runs are on the machine that "
+             "published them. A ratio well above 1 means the decoder reconstructs the images it was trained on "
+             "better than new ones of the same set: it memorises them. With `aux_crops` the training images are the "
+             "crops and the held-out ones are whole.", "",
+             "| grid | cell | detector | epochs | training images | mean score, training | mean score, held-out | "
+             "held-out / training |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (preset, variant, cell, _, control), r in rows:
+        train, hold = r["score_mean_train"], r["score_mean_holdout"]
+        lines.append(f"| {grid_label(preset, variant)} | {cell} | {'control' if control else 'backdoored'} | "
+                     f"{r.get('dede_epochs', '-')} | {r.get('aux_train_images') or '-'} | {train:.0f} | {hold:.0f} | "
+                     f"{hold / train:.3f} |")
+    return [*lines, ""]
+
+
 def _spread(deltas: list[float]) -> str:
     """Mean absolute and largest absolute difference."""
     if not deltas:
@@ -499,4 +568,4 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                                    for t in extra)
                          + f"[reconstructions](figures/reproduce-{grid}-{cell}-reconstructions.png)")
         lines.append("")
-    return lines + retrain_lines(records)
+    return lines + retrain_lines(records) + seed_lines(records) + memorisation_lines(records)

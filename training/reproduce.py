@@ -36,7 +36,8 @@ grid did not have); ``badencoder`` does the same for BadEncoder, ``clip`` for th
 the ``captions`` variants train a mini-CLIP whose captions describe the image, the ``-long`` ones attack it longer,
 ``captions-classonly-long12-dede3x`` trains the detectors of one of them three times as long, and
 ``captions-classonly-long12-crops6`` and ``drupe8-crops6`` on six random crops of each auxiliary image
-(``-crops12``: twelve; ``-crops6-seed1``: six, trained again with another seed). Its grid lives in
+(``-crops12``: twelve); ``<variant>-seed<k>`` trains the detectors of a variant of ``SEED_REPEATS`` again with
+seed k, nothing else changed (the spread of one run; ``dede ensemble`` averages them). Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -61,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from training.attacks import not_implanted_reason
-from training.records import replace_in_place
+from training.records import command_line, replace_in_place
 
 ATTACKS: dict[str, dict[str, str]] = {  # attack -> the clean encoder it starts from (its control)
     "badencoder": {"clean": "simclr"},
@@ -180,10 +181,28 @@ VARIANTS["captions-classonly-long12-crops12"] = replace(
     about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained on 12 random crops of each "
     "of Imagenette's 3,040 training images (36,480 images, 15 epochs: twice the steps of `-crops6`, each crop seen "
     "as often): do twice as many distinct auxiliary images help again?")
-VARIANTS["captions-classonly-long12-crops6-seed1"] = replace(
-    VARIANTS["captions-classonly-long12-crops6"], attacks=("clip-backdoor",), train_sets=(*CROPS6, "seed=1"),
-    about="the `captions-classonly-long12-crops6` CLIP Backdoor detector and control trained again with seed 1 (other "
-    "crops, another initialisation and mask stream): how far does the detector's own seed move the crops row?")
+# the detector's own seed: the CLIP Backdoor detector and control of these variants trained again with other seeds
+# (``<variant>-seed<k>``); seed 0 is the variant itself
+SEED_REPEATS = {"captions-classonly-long12": (1, 2), "captions-classonly-long12-crops6": (1, 2, 3)}
+for _name, _seeds in SEED_REPEATS.items():
+    for _seed in _seeds:
+        VARIANTS[f"{_name}-seed{_seed}"] = replace(
+            VARIANTS[_name], attacks=("clip-backdoor",), train_sets=(*VARIANTS[_name].train_sets, f"seed={_seed}"),
+            about=f"the `{_name}` CLIP Backdoor detector and control trained again with seed {_seed} (another "
+            "initialisation, mask stream and held-out split" + (", other crops" if "aux_crops=6" in
+                                                                  VARIANTS[_name].train_sets else "")
+            + "): how far does the detector's own seed move the row?")
+
+
+def seed_repeat(variant: str) -> tuple[str, int] | None:
+    """(the variant repeated, the detector's seed) of a variant of ``SEED_REPEATS`` or of one of its repeats
+    (``captions-classonly-long12-seed2``: (``captions-classonly-long12``, 2)); None for any other variant."""
+    if variant in SEED_REPEATS:
+        return variant, 0
+    name, _, seed = variant.rpartition("-seed")
+    return (name, int(seed)) if seed.isdigit() and int(seed) in SEED_REPEATS.get(name, ()) else None
+
+
 VARIANTS["drupe8-crops6"] = replace(
     VARIANTS["drupe8"], train_sets=CROPS6,
     about="the `drupe8` DRUPE, its detector and control trained on 6 random crops of each of Imagenette's 3,040 "
@@ -500,9 +519,20 @@ def collect(root: Path, preset: str, command: str, variant: str = "") -> list[di
 
     records: list[dict[str, Any]] = []
     for f in sorted((root / "cells").glob("*.json")):
-        records += json.loads(f.read_text())
+        records += [{**r, **score_means(root / "dede" / r["bundle"])} if "aux_kind" in r else r
+                    for r in json.loads(f.read_text())]
     records += [r for a in ATTACKS if (r := attack_summary(root, a, preset, command)) is not None]
     return [{**r, "variant": variant} for r in records] if variant else records
+
+
+def score_means(run: Path) -> dict[str, float]:
+    """The mean DeDe score of a detector's own training images and of its held-out calibration images (``dede train``
+    wrote both to ``calibration.json``): a decoder that memorises its auxiliary set scores the first lower; empty
+    when the run is not there."""
+    if not (f := run / "calibration.json").exists():
+        return {}
+    cal = json.loads(f.read_text())
+    return {"score_mean_train": cal["aux_train"]["mean"], "score_mean_holdout": cal["holdout"]["mean"]}
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -554,7 +584,7 @@ def reproduce_cli(a: argparse.Namespace) -> None:
             raise ValueError(f"unknown aux {aux!r}; valid: {', '.join(AUXES)}")
     attacks = a.attack or [n for n in ATTACKS  # a variant: by default the attacks it trains
                            if a.variant not in VARIANTS or VARIANTS[a.variant].trains(n)]
-    command = a.command_line or "dede " + " ".join(sys.argv[1:])
+    command = command_line(a.command_line)
     root = Path(a.root or f"runs/reproduce-{grid_label(a.preset, a.variant)}")
     g = GridSpec(a.preset, root, attacks, a.aux or list(AUXES), a.ood_dataset, parse_stage_sets(a.stage_set),
                  a.max_images, Path(a.figures), command, not a.no_downstream, not a.no_baselines, a.include_weak,

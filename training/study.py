@@ -20,7 +20,6 @@ Records go to ``docs/study.json``; ``docs/STUDY.md`` and plots are regenerated f
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +34,7 @@ from training.config import resolve_config
 from training.data import load_images
 from training.export import load_run
 from training.metrics import detection_metrics, tpr_at_fpr
-from training.records import replace_in_place
+from training.records import merge_into
 from training.train_dede import TRAIN_PRESETS, TrainConfig, train_dede
 
 RATIOS = (0.75, 0.9, 0.99)
@@ -138,12 +137,7 @@ def run_study(axes: list[str], bad_encoder: str, clean_encoder: str, out: str, r
                 r.update({"hardware": hardware(), "cell_wall_s": round(time.time() - start, 1),
                           "command": f"dede study --axis {axis}", "pair": bad_encoder})
             # re-read before writing: several study processes (one per axis) may share the file
-            records = json.loads(path.read_text()) if path.exists() else []
-            records = replace_in_place(records, new, lambda r: (r["axis"], r["cell"], r.get("pair")))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{axis}.{os.getpid()}.tmp")  # two processes may run one axis's cells
-            tmp.write_text(json.dumps(records, indent=1))
-            tmp.replace(path)
+            merge_into(path, new, lambda r: (r["axis"], r["cell"], r.get("pair")))
     from training.report import write_study
 
     records = json.loads(path.read_text()) if path.exists() else []

@@ -31,3 +31,14 @@ def test_a_new_evaluation_replaces_its_records_in_place(tmp_path: Path) -> None:
     assert [(r["bundle"], r["test"], r["v"]) for r in merged] == [
         ("a", "balanced", 1), ("b", "balanced", 0), ("a", "honesty", 0), ("c", "balanced", 1)]
     assert json.loads(path.read_text()) == merged
+
+
+def test_merging_into_a_file_creates_it_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    from training.records import merge_into
+
+    path = tmp_path / "docs" / "x.json"  # neither the file nor its folder exists yet
+    assert merge_into(path, [{"k": "a", "v": 0}, {"k": "b", "v": 0}], lambda r: r["k"]) == json.loads(
+        path.read_text())
+    merged = merge_into(path, [{"k": "a", "v": 1}], lambda r: r["k"])
+    assert merged == json.loads(path.read_text()) == [{"k": "a", "v": 1}, {"k": "b", "v": 0}]
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]

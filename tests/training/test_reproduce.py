@@ -211,6 +211,17 @@ def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path:
                                       variant="captions-classonly-long12-crops6-seed1")}
     for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
         assert seed1[name].cmd[-6:-2] == ["--set", "epochs=15", "--set", "seed=1"]  # then --out DIR
+    # the seed repeats: the variant's detector settings, then the seed; CLIP Backdoor only
+    whole = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
+                                      variant="captions-classonly-long12-seed2")}
+    assert whole["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
+    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
+        assert whole[name].cmd[-4:-2] == ["--set", "seed=2"]
+        assert [kv for flag, kv in zip(whole[name].cmd, whole[name].cmd[1:], strict=False) if flag == "--set"] == [
+            kv for flag, kv in zip(long12[name].cmd, long12[name].cmd[1:], strict=False) if flag == "--set"] + [
+            "seed=2"]
+    with pytest.raises(ValueError, match="trains only clip-backdoor"):
+        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long12-crops6-seed2")
     long20 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
                                        variant="captions-classonly-long20")}
     assert "epochs=20" in long20["attack-clip-backdoor"].cmd
@@ -375,6 +386,10 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
     assert bal["fired_by"] == "this encoder's kNN class" and ctl["fired_by"] == "the backdoored encoder's kNN class"
     assert bal["n_fired"] == round(bal["knn_asr"] * (bal["n_fired"] + bal["n_unfired"]))
     assert "n_fired" not in next(r for r in records if r["test"] == "unbalanced-1%")
+    for r in (bal, ctl):  # each detector's own training and held-out score means, from its run
+        cal = json.loads((tmp_path / "r" / "dede" / r["bundle"] / "calibration.json").read_text())
+        assert (r["score_mean_train"], r["score_mean_holdout"]) == (cal["aux_train"]["mean"], cal["holdout"]["mean"])
+    assert bal["score_mean_train"] != ctl["score_mean_train"]  # two detectors, each read from its own run
     assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id.png").stat().st_size > 1000
     assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id-reconstructions.png").exists()
     assert "Reproduction of the paper's detection tables, preset `tiny`" in (tmp_path / "R.md").read_text()
@@ -572,6 +587,54 @@ def test_retrained_cells_are_set_next_to_the_plain_grids_and_summarised() -> Non
     # the extra test trigger's figure is linked in its grid's section
     assert ("[detection, noise-patch trigger](figures/reproduce-cpu-badclip-ood-noise-patch.png)"
             in "\n".join(reproduce_lines(plain)))
+
+
+def test_seed_repeats_are_named_by_the_variant_they_repeat() -> None:
+    from training.reproduce import SEED_REPEATS, VARIANTS, seed_repeat
+
+    assert seed_repeat("captions-classonly-long12") == ("captions-classonly-long12", 0)
+    assert seed_repeat("captions-classonly-long12-seed2") == ("captions-classonly-long12", 2)
+    assert seed_repeat("captions-classonly-long12-crops6-seed1") == ("captions-classonly-long12-crops6", 1)
+    for name in ("captions-classonly-long12-seed9", "drupe8", "drupe8-seed1", "captions-classonly-long12-seedx", ""):
+        assert seed_repeat(name) is None
+    for name, seeds in SEED_REPEATS.items():
+        for seed in seeds:
+            assert VARIANTS[f"{name}-seed{seed}"].train_sets == (*VARIANTS[name].train_sets, f"seed={seed}")
+
+
+def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
+    from training.report_reproduce import reproduce_lines, seed_lines
+
+    def grid(variant: str, auc: float, ctl: float) -> list[dict[str, object]]:
+        return [{**r, "variant": variant, "cell": f"{r.get('control_for') or r['attack']}-ood-imagenette"}
+                for r in _cell_records("clip-backdoor", "ood-imagenette", auc, ctl, "clip-patch")]
+
+    base = "captions-classonly-long12-crops6"
+    recs = grid(base, 0.898, 0.552) + grid(f"{base}-seed1", 0.817, 0.550) + grid(f"{base}-seed2", 0.85, 0.56)
+    text = "\n".join(seed_lines(recs))
+    assert text.startswith("## Seed repeats")
+    assert f"| {base} | clip-backdoor-ood-imagenette | 0 | 0.898 | 0.552 | 0.346 |" in text
+    assert f"| {base} | clip-backdoor-ood-imagenette | 2 | 0.850 | 0.560 | 0.290 |" in text
+    # mean 0.855, sample sd 0.0407; controls 0.554 +- 0.0053
+    assert "3 seeds: AUC 0.855 +- 0.041, range 0.817 - 0.898; control 0.554 +- 0.005." in text
+    assert text in "\n".join(reproduce_lines(recs))
+    assert seed_lines(grid(base, 0.898, 0.552) + grid("captions-classonly-long12", 0.86, 0.55)) == []  # one seed each
+    assert seed_lines(grid("drupe8", 0.9, 0.8) + grid("drupe8-seed1", 0.8, 0.8)) == []  # not a seed repeat
+
+
+def test_training_and_held_out_score_means_are_listed_per_detector() -> None:
+    from training.report_reproduce import memorisation_lines
+
+    recs = _cell_records("clip-backdoor", "ood", 0.8, 0.55, "clip-patch")
+    assert memorisation_lines(recs) == []  # runs not on this machine: no table
+    for r in recs:
+        r.update({"variant": "captions-classonly-long12-dede3x", "dede_epochs": 270, "aux_train_images": 3040,
+                  "score_mean_train": 2000.0 if r["attack"] == "none" else 2275.0, "score_mean_holdout": 2920.0})
+    text = "\n".join(memorisation_lines(recs))
+    assert ("| cpu-captions-classonly-long12-dede3x | clip-backdoor-ood | backdoored | 270 | 3040 | 2275 | 2920 | "
+            "1.284 |") in text
+    assert "| control | 270 | 3040 | 2000 | 2920 | 1.460 |" in text
+    assert text.count("| cpu-captions") == 2  # one row per detector, not per test set or threshold rule
 
 
 def test_publishing_without_finished_cells_says_so_and_leaves_the_docs(tmp_path: Path,
