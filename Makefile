@@ -163,9 +163,10 @@ reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-
 #   (18,240 images, 15 epochs: the steps of 90 epochs on the 3,040 whole images): too few distinct auxiliary images?
 # - captions-classonly-long12-crops12: 12 crops (36,480 images, 15 epochs: twice the steps)
 # - <variant>-seed<k> (reproduce.SEED_REPEATS): the CLIP Backdoor detector and control of the whole-image (6-crop)
-#   long12 variant again with seeds 1 and 2 (1 to 3): how far does the detector's own seed move a row?
+#   long12 variant again with seeds 1 and 2 (1 to 3), and the drupe8 DRUPE's with seed 1: how far does the
+#   detector's own seed move a row?
 SEED_VARIANTS := $(foreach s,1 2,captions-classonly-long12-seed$(s)) \
-	$(foreach s,1 2 3,captions-classonly-long12-crops6-seed$(s))
+	$(foreach s,1 2 3,captions-classonly-long12-crops6-seed$(s)) drupe8-seed1
 DETECTOR_VARIANTS := captions-classonly-long12-dede3x captions-classonly-long12-crops6 \
 	captions-classonly-long12-crops12 drupe8-crops6 $(SEED_VARIANTS)
 .PHONY: $(DETECTOR_VARIANTS:%=reproduce-%)
@@ -174,14 +175,14 @@ $(DETECTOR_VARIANTS:%=reproduce-%):
 
 # The seed repeats' detectors, alone and with their scores averaged, for every ensemble size (docs/ENSEMBLE.md):
 # what does averaging detectors trained with different seeds buy against the spread of one? (seed 0: the variant's
-# own grid); $(call ensemble-of,VARIANT,SEEDS,LABEL); no commas in a label
+# own grid); $(call ensemble-of,VARIANT,SEEDS,BUNDLE,CONTROL,LABEL); no commas in a label
 seed-grid = runs/reproduce-cpu-$(1)$(if $(filter 0,$(2)),,-seed$(2))/bundles
-ensemble-of = $(DEDE) ensemble --label "$(3)" $(foreach s,$(2),\
-	--bundle $(call seed-grid,$(1),$(s))/clip-backdoor-ood-imagenette \
-	--control $(call seed-grid,$(1),$(s))/control-clip-clip-backdoor-ood-imagenette) --command-line "make ensemble"
+ensemble-of = $(DEDE) ensemble --label "$(5)" $(foreach s,$(2),--bundle $(call seed-grid,$(1),$(s))/$(3) \
+	--control $(call seed-grid,$(1),$(s))/$(4)) --command-line "make ensemble"
 ensemble:
-	$(call ensemble-of,captions-classonly-long12,0 1 2,captions-classonly-long12 CLIP Backdoor (Imagenette aux; seeds 0-2))
-	$(call ensemble-of,captions-classonly-long12-crops6,0 1 2 3,captions-classonly-long12-crops6 CLIP Backdoor (6 crops of each Imagenette image; seeds 0-3))
+	$(call ensemble-of,captions-classonly-long12,0 1 2,clip-backdoor-ood-imagenette,control-clip-clip-backdoor-ood-imagenette,captions-classonly-long12 CLIP Backdoor (Imagenette aux; seeds 0-2))
+	$(call ensemble-of,captions-classonly-long12-crops6,0 1 2 3,clip-backdoor-ood-imagenette,control-clip-clip-backdoor-ood-imagenette,captions-classonly-long12-crops6 CLIP Backdoor (6 crops of each Imagenette image; seeds 0-3))
+	$(call ensemble-of,drupe8,0 1,drupe-ood-imagenette,control-simclr-badencoder-ood-imagenette,drupe8 DRUPE (Imagenette aux; seeds 0-1))
 
 # The paper's in-distribution auxiliary set (CIFAR-10 train, 1% triggered; Table 1) for that 12-epoch CLIP Backdoor,
 # which the captions grids measured on Imagenette only, as is and without its densest 5% (cells clip-backdoor-id and

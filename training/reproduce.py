@@ -181,16 +181,17 @@ VARIANTS["captions-classonly-long12-crops12"] = replace(
     about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained on 12 random crops of each "
     "of Imagenette's 3,040 training images (36,480 images, 15 epochs: twice the steps of `-crops6`, each crop seen "
     "as often): do twice as many distinct auxiliary images help again?")
-# the detector's own seed: the CLIP Backdoor detector and control of these variants trained again with other seeds
-# (``<variant>-seed<k>``); seed 0 is the variant itself
-SEED_REPEATS = {"captions-classonly-long12": (1, 2), "captions-classonly-long12-crops6": (1, 2, 3)}
-for _name, _seeds in SEED_REPEATS.items():
+# the detector's own seed: the detector and control of one attack of these variants trained again with other seeds
+# (``<variant>-seed<k>``; seed 0 is the variant itself): variant -> (attack, seeds)
+SEED_REPEATS = {"captions-classonly-long12": ("clip-backdoor", (1, 2)),
+                "captions-classonly-long12-crops6": ("clip-backdoor", (1, 2, 3)), "drupe8": ("drupe", (1,))}
+for _name, (_attack, _seeds) in SEED_REPEATS.items():
     for _seed in _seeds:
         VARIANTS[f"{_name}-seed{_seed}"] = replace(
-            VARIANTS[_name], attacks=("clip-backdoor",), train_sets=(*VARIANTS[_name].train_sets, f"seed={_seed}"),
-            about=f"the `{_name}` CLIP Backdoor detector and control trained again with seed {_seed} (another "
-            "initialisation, mask stream and held-out split" + (", other crops" if "aux_crops=6" in
-                                                                  VARIANTS[_name].train_sets else "")
+            VARIANTS[_name], attacks=(_attack,), train_sets=(*VARIANTS[_name].train_sets, f"seed={_seed}"),
+            retrain=False, about=f"the `{_name}` {_ATTACK_NAMES.get(_attack, _attack.upper())} detector and control "
+            f"trained again with seed {_seed} (another initialisation, mask stream and held-out split"
+            + (", other crops" if any(t.startswith("aux_crops=") for t in VARIANTS[_name].train_sets) else "")
             + "): how far does the detector's own seed move the row?")
 
 
@@ -200,7 +201,8 @@ def seed_repeat(variant: str) -> tuple[str, int] | None:
     if variant in SEED_REPEATS:
         return variant, 0
     name, _, seed = variant.rpartition("-seed")
-    return (name, int(seed)) if seed.isdigit() and int(seed) in SEED_REPEATS.get(name, ()) else None
+    return (name, int(seed)) if seed.isdigit() and name in SEED_REPEATS and int(seed) in SEED_REPEATS[name][1] \
+        else None
 
 
 VARIANTS["drupe8-crops6"] = replace(

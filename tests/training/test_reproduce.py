@@ -595,11 +595,15 @@ def test_seed_repeats_are_named_by_the_variant_they_repeat() -> None:
     assert seed_repeat("captions-classonly-long12") == ("captions-classonly-long12", 0)
     assert seed_repeat("captions-classonly-long12-seed2") == ("captions-classonly-long12", 2)
     assert seed_repeat("captions-classonly-long12-crops6-seed1") == ("captions-classonly-long12-crops6", 1)
-    for name in ("captions-classonly-long12-seed9", "drupe8", "drupe8-seed1", "captions-classonly-long12-seedx", ""):
+    for name in ("captions-classonly-long12-seed9", "drupe16", "drupe16-seed1", "captions-classonly-long12-seedx", ""):
         assert seed_repeat(name) is None
-    for name, seeds in SEED_REPEATS.items():
+    assert seed_repeat("drupe8-seed1") == ("drupe8", 1) and seed_repeat("drupe8-seed2") is None
+    for name, (attack, seeds) in SEED_REPEATS.items():
         for seed in seeds:
-            assert VARIANTS[f"{name}-seed{seed}"].train_sets == (*VARIANTS[name].train_sets, f"seed={seed}")
+            repeat = VARIANTS[f"{name}-seed{seed}"]
+            assert repeat.train_sets == (*VARIANTS[name].train_sets, f"seed={seed}")
+            assert repeat.attacks == (attack,) and repeat.clean == VARIANTS[name].clean
+            assert not repeat.retrain  # the detector only: not a retrain of the plain grid's recipe
 
 
 def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
@@ -619,7 +623,7 @@ def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
     assert "3 seeds: AUC 0.855 +- 0.041, range 0.817 - 0.898; control 0.554 +- 0.005." in text
     assert text in "\n".join(reproduce_lines(recs))
     assert seed_lines(grid(base, 0.898, 0.552) + grid("captions-classonly-long12", 0.86, 0.55)) == []  # one seed each
-    assert seed_lines(grid("drupe8", 0.9, 0.8) + grid("drupe8-seed1", 0.8, 0.8)) == []  # not a seed repeat
+    assert seed_lines(grid("drupe16", 0.9, 0.8) + grid("drupe16-seed1", 0.8, 0.8)) == []  # not a seed repeat
 
 
 def test_training_and_held_out_score_means_are_listed_per_detector() -> None:
