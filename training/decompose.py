@@ -38,7 +38,7 @@ import numpy as np
 from service.scoring import Scorer
 from training.attacks.triggers import make_trigger
 from training.data import load_images
-from training.downstream_bundle import bundle_attack
+from training.downstream_bundle import manifest_attack
 from training.evaluate import hardware
 from training.knn import BundleProbe
 from training.metrics import auc
@@ -144,7 +144,7 @@ def decompose(bundle: str | Path, control: str | Path, trigger: str | None = Non
     bd, ctl = Scorer.from_bundle(bundle), Scorer.from_bundle(control)
     if ctl.size != bd.size:
         raise ValueError(f"{bundle} takes {bd.size} px images but its control {control} takes {ctl.size} px")
-    recorded = bundle_attack(bundle)
+    recorded = manifest_attack(bd.manifest)
     trigger, target_class = trigger or recorded.trigger_name, target_class or recorded.target_class
     if not trigger or not target_class:
         raise ValueError(f"{bundle} records no attack (target class and trigger): give the suspected ones "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from service.manifest import load_manifest
+from service.manifest import Manifest, load_manifest
 from service.scores import compute_score
 from service.scoring import DEFAULT_PROVIDERS, Scorer
 from training.attacks.triggers import Trigger, make_trigger
@@ -102,7 +102,11 @@ class BundleAttack:
 
 
 def bundle_attack(bundle_dir: str | Path) -> BundleAttack:
-    m = load_manifest(bundle_dir)
+    return manifest_attack(load_manifest(bundle_dir))
+
+
+def manifest_attack(m: Manifest) -> BundleAttack:
+    """``bundle_attack`` of a manifest already loaded (a ``Scorer``'s), without reading and hashing it again."""
     victim = m.provenance.victim
     return BundleAttack(victim.get("attack") or "none", victim.get("trigger"), victim.get("trigger_params") or {},
                         victim.get("target_class"), m.encoder.input_size)

@@ -29,7 +29,7 @@ import numpy as np
 
 from service.scoring import Scorer
 from training.data import load_images
-from training.downstream_bundle import bundle_attack
+from training.downstream_bundle import manifest_attack
 from training.evaluate import hardware
 from training.metrics import auc, tpr_at_fpr
 from training.records import command_line, publish_by_label, require_bundles
@@ -85,10 +85,11 @@ def ensemble(bundles: list[str | Path], controls: list[str | Path],
     if members["control"][0].size != size:
         raise ValueError(f"the backdoored bundles take {size} px images but the controls "
                          f"{members['control'][0].size} px")
-    attacks = {(a.name, a.trigger_name, a.target_class) for a in map(bundle_attack, bundles)}
+    recorded = [manifest_attack(s.manifest) for s in members["backdoored"]]  # the Scorers verified the bundles
+    attacks = {(a.name, a.trigger_name, a.target_class) for a in recorded}
     if len(attacks) > 1:
         raise ValueError(f"the backdoored bundles record different attacks: {sorted(map(str, attacks))}")
-    trigger = bundle_attack(bundles[0]).trigger  # raises if none is recorded
+    trigger = recorded[0].trigger  # raises if none is recorded
     images = load_images("cifar10", "test", size).images
     if max_images:
         images = images[np.sort(np.random.default_rng(seed).permutation(len(images))[:max_images])]

@@ -391,10 +391,11 @@ def seed_lines(records: list[dict[str, Any]]) -> list[str]:
     """The detectors of ``reproduce.SEED_REPEATS`` trained again with other seeds (nothing else changed: the same
     encoders, auxiliary set and steps): each seed's row, then the mean and spread of the AUCs."""
     by = _deployed_dede(records)
-    groups: dict[tuple[str, str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
-    for (preset, variant, cell, trigger, control), r in by.items():
+    groups: dict[tuple[str, str, str, str], dict[int, RetrainKey]] = defaultdict(dict)  # seed -> the record's key
+    for key, r in by.items():
+        preset, variant, cell, trigger, control = key
         if not control and not _extra_trigger(r) and (repeat := seed_repeat(variant)) is not None:
-            groups[(preset, repeat[0], cell, trigger)][repeat[1]] = r
+            groups[(preset, repeat[0], cell, trigger)][repeat[1]] = key
     groups = {k: seeds for k, seeds in groups.items() if len(seeds) > 1}
     if not groups:
         return []
@@ -407,10 +408,10 @@ def seed_lines(records: list[dict[str, Any]]) -> list[str]:
              "| variant | cell | seed | AUC | control AUC | AUC - control | TPR / FPR | TPR@1%FPR |",
              "|---|---|---|---|---|---|---|---|"]
     summary = []
-    for (preset, variant, cell, trigger), seeds in sorted(groups.items()):
+    for (preset, variant, cell, _), seeds in sorted(groups.items()):
         aucs, ctls = [], []
-        for seed, r in sorted(seeds.items()):
-            c = by.get((preset, variant if seed == 0 else f"{variant}-seed{seed}", cell, trigger, True))
+        for seed, key in sorted(seeds.items()):
+            r, c = by[key], by.get((*key[:4], True))
             aucs.append(r["auc"])
             ctls += [c["auc"]] if c else []
             lines.append(f"| {variant} | {cell} | {seed} | {fmt(r['auc'])} | {fmt(c['auc']) if c else '-'} | "

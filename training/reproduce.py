@@ -520,9 +520,12 @@ def collect(root: Path, preset: str, command: str, variant: str = "") -> list[di
     from training.reproduce_cell import attack_summary
 
     records: list[dict[str, Any]] = []
+    means: dict[str, dict[str, float]] = {}  # bundle -> its run's score means, read once
     for f in sorted((root / "cells").glob("*.json")):
-        records += [{**r, **score_means(root / "dede" / r["bundle"])} if "aux_kind" in r else r
-                    for r in json.loads(f.read_text())]
+        for r in json.loads(f.read_text()):
+            if "aux_kind" in r and r["bundle"] not in means:
+                means[r["bundle"]] = score_means(root / "dede" / r["bundle"])
+            records.append({**r, **means[r["bundle"]]} if "aux_kind" in r else r)
     records += [r for a in ATTACKS if (r := attack_summary(root, a, preset, command)) is not None]
     return [{**r, "variant": variant} for r in records] if variant else records
 

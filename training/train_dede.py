@@ -147,13 +147,15 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> AuxSet:
     hold, rest = order[:n_hold], order[n_hold:]
     if cfg.aux_images:
         rest = rest[: cfg.aux_images]
-    train, holdout = data.images[rest].copy(), data.images[hold].copy()
+    holdout = data.images[hold].copy()
     if cfg.aux_crops:  # crops of the training images only: the threshold is calibrated on whole images, as scored
         crops = load_crops(cfg.aux_source, cfg.aux_split or None, image_size, cfg.aux_crops, cfg.seed,
                            labelled=bool(cfg.aux_split))  # (len(data), K, H, W, 3)
         if len(crops) != len(data):
             raise ValueError(f"{cfg.aux_source}: {len(crops)} images cropped but {len(data)} loaded whole")
-        train = crops[rest].reshape(-1, *train.shape[1:])  # (len(rest) * K, H, W, 3): image by image
+        train = crops[rest].reshape(-1, *holdout.shape[1:])  # (len(rest) * K, H, W, 3): image by image
+    else:
+        train = data.images[rest].copy()
     poisoned, poisoned_holdout = np.zeros(len(train), dtype=bool), np.zeros(len(holdout), dtype=bool)
     info: dict[str, Any] = {"source": str(cfg.aux_source), "split": cfg.aux_split, "n_train": len(train),
                             "n_holdout": len(holdout), "poison_rate": cfg.poison_rate}
