@@ -167,11 +167,32 @@ reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-
 #   detector's own seed move a row?
 SEED_VARIANTS := $(foreach s,1 2,captions-classonly-long12-seed$(s)) \
 	$(foreach s,1 2 3,captions-classonly-long12-crops6-seed$(s)) drupe8-seed1
+# (and their `-content` twins, below)
+CONTENT_SEED_VARIANTS := $(foreach s,1 2,captions-classonly-long12-content-seed$(s)) \
+	$(foreach s,1 2 3,captions-classonly-long12-crops6-content-seed$(s)) drupe8-content-seed1
 DETECTOR_VARIANTS := captions-classonly-long12-dede3x captions-classonly-long12-crops6 \
-	captions-classonly-long12-crops12 drupe8-crops6 $(SEED_VARIANTS)
+	captions-classonly-long12-crops12 drupe8-crops6 $(SEED_VARIANTS) captions-classonly-long12-crops6-content \
+	$(CONTENT_SEED_VARIANTS)
 .PHONY: $(DETECTOR_VARIANTS:%=reproduce-%)
 $(DETECTOR_VARIANTS:%=reproduce-%):
 	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
+
+# The detectors of these grids scored with the content-adjusted score (service.scores `content@a`: the paper score
+# over the image's content to a power fitted on the auxiliary images; reproduce.CONTENT_SCORED), in grids of their own
+# (runs/reproduce-cpu-<variant>-content, each with its RESULTS.md section). Nothing is trained: each step copies the
+# encoders and detector runs of runs/reproduce-cpu-<variant> (made by that grid's own target above) and calibrates the
+# detectors again, about a minute per detector; then each cell is evaluated as usual. `make reproduce-content` runs
+# them all.
+CONTENT_TWO_SETS := drupe8-content badencoder-content clip-content
+.PHONY: reproduce-content reproduce-captions-classonly-long12-content $(CONTENT_TWO_SETS:%=reproduce-%)
+reproduce-content: reproduce-captions-classonly-long12-content $(CONTENT_TWO_SETS:%=reproduce-%) \
+	reproduce-captions-classonly-long12-crops6-content $(CONTENT_SEED_VARIANTS:%=reproduce-%)
+reproduce-captions-classonly-long12-content:
+	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
+	$(call variant-grid,$(@:reproduce-%=%),--attack clip-backdoor --aux id --aux id-filtered)
+$(CONTENT_TWO_SETS:%=reproduce-%):
+	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
+	$(call variant-grid,$(@:reproduce-%=%),--aux ood)
 
 # The seed repeats' detectors, alone and with their scores averaged, for every ensemble size (docs/ENSEMBLE.md):
 # what does averaging detectors trained with different seeds buy against the spread of one? (seed 0: the variant's
@@ -196,7 +217,7 @@ reproduce-captions-classonly-long12-id:
 # reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long
 # reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-dede3x
 # reproduce-captions-classonly-long12-id reproduce-captions-classonly-long12-crops6 reproduce-captions-classonly-long12-crops12
-# reproduce-drupe8-crops6`).
+# reproduce-drupe8-crops6 reproduce-content`).
 # $(call decompose-pair,LABEL,GRID BUNDLE,GRID CONTROL[,ARGS]); no commas in a label
 decompose-pair = $(DEDE) decompose --label "$(1)" --bundle runs/reproduce-cpu-$(2) --control runs/reproduce-cpu-$(3) \
 	$(4) --command-line "make decompose"
@@ -232,6 +253,9 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(call decompose-pair,captions-classonly-long12-crops6-seed1 CLIP Backdoor (6 crops of each Imagenette image; detector seed 1),captions-classonly-long12-crops6-seed1/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6-seed1/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long12-crops6-seed2 CLIP Backdoor (6 crops of each Imagenette image; detector seed 2),captions-classonly-long12-crops6-seed2/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6-seed2/bundles/control-clip-clip-backdoor-ood-imagenette)
 	$(call decompose-pair,captions-classonly-long12-crops6-seed3 CLIP Backdoor (6 crops of each Imagenette image; detector seed 3),captions-classonly-long12-crops6-seed3/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-crops6-seed3/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,captions-classonly-long12-content CLIP Backdoor (Imagenette aux; content-adjusted score),captions-classonly-long12-content/bundles/clip-backdoor-ood-imagenette,captions-classonly-long12-content/bundles/control-clip-clip-backdoor-ood-imagenette)
+	$(call decompose-pair,drupe8-content DRUPE (Imagenette aux; content-adjusted score),drupe8-content/bundles/drupe-ood-imagenette,drupe8-content/bundles/control-simclr-badencoder-ood-imagenette)
+	$(call decompose-pair,badencoder-content BadEncoder (Imagenette aux; content-adjusted score),badencoder-content/bundles/badencoder-ood-imagenette,badencoder-content/bundles/control-simclr-badencoder-ood-imagenette)
 
 # ASSET as the official script ran it (training set 1% triggered, one run scoring every pool) on the whole
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance

@@ -27,8 +27,9 @@ from service.scoring import Scorer  # noqa: E402
 
 def draw_scores(scorer: Scorer, images: np.ndarray, draws: int) -> np.ndarray:
     """(D, N) scores of N images under D masks."""
-    x_dev, e_dev = scorer._embed_on_device(scorer.preprocess(images))
-    return np.stack([scorer._detect(x_dev, e_dev, scorer.keep_ids(images, d)) for d in range(draws)])
+    x = scorer.preprocess(images)
+    x_dev, e_dev = scorer._embed_on_device(x)
+    return np.stack([scorer._detect(x_dev, e_dev, scorer.keep_ids(images, d), x) for d in range(draws)])
 
 
 def main() -> None:

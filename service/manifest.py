@@ -63,10 +63,20 @@ class ScoreStats(_Strict):
     quantiles: dict[str, float]
 
 
+class ContentFit(_Strict):
+    """How a ``content@a`` score's exponent was fitted (``service.scores.fit_content_exponent``)."""
+
+    exponent: float = Field(ge=0)
+    r: float = Field(ge=-1, le=1)  # correlation of log paper score and log content on those images
+    images: int = Field(gt=0)  # auxiliary training images it was fitted on
+
+
 class ThresholdInfo(_Strict):
     value: float = Field(gt=0)
     rule: str = Field(pattern=r"^(paper-1\.5x|fpr@0?\.\d+)$")
     mask_ratio: float = Field(ge=0, le=1)
+    score: str | None = Field(None, pattern=SCORE_PATTERN)  # the score calibrated (absent in older bundles)
+    content_fit: ContentFit | None = None
     alternatives: dict[str, float] = {}
     aux_train: ScoreStats
     holdout: ScoreStats
@@ -106,6 +116,9 @@ class Manifest(_Strict):
             raise ValueError("detector patches do not tile the encoder's input size")
         if abs(self.threshold.mask_ratio - self.detector.test_mask_ratio) > 1e-9:
             raise ValueError("the threshold was calibrated at another mask ratio than the detector scores with")
+        if self.threshold.score is not None and self.threshold.score != self.detector.score:
+            raise ValueError(f"the threshold was calibrated for the score {self.threshold.score!r}, but the detector "
+                             f"scores with {self.detector.score!r}")
         return self
 
 

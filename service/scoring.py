@@ -4,7 +4,7 @@
     e = encoder(x)                               (B, E)
     keep = kept patch ids                        (B, K), K = int(N * (1 - alpha_test))
     patch_error = detector(x, e, keep)           (B, N) squared error per masked patch
-    score = compute_score(patch_error, kind)     (B,)  kind from the manifest: 'paper' = the sum
+    score = compute_score(patch_error, kind, x)  (B,)  kind from the manifest: 'paper' = the sum
     flag = score > threshold
 
 Kept patches are drawn per image from a generator seeded by the image's own pixels, so the same image
@@ -194,7 +194,7 @@ class Scorer:
         t0 = time.perf_counter()
         x_dev, e_dev = self._embed_on_device(x)
         t1 = time.perf_counter()
-        scores = np.mean([self._detect(x_dev, e_dev, self.keep_ids(images, d)) for d in range(draws)], axis=0)
+        scores = np.mean([self._detect(x_dev, e_dev, self.keep_ids(images, d), x) for d in range(draws)], axis=0)
         t2 = time.perf_counter()
         return scores, {"encoder": t1 - t0, "detector": t2 - t1}
 
@@ -207,8 +207,9 @@ class Scorer:
         self.encoder.run_with_iobinding(enc)
         return x_dev, enc.get_outputs()[0]
 
-    def _detect(self, x_dev: ort.OrtValue, e_dev: ort.OrtValue, keep: np.ndarray) -> np.ndarray:
-        """Detector on device-resident inputs; only the per-patch errors come back -> scores (B,)."""
+    def _detect(self, x_dev: ort.OrtValue, e_dev: ort.OrtValue, keep: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Detector on device-resident inputs (``x_dev``: the normalised images ``x`` (B, 3, H, W) on the device, which
+        a ``content@a`` score reads on the host); only the per-patch errors come back -> scores (B,)."""
         det = self.detector.io_binding()
         det.bind_ortvalue_input("image", x_dev)
         det.bind_ortvalue_input("embedding", e_dev)
@@ -217,7 +218,7 @@ class Scorer:
             det.bind_output(name, self._device, 0)
         det.bind_output("patch_error", "cpu")
         self.detector.run_with_iobinding(det)
-        return compute_score(det.get_outputs()[2].numpy(), self.manifest.detector.score)
+        return compute_score(det.get_outputs()[2].numpy(), self.manifest.detector.score, x)
 
     def score_against(self, images: np.ndarray, embeddings: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores of uint8 (B, H, W, 3) images when the decoder draws from ``embeddings`` (B, E) instead of the
@@ -229,10 +230,10 @@ class Scorer:
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
-            x = ort.OrtValue.ortvalue_from_numpy(self.preprocess(chunk), self._device, 0)
+            x = self.preprocess(chunk)
             e = ort.OrtValue.ortvalue_from_numpy(
                 np.ascontiguousarray(embeddings[i : i + batch_size], np.float32), self._device, 0)
-            out.append(self._detect(x, e, self.keep_ids(chunk)))
+            out.append(self._detect(ort.OrtValue.ortvalue_from_numpy(x, self._device, 0), e, self.keep_ids(chunk), x))
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
     def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

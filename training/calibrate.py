@@ -5,6 +5,9 @@ Rules:
 - ``fpr@<q>``: the (1 - q) quantile of the scores of held-out clean images (target false-positive rate q).
 Both are computed and recorded; ``rule`` picks the deployed one. Scores are kept in
 ``calibration_scores.npz`` so ``dede calibrate --rule ...`` can switch rules without rescoring.
+
+The score ``content`` (``service.scores``) is resolved here: its exponent is fitted on the auxiliary training images'
+paper scores, and the record names the fitted score (``content@<a>``) that the held-out threshold is computed with.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.scores import compute_score
+from service.scores import (
+    CONTENT_FIT,
+    compute_score,
+    content_exponent,
+    content_score,
+    fit_content_exponent,
+    image_content,
+)
 from training.dede import DeDe
 from training.encoders import EncoderSpec, embed, to_input
 
@@ -74,25 +84,46 @@ def patch_error_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images
 def score_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray, mask_ratio: float,
                  device: str = "cpu", seed: int = 0, score: str = "paper") -> np.ndarray:
     """Scores (``service.scores`` kind) of uint8 (N, H, W, 3) images with PyTorch, before export -> (N,)."""
-    return compute_score(patch_error_images(model, victim, spec, images, mask_ratio, device, seed), score)
+    pe = patch_error_images(model, victim, spec, images, mask_ratio, device, seed)
+    exponent = content_exponent(score)
+    return compute_score(pe, score) if exponent is None else content_score(pe.sum(1), contents(images, spec), exponent)
+
+
+def contents(images: np.ndarray, spec: EncoderSpec, batch_size: int = 1024) -> np.ndarray:
+    """``image_content`` of uint8 (N, H, W, 3) images as the detector sees them (normalised), in batches -> (N,)."""
+    parts = [image_content(to_input(torch.from_numpy(images[i : i + batch_size]), spec).numpy())
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def calibration_record(rule: str, aux_scores: np.ndarray, holdout_scores: np.ndarray,
-                       mask_ratio: float) -> dict[str, Any]:
+                       mask_ratio: float, score: str = "paper") -> dict[str, Any]:
     parse_rule(rule)
     alternatives = {r: threshold_for(r, aux_scores, holdout_scores) for r in ("paper-1.5x", "fpr@0.01")}
     return {"rule": rule, "value": threshold_for(rule, aux_scores, holdout_scores), "mask_ratio": mask_ratio,
-            "alternatives": alternatives, "aux_train": stats(aux_scores), "holdout": stats(holdout_scores)}
+            "score": score, "alternatives": alternatives, "aux_train": stats(aux_scores),
+            "holdout": stats(holdout_scores)}
 
 
 def calibrate(model: DeDe, victim: nn.Module, spec: EncoderSpec, aux_images: np.ndarray,
               holdout_images: np.ndarray, mask_ratio: float, rule: str, device: str = "cpu",
               seed: int = 0, out: str | Path | None = None, score: str = "paper") -> dict[str, Any]:
-    aux = score_images(model, victim, spec, aux_images, mask_ratio, device, seed, score=score)
+    """The threshold record of ``score`` (``content``: fitted here, see the module doc; the record's ``score`` is the
+    one to deploy). The held-out images get another mask stream (``seed + 1``) than the auxiliary ones."""
+    fit = None
+    if score == CONTENT_FIT:
+        paper = score_images(model, victim, spec, aux_images, mask_ratio, device, seed)
+        content = contents(aux_images, spec)
+        exponent, r = fit_content_exponent(paper, content)
+        score, fit = f"content@{exponent:g}", {"exponent": exponent, "r": r, "images": int(len(aux_images))}
+        aux = content_score(paper, content, exponent)
+    else:
+        aux = score_images(model, victim, spec, aux_images, mask_ratio, device, seed, score=score)
     hold = score_images(model, victim, spec, holdout_images, mask_ratio, device, seed + 1, score=score)
     if out is not None:
         np.savez(Path(out) / "calibration_scores.npz", aux=aux, holdout=hold)
-    return calibration_record(rule, aux, hold, mask_ratio)
+    record = calibration_record(rule, aux, hold, mask_ratio, score)
+    return record | ({"content_fit": fit} if fit else {})
 
 
 def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> dict[str, Any]:
@@ -110,7 +141,7 @@ def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> d
         from training.export import load_run
         from training.train_dede import TrainConfig, build_aux_set, drop_dense_images
 
-        check_score(score)
+        check_score(score, fit=True)
         cfg_data = json.loads((run_dir / "config.json").read_text())
         cfg_data.pop("code_version", None)
         cfg = TrainConfig(**cfg_data)
@@ -118,11 +149,12 @@ def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> d
         aux, _ = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size), victim, spec, "cpu")
         record = calibrate(model, victim, spec, aux.train[: cfg.calib_images], aux.holdout, old["mask_ratio"], rule,
                            seed=cfg.seed, out=run_dir, score=score)
-        run["score"] = score
+        run["score"] = record["score"]
         (run_dir / "run.json").write_text(json.dumps(run, indent=2))
     else:
         with np.load(scores_file, allow_pickle=False) as z:
             aux, hold = z["aux"], z["holdout"]
-        record = calibration_record(rule, aux, hold, old["mask_ratio"])
+        record = calibration_record(rule, aux, hold, old["mask_ratio"], run.get("score", "paper"))
+        record |= {k: old[k] for k in ("content_fit",) if k in old}
     (run_dir / "calibration.json").write_text(json.dumps(record, indent=2))
     return record

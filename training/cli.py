@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="(re)compute the threshold of a trained run")
     p.add_argument("--run", required=True)
     p.add_argument("--rule", default="fpr@0.01", help="'paper-1.5x' or 'fpr@<q>'")
-    p.add_argument("--score", default=None, help="switch the score ('paper' or 'trimmed@<k>'); rescores")
+    p.add_argument("--score", default=None, help="switch the score ('paper', 'trimmed@<k>', or 'content': the "
+                   "content-adjusted score, its exponent fitted on the auxiliary images); rescores")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write an ONNX bundle into models/<name>")

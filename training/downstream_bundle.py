@@ -55,7 +55,7 @@ class BundleModels:
             for i in range(0, len(images), self.batch_size):
                 out = self.scorer.run(images[i : i + self.batch_size])
                 embs.append(out["embedding"].astype(np.float32))
-                scores.append(compute_score(out["patch_error"], kind))
+                scores.append(compute_score(out["patch_error"], kind, out["x"]))
             e_dim = self.manifest.encoder.embed_dim
             self._memo[key] = (np.concatenate(embs) if embs else np.zeros((0, e_dim), np.float32),
                                np.concatenate(scores) if scores else np.zeros(0, np.float32))

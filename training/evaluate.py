@@ -121,7 +121,7 @@ def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str,
                    "trigger": trigger, "attack_asr": utility.get("attack_success_rate"),
                    "clean_target_rate": utility.get("clean_target_rate"),
                    "encoder_clean_acc": utility["clean_accuracy"], "encoder": m.encoder.architecture,
-                   "bundle": m.name, "poison_rate": m.provenance.poison_rate}
+                   "bundle": m.name, "poison_rate": m.provenance.poison_rate, "score": m.detector.score}
             if test_name == "balanced" and fired is not None and target is not None:
                 rec |= {**fired_metrics(s_clean, s_trig, fired, labels, target, value), "fired_by": fired_by}
             records.append(rec)

@@ -119,7 +119,7 @@ def verify_bundle(bundle: Path, model: DeDe, victim: nn.Module, spec: EncoderSpe
     x = torch.from_numpy(scorer.preprocess(images))
     keep = torch.from_numpy(scorer.keep_ids(images))
     patch_error = DetectorGraph(model)(x, victim(x), keep)[2].numpy()
-    torch_scores = compute_score(patch_error, scorer.manifest.detector.score)
+    torch_scores = compute_score(patch_error, scorer.manifest.detector.score, x.numpy())
     err = float(np.max(np.abs(ort_scores - torch_scores)) / threshold)
     if err > SCORE_RTOL:
         raise RuntimeError(f"ONNX Runtime and PyTorch disagree: max |diff| / threshold = {err:.2e} "

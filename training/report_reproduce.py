@@ -403,7 +403,8 @@ def seed_lines(records: list[dict[str, Any]]) -> list[str]:
              "The detector and its control of a variant in `reproduce.SEED_REPEATS`, trained again with "
              "`--set seed=k` (another initialisation, mask stream, held-out split and, for `aux_crops`, other "
              "crops) on the same encoders, auxiliary set and number of steps (`make reproduce-<variant>-seed<k>`; "
-             "seed 0 is the variant's own grid). The spread is how far one run of a row can move with nothing "
+             "seed 0 is the variant's own grid; a `-content` variant's seed k is the seed-k grid's detectors with "
+             "the content-adjusted score). The spread is how far one run of a row can move with nothing "
              "changed but the detector's seed. Balanced test, deployed threshold (`fpr@0.01`); TPR / FPR in %.", "",
              "| variant | cell | seed | AUC | control AUC | AUC - control | TPR / FPR | TPR@1%FPR |",
              "|---|---|---|---|---|---|---|---|"]
@@ -422,6 +423,57 @@ def seed_lines(records: list[dict[str, Any]]) -> list[str]:
     return [*lines, "", "Mean and sample standard deviation over the seeds:", "", *summary, ""]
 
 
+def content_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The detectors of a grid next to the same detectors scored with the content-adjusted score by a variant that
+    ``rescores`` it (``reproduce.CONTENT_SCORED``): the same decoders, another score and threshold."""
+    by = {(r.get("preset", "?"), r.get("variant", ""), r["cell"], r["test_trigger"], r["attack"] == "none"): r
+          for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
+          and r.get("detector", "dede") in DEDE_DETECTORS}
+    pairs = sorted(((key[:1] + (v.rescores,) + key[2:], key) for key in by
+                    if not key[4] and (v := VARIANTS.get(key[1])) is not None and v.rescores
+                    and key[:1] + (v.rescores,) + key[2:] in by),
+                   key=lambda p: (_order(by[p[0]]["attack"]), p[0][1], p[0][2], p[0][3]))
+    if not pairs:
+        return []
+    lines = ["## The content-adjusted score against the paper score", "",
+             "The same detectors and controls, scored two ways: the paper's score (the grid named in the first "
+             "column) and the content-adjusted score `content@a` (its `-content` grid, `make reproduce-content`): "
+             "the paper score divided by the image's content (the squared error of drawing each channel's mean "
+             "colour) to the power a, fitted per detector on its auxiliary training images (`service.scores`), with "
+             "the threshold calibrated again on the held-out auxiliary images. Balanced test, deployed threshold "
+             "(`fpr@0.01`); TPR / FPR in %; a = backdoored / control detector's exponent (r: the correlation of log "
+             "paper score and log content over the auxiliary images it was fitted on).", "",
+             "| grid | cell | test trigger | a | AUC paper / content (difference) | control AUC paper / content | "
+             "AUC - control, paper / content | TPR@1%FPR paper / content | TPR / FPR content |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    deltas, ctl_deltas, gap_deltas = [], [], []
+    for old_key, new_key in pairs:
+        old, new = by[old_key], by[new_key]
+        c_old, c_new = by.get((*old_key[:4], True)), by.get((*new_key[:4], True))
+        exponent = " / ".join(fmt(float(str(r.get("score")).removeprefix("content@")))
+                              + (f" (r {r['content_fit_r']:.2f})" if "content_fit_r" in r else "")
+                              if r and str(r.get("score")).startswith("content@") else "-" for r in (new, c_new))
+        control = gaps = "-"
+        if c_old and c_new:
+            control = f"{fmt(c_old['auc'])} / {fmt(c_new['auc'])}"
+            gaps = f"{fmt(old['auc'] - c_old['auc'])} / {fmt(new['auc'] - c_new['auc'])}"
+        if not _extra_trigger(old):
+            deltas.append(new["auc"] - old["auc"])
+            if c_old and c_new:
+                ctl_deltas.append(c_new["auc"] - c_old["auc"])
+                gap_deltas.append((new["auc"] - c_new["auc"]) - (old["auc"] - c_old["auc"]))
+        lines.append(f"| {old_key[1] or old_key[0]} | {old['cell']} | {old['test_trigger']} | {exponent} | "
+                     f"{fmt(old['auc'])} / {fmt(new['auc'])} ({new['auc'] - old['auc']:+.3f}) | {control} | {gaps} | "
+                     f"{fmt(old.get('tpr_at_1pct_fpr'))} / {fmt(new.get('tpr_at_1pct_fpr'))} | "
+                     f"{_pct(new['tpr'])} / {_pct(new['fpr'])} |")
+    return [*lines, "", "With each attack's own trigger: backdoored detectors "
+            f"{len(deltas)}, AUC difference (content - paper) mean {mean(deltas):+.3f}, from {min(deltas):+.3f} to "
+            f"{max(deltas):+.3f}; their controls (a control shared by two cells counts twice) mean "
+            + (f"{mean(ctl_deltas):+.3f}, from {min(ctl_deltas):+.3f} to {max(ctl_deltas):+.3f}; the gap over the "
+               f"control (AUC - control) mean {mean(gap_deltas):+.3f}, from {min(gap_deltas):+.3f} to "
+               f"{max(gap_deltas):+.3f}." if ctl_deltas else "-."), ""]
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -430,8 +482,8 @@ def _mean_sd(values: list[float]) -> str:
 
 def memorisation_lines(records: list[dict[str, Any]]) -> list[str]:
     """Each detector's mean score on its own training images and on its held-out calibration images (both written
-    by ``dede train``; ``reproduce.score_means``): a decoder that memorises its auxiliary set scores the images it
-    was trained on lower than images it never saw."""
+    by ``dede train``; ``reproduce.calibration_fields``): a decoder that memorises its auxiliary set scores the images
+    it was trained on lower than images it never saw."""
     by = _deployed_dede(records)
     rows = sorted(((k, r) for k, r in by.items() if "score_mean_train" in r and not _extra_trigger(r)),
                   key=lambda kr: (_grid_order(kr[0][0], kr[0][1]), kr[0][2], kr[0][4]))
@@ -569,4 +621,5 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                                    for t in extra)
                          + f"[reconstructions](figures/reproduce-{grid}-{cell}-reconstructions.png)")
         lines.append("")
-    return lines + retrain_lines(records) + seed_lines(records) + memorisation_lines(records)
+    return (lines + retrain_lines(records) + content_lines(records) + seed_lines(records)
+            + memorisation_lines(records))

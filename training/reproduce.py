@@ -37,7 +37,10 @@ the ``captions`` variants train a mini-CLIP whose captions describe the image, t
 ``captions-classonly-long12-dede3x`` trains the detectors of one of them three times as long, and
 ``captions-classonly-long12-crops6`` and ``drupe8-crops6`` on six random crops of each auxiliary image
 (``-crops12``: twelve); ``<variant>-seed<k>`` trains the detectors of a variant of ``SEED_REPEATS`` again with
-seed k, nothing else changed (the spread of one run; ``dede ensemble`` averages them). Its grid lives in
+seed k, nothing else changed (the spread of one run; ``dede ensemble`` averages them); ``<variant>-content`` scores
+the detectors of a variant of ``CONTENT_SCORED`` with the content-adjusted score (``service.scores``), a variant that
+``rescores`` another: its steps copy that grid's encoders and detector runs (``training.reproduce_rescore``) and
+calibrate the runs again, so nothing is trained. Its grid lives in
 ``runs/reproduce-P-<variant>``, has only the attacks on that encoder and only detection cells (no baselines, no
 downstream runs), and its records carry ``"variant"`` (figures ``reproduce-P-<variant>-*``), so they never replace
 the plain grid's.
@@ -124,6 +127,18 @@ class Variant:
     attacks: tuple[str, ...] = ()  # the attacks it trains (empty: every attack on its clean encoder)
     retrain: bool = False  # the plain grid's recipe trained again (settings that only measure aside): its cells repeat
     train_sets: tuple[str, ...] = ()
+    # a variant whose trained encoders and detectors this one copies, calibrating the detectors again with the score
+    # that ``train_sets`` names (its only setting): nothing is trained
+    rescores: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rescores and [kv for kv in self.train_sets if not kv.startswith("score=")]:
+            raise ValueError(f"a variant that rescores {self.rescores!r} sets the score only, not {self.train_sets}")
+
+    @property
+    def score(self) -> str | None:
+        """The score its detectors are calibrated for, if it sets one."""
+        return next((kv.split("=", 1)[1] for kv in reversed(self.train_sets) if kv.startswith("score=")), None)
 
     def trains(self, attack: str) -> bool:
         return ATTACKS[attack]["clean"] == self.clean and (not self.attacks or attack in self.attacks)
@@ -181,18 +196,35 @@ VARIANTS["captions-classonly-long12-crops12"] = replace(
     about="the `captions-classonly-long12` CLIP Backdoor, its detector and control trained on 12 random crops of each "
     "of Imagenette's 3,040 training images (36,480 images, 15 epochs: twice the steps of `-crops6`, each crop seen "
     "as often): do twice as many distinct auxiliary images help again?")
+# the detectors of these variants scored with the content-adjusted score (``service.scores``: the paper score over the
+# image's content to a power fitted on the auxiliary images), nothing retrained: ``<variant>-content``
+CONTENT_SCORED = ("captions-classonly-long12", "captions-classonly-long12-crops6", "drupe8", "badencoder", "clip")
+for _name in CONTENT_SCORED:
+    VARIANTS[f"{_name}-content"] = replace(
+        VARIANTS[_name], train_sets=("score=content",), retrain=False, rescores=_name,
+        about=f"the `{_name}` grid's detectors and controls, copied and calibrated again with the content-adjusted "
+        "score (the paper score over the image's content to a power fitted on the auxiliary images): does a score "
+        "that no longer ranks images by how much there is to draw see the backdoor better?")
 # the detector's own seed: the detector and control of one attack of these variants trained again with other seeds
-# (``<variant>-seed<k>``; seed 0 is the variant itself): variant -> (attack, seeds)
+# (``<variant>-seed<k>``; seed 0 is the variant itself): variant -> (attack, seeds). The seed repeats of a variant
+# that rescores another rescore that variant's seed repeats.
 SEED_REPEATS = {"captions-classonly-long12": ("clip-backdoor", (1, 2)),
-                "captions-classonly-long12-crops6": ("clip-backdoor", (1, 2, 3)), "drupe8": ("drupe", (1,))}
+                "captions-classonly-long12-crops6": ("clip-backdoor", (1, 2, 3)), "drupe8": ("drupe", (1,)),
+                "captions-classonly-long12-content": ("clip-backdoor", (1, 2)),
+                "captions-classonly-long12-crops6-content": ("clip-backdoor", (1, 2, 3)),
+                "drupe8-content": ("drupe", (1,))}
 for _name, (_attack, _seeds) in SEED_REPEATS.items():
+    _v = VARIANTS[_name]
+    _crops = ", other crops" if any(t.startswith("aux_crops=") for t in _v.train_sets) else ""
     for _seed in _seeds:
+        _how = (f"of the `{_v.rescores}-seed{_seed}` grid, scored as this variant scores" if _v.rescores else
+                f"trained again with seed {_seed} (another initialisation, mask stream and held-out split{_crops})")
         VARIANTS[f"{_name}-seed{_seed}"] = replace(
-            VARIANTS[_name], attacks=(_attack,), train_sets=(*VARIANTS[_name].train_sets, f"seed={_seed}"),
-            retrain=False, about=f"the `{_name}` {_ATTACK_NAMES.get(_attack, _attack.upper())} detector and control "
-            f"trained again with seed {_seed} (another initialisation, mask stream and held-out split"
-            + (", other crops" if any(t.startswith("aux_crops=") for t in VARIANTS[_name].train_sets) else "")
-            + "): how far does the detector's own seed move the row?")
+            _v, attacks=(_attack,), retrain=False,
+            train_sets=_v.train_sets if _v.rescores else (*_v.train_sets, f"seed={_seed}"),
+            rescores=f"{_v.rescores}-seed{_seed}" if _v.rescores else "",
+            about=f"the `{_name}` {_ATTACK_NAMES.get(_attack, _attack.upper())} detector and control {_how}: how far "
+            "does the detector's own seed move the row?")
 
 
 def seed_repeat(variant: str) -> tuple[str, int] | None:
@@ -215,6 +247,15 @@ VARIANTS["drupe8-crops6"] = replace(
 def grid_label(preset: str, variant: str = "") -> str:
     """A grid's name in its default root, its figure files and RESULTS.md: the preset, and the variant if any."""
     return f"{preset}-{variant}" if variant else preset
+
+
+def _copied(g: GridSpec, path: Path, score: str | None = None) -> list[str]:
+    """The command that copies ``path`` (a directory of this grid) from the grid the variant rescores, a detector
+    run calibrated again for ``score`` (``training.reproduce_rescore``)."""
+    source = g.root.parent / f"reproduce-{grid_label(g.preset, VARIANTS[g.variant].rescores)}"
+    source = source / path.relative_to(g.root)
+    return [sys.executable, "-m", "training.reproduce_rescore", "--from", str(source), "--to", str(path),
+            *(["--score", score] if score else [])]
 
 
 def _python(*args: str) -> list[str]:
@@ -280,6 +321,11 @@ class GridSpec:
         return grid_label(self.preset, self.variant)
 
     @property
+    def rescores(self) -> bool:
+        """Whether the grid copies another grid's trained encoders and detectors (``Variant.rescores``)."""
+        return bool(self.variant and VARIANTS[self.variant].rescores)
+
+    @property
     def ood_aux(self) -> str:
         return ood_aux(self.ood_dataset, self.ood_images)
 
@@ -333,8 +379,10 @@ def _detector_steps(g: GridSpec, name: str, attack: str, aux: str, control: bool
     extra = aux_sets + (CTRL_DEDE if attack == "ctrl" else []) + ours
     run_dir = r / "dede" / name
     variant = [kv for s in (VARIANTS[g.variant].train_sets if g.variant else ()) for kv in ("--set", s)]
-    return [Step(f"train-{name}", _python("train", "--encoder", str(encoder), "--preset", g.preset,
-                                          *g.sets("train", extra), *variant, "--out", str(run_dir)),
+    train = (_copied(g, run_dir, VARIANTS[g.variant].score) if g.rescores else
+             _python("train", "--encoder", str(encoder), "--preset", g.preset, *g.sets("train", extra), *variant,
+                     "--out", str(run_dir)))
+    return [Step(f"train-{name}", train,
                  (run_dir / "run.json").exists, [f"attack-{attack}"] + ([f"pretrain-{clean}"] if control else []),
                  _unless_implanted(g, users)),
             Step(f"export-{name}", _python("export", "--run", str(run_dir), "--name", name,
@@ -406,15 +454,16 @@ def build_grid(g: GridSpec) -> list[Step]:
 
     for clean in cleans:
         method = ["--method", "clip"] if clean == "clip" else []
-        steps.append(Step(f"pretrain-{clean}", _python("pretrain", *method, *p,
-                                                       *g.sets("pretrain", variant_sets(clean, "pretrain")),
-                                                       "--out", str(r / clean)),
-                          (r / clean / "encoder.json").exists))
+        pretrain = (_copied(g, r / clean) if g.rescores else
+                    _python("pretrain", *method, *p, *g.sets("pretrain", variant_sets(clean, "pretrain")),
+                            "--out", str(r / clean)))
+        steps.append(Step(f"pretrain-{clean}", pretrain, (r / clean / "encoder.json").exists))
     for a in g.attacks:
         clean = ATTACKS[a]["clean"]
-        steps.append(Step(f"attack-{a}", _python("attack", a, "--encoder", str(r / clean), *p,
-                                                 *g.sets("attack", variant_sets(clean, "attack")), "--out", str(r / a)),
-                          _attacked(r / a), [f"pretrain-{clean}"]))
+        attack = (_copied(g, r / a) if g.rescores else
+                  _python("attack", a, "--encoder", str(r / clean), *p,
+                          *g.sets("attack", variant_sets(clean, "attack")), "--out", str(r / a)))
+        steps.append(Step(f"attack-{a}", attack, _attacked(r / a), [f"pretrain-{clean}"]))
     added: set[str] = set()
     for aux in g.auxes:  # aux-major: with few workers, every in-distribution cell finishes first
         for a in g.attacks:
@@ -520,24 +569,25 @@ def collect(root: Path, preset: str, command: str, variant: str = "") -> list[di
     from training.reproduce_cell import attack_summary
 
     records: list[dict[str, Any]] = []
-    means: dict[str, dict[str, float]] = {}  # bundle -> its run's score means, read once
+    calibrated: dict[str, dict[str, float]] = {}  # bundle -> what its run's calibration says, read once
     for f in sorted((root / "cells").glob("*.json")):
         for r in json.loads(f.read_text()):
-            if "aux_kind" in r and r["bundle"] not in means:
-                means[r["bundle"]] = score_means(root / "dede" / r["bundle"])
-            records.append({**r, **means[r["bundle"]]} if "aux_kind" in r else r)
+            if "aux_kind" in r and r["bundle"] not in calibrated:
+                calibrated[r["bundle"]] = calibration_fields(root / "dede" / r["bundle"])
+            records.append({**r, **calibrated[r["bundle"]]} if "aux_kind" in r else r)
     records += [r for a in ATTACKS if (r := attack_summary(root, a, preset, command)) is not None]
     return [{**r, "variant": variant} for r in records] if variant else records
 
 
-def score_means(run: Path) -> dict[str, float]:
-    """The mean DeDe score of a detector's own training images and of its held-out calibration images (``dede train``
-    wrote both to ``calibration.json``): a decoder that memorises its auxiliary set scores the first lower; empty
-    when the run is not there."""
+def calibration_fields(run: Path) -> dict[str, float]:
+    """What a detector's ``calibration.json`` adds to its records: the mean DeDe score of its own training images and
+    of its held-out calibration images (a decoder that memorises its auxiliary set scores the first lower) and, for a
+    ``content@a`` score, the correlation its exponent was fitted with; empty when the run is not there."""
     if not (f := run / "calibration.json").exists():
         return {}
     cal = json.loads(f.read_text())
-    return {"score_mean_train": cal["aux_train"]["mean"], "score_mean_holdout": cal["holdout"]["mean"]}
+    fit = {"content_fit_r": cal["content_fit"]["r"]} if "content_fit" in cal else {}
+    return {"score_mean_train": cal["aux_train"]["mean"], "score_mean_holdout": cal["holdout"]["mean"], **fit}
 
 
 def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     threshold_rule: str = "fpr@0.01"
-    score: str = "paper"  # see service.scores: 'paper' or 'trimmed@<k>'
+    score: str = "paper"  # see service.scores: 'paper', 'trimmed@<k>', 'content@<a>' or 'content' (a fitted)
     drop_worst: float = 0.0  # robust training: leave the highest-loss share of each batch out (after epoch 1)
     drop_dense: float = 0.0  # leave out this share of auxiliary images, the densest in embedding space (aux_filter)
     dense_k: int = DENSE_K  # nearest neighbours that measure an embedding's density for drop_dense
@@ -195,7 +195,7 @@ def drop_dense_images(cfg: TrainConfig, aux: AuxSet, victim: torch.nn.Module, sp
 
 
 def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str, Any]:
-    check_score(cfg.score)
+    check_score(cfg.score, fit=True)
     parse_rule(cfg.threshold_rule)
     for key, value in (("drop_worst", cfg.drop_worst), ("drop_dense", cfg.drop_dense)):
         if not 0 <= value < 1:
@@ -294,7 +294,7 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "model": asdict(model_cfg),
         "train_mask_ratio": cfg.mask_ratio,
         "test_mask_ratio": alpha_test,
-        "score": cfg.score,
+        "score": calib["score"],  # with 'content', the fitted content@<a>
         "drop_worst": cfg.drop_worst,
         "drop_dense": cfg.drop_dense,
         "aux": aux_info | {"name": aux_name(cfg)},

@@ -77,8 +77,9 @@ def test_mask_draws_average_and_reduce_variance(kept_bundle: Path, example_image
     one = Scorer.from_bundle(kept_bundle)
     many = Scorer.from_bundle(kept_bundle, mask_draws=8)
     s8 = many.score(example_images).scores
-    manual = np.mean([one._detect(*one._embed_on_device(one.preprocess(example_images)),
-                                  one.keep_ids(example_images, d)) for d in range(8)], axis=0)
+    x = one.preprocess(example_images)
+    manual = np.mean([one._detect(*one._embed_on_device(x), one.keep_ids(example_images, d), x) for d in range(8)],
+                     axis=0)
     np.testing.assert_allclose(s8, manual, rtol=1e-5)
     assert np.array_equal(many.score(example_images).scores, s8)  # still deterministic
     with pytest.raises(ValueError):
@@ -141,7 +142,8 @@ def test_a_fixed_batch_gives_the_same_scores_and_one_shape(
     seen: list[int] = []
     real_detect = Scorer._detect
     monkeypatch.setattr(Scorer, "_detect",
-                        lambda self, x, e, keep: (seen.append(len(keep)), real_detect(self, x, e, keep))[1])
+                        lambda self, x_dev, e, keep, x: (seen.append(len(keep)),
+                                                         real_detect(self, x_dev, e, keep, x))[1])
     for n in (1, 3, 4, 9):
         want, got = plain.score(images[:n]), fixed.score(images[:n])
         assert got.scores.shape == got.flags.shape == (n,)

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.manifest import load_manifest
@@ -199,6 +200,56 @@ def test_score_and_robust_training_are_recorded_in_the_bundle(pipeline: Path, tm
     assert scorer.manifest.provenance.drop_worst == 0.1  # the bundle says it was trained robustly
     assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=median",
                  "--out", str(tmp_path / "bad-run")]) == 2
+
+
+def test_a_content_score_is_fitted_at_calibration_and_scored_alike_by_the_bundle(pipeline: Path, tmp_path: Path,
+                                                                                  example_images: np.ndarray) -> None:
+    from service.scores import image_content
+    from service.scoring import Scorer
+    from training.calibrate import calibrate_run
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--encoder", str(pipeline / "bad"), "--preset", "tiny", "--set", "score=content",
+                 "--set", "epochs=1", "--out", str(run_dir)]) == 0
+    run, calib = (json.loads((run_dir / f).read_text()) for f in ("run.json", "calibration.json"))
+    fit = calib["content_fit"]
+    assert run["score"] == calib["score"] == f"content@{fit['exponent']:g}"  # the fitted score, not 'content'
+    assert fit["images"] > 0 and -1 <= fit["r"] <= 1
+    with np.load(run_dir / "calibration_scores.npz") as z:
+        assert calib["value"] == pytest.approx(float(np.quantile(z["holdout"], 0.99)))
+    assert main(["export", "--run", str(run_dir), "--name", "content", "--out", str(tmp_path)]) == 0  # ORT == torch
+    scorer = Scorer.from_bundle(tmp_path / "content")
+    assert scorer.manifest.detector.score == scorer.manifest.threshold.score == run["score"]
+    out = scorer.run(example_images)
+    expected = out["patch_error"].sum(1) / np.maximum(image_content(out["x"]), 1) ** fit["exponent"]
+    assert scorer.score(example_images).scores == pytest.approx(expected, rel=1e-5)
+    # back to the paper score, then fitted again from the rebuilt auxiliary set: the same exponent and threshold
+    assert calibrate_run(run_dir, "fpr@0.01", score="paper")["score"] == "paper"
+    assert "content_fit" not in json.loads((run_dir / "calibration.json").read_text())
+    again = calibrate_run(run_dir, "fpr@0.01", score="content")
+    assert again["content_fit"] == fit and again["value"] == pytest.approx(calib["value"], rel=1e-5)
+    assert calibrate_run(run_dir, "paper-1.5x")["content_fit"] == fit  # a rule switch keeps the fit
+
+
+def test_a_rescoring_grid_copies_a_finished_run_and_calibrates_the_copy(pipeline: Path, tmp_path: Path) -> None:
+    from training.reproduce import calibration_fields
+    from training.reproduce_rescore import main as rescore
+
+    before = (pipeline / "run" / "run.json").read_text()
+    assert rescore(["--from", str(pipeline / "run"), "--to", str(tmp_path / "run"), "--score", "content"]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["score"].startswith("content@") and run["train_wall_s"] == json.loads(before)["train_wall_s"]
+    assert (pipeline / "run" / "run.json").read_text() == before  # the other grid's run is left as it was
+    fit = json.loads((tmp_path / "run" / "calibration.json").read_text())["content_fit"]
+    assert calibration_fields(tmp_path / "run")["content_fit_r"] == fit["r"]  # what the grid's records carry
+    assert not (tmp_path / "run.partial").exists()
+    assert rescore(["--from", str(pipeline / "bad"), "--to", str(tmp_path / "bad")]) == 0  # an encoder: copied only
+    assert (tmp_path / "bad" / "encoder.json").read_bytes() == (pipeline / "bad" / "encoder.json").read_bytes()
+    for args in (["--from", str(pipeline / "run"), "--to", str(tmp_path / "run")],  # exists
+                 ["--from", str(tmp_path / "nothing"), "--to", str(tmp_path / "x")],  # not finished
+                 ["--from", str(pipeline / "bad"), "--to", str(tmp_path / "y"), "--score", "content"]):  # no detector
+        assert rescore(args) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "y.partial").exists()
 
 
 def test_a_dense_filtered_training_set_is_recorded_and_rebuilt_alike_for_rescoring(pipeline: Path,

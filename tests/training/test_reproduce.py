@@ -390,6 +390,7 @@ def test_tiny_reproduce_cell_end_to_end_and_resume(tmp_path: Path) -> None:
         cal = json.loads((tmp_path / "r" / "dede" / r["bundle"] / "calibration.json").read_text())
         assert (r["score_mean_train"], r["score_mean_holdout"]) == (cal["aux_train"]["mean"], cal["holdout"]["mean"])
     assert bal["score_mean_train"] != ctl["score_mean_train"]  # two detectors, each read from its own run
+    assert "content_fit_r" not in bal  # the paper score fits nothing
     assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id.png").stat().st_size > 1000
     assert (tmp_path / "fig" / "reproduce-tiny-badencoder-id-reconstructions.png").exists()
     assert "Reproduction of the paper's detection tables, preset `tiny`" in (tmp_path / "R.md").read_text()
@@ -598,12 +599,48 @@ def test_seed_repeats_are_named_by_the_variant_they_repeat() -> None:
     for name in ("captions-classonly-long12-seed9", "drupe16", "drupe16-seed1", "captions-classonly-long12-seedx", ""):
         assert seed_repeat(name) is None
     assert seed_repeat("drupe8-seed1") == ("drupe8", 1) and seed_repeat("drupe8-seed2") is None
+    assert seed_repeat("drupe8-content-seed1") == ("drupe8-content", 1)
     for name, (attack, seeds) in SEED_REPEATS.items():
         for seed in seeds:
-            repeat = VARIANTS[f"{name}-seed{seed}"]
-            assert repeat.train_sets == (*VARIANTS[name].train_sets, f"seed={seed}")
-            assert repeat.attacks == (attack,) and repeat.clean == VARIANTS[name].clean
+            repeat, base = VARIANTS[f"{name}-seed{seed}"], VARIANTS[name]
+            if base.rescores:  # the seed-k grid's detectors, scored as the variant scores its base's
+                assert repeat.train_sets == base.train_sets and repeat.rescores == f"{base.rescores}-seed{seed}"
+                assert repeat.rescores in VARIANTS
+            else:
+                assert repeat.train_sets == (*base.train_sets, f"seed={seed}") and not repeat.rescores
+            assert repeat.attacks == (attack,) and repeat.clean == base.clean
             assert not repeat.retrain  # the detector only: not a retrain of the plain grid's recipe
+
+
+def test_a_content_variant_copies_its_base_grid_and_calibrates_the_detectors_again(tmp_path: Path) -> None:
+    from training.reproduce import CONTENT_SCORED, VARIANTS, Variant
+
+    for name in CONTENT_SCORED:
+        v = VARIANTS[f"{name}-content"]
+        assert (v.rescores, v.train_sets, v.score, v.attacks) == (name, ("score=content",), "content",
+                                                                  VARIANTS[name].attacks)
+    root = tmp_path / "reproduce-tiny-drupe8-content"
+    steps = {s.name: s for s in _grid(root, attacks=["drupe"], auxes=["ood", "id-filtered"], variant="drupe8-content")}
+    base = tmp_path / "reproduce-tiny-drupe8"
+
+    def copied(step: str) -> tuple[str, str, list[str]]:
+        cmd = steps[step].cmd
+        assert cmd[1:3] == ["-m", "training.reproduce_rescore"]
+        return cmd[cmd.index("--from") + 1], cmd[cmd.index("--to") + 1], cmd[cmd.index("--to") + 2:]
+
+    assert copied("pretrain-simclr") == (str(base / "simclr"), str(root / "simclr"), [])
+    assert copied("attack-drupe") == (str(base / "drupe"), str(root / "drupe"), [])
+    for run in ("drupe-ood", "control-simclr-badencoder-ood", "drupe-id-filtered",
+                "control-simclr-badencoder-id-filtered"):
+        assert copied(f"train-{run}") == (str(base / "dede" / run), str(root / "dede" / run), ["--score", "content"])
+        assert steps[f"export-{run}"].cmd[3] == "export"  # exported and evaluated in this grid as usual
+    assert {"cell-drupe-ood", "cell-drupe-id-filtered"} <= set(steps)
+    seed = {s.name: s for s in _grid(tmp_path / "reproduce-tiny-x", attacks=["drupe"], auxes=["ood"],
+                                     variant="drupe8-content-seed1")}
+    cmd = seed["train-drupe-ood"].cmd
+    assert cmd[cmd.index("--from") + 1] == str(tmp_path / "reproduce-tiny-drupe8-seed1" / "dede" / "drupe-ood")
+    with pytest.raises(ValueError, match="sets the score only"):
+        Variant("simclr", (), (), "x", rescores="drupe8", train_sets=("score=content", "epochs=3"))
 
 
 def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
@@ -624,6 +661,30 @@ def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
     assert text in "\n".join(reproduce_lines(recs))
     assert seed_lines(grid(base, 0.898, 0.552) + grid("captions-classonly-long12", 0.86, 0.55)) == []  # one seed each
     assert seed_lines(grid("drupe16", 0.9, 0.8) + grid("drupe16-seed1", 0.8, 0.8)) == []  # not a seed repeat
+
+
+def test_content_scored_detectors_are_set_next_to_the_paper_scores_of_the_same_detectors() -> None:
+    from training.report_reproduce import content_lines, reproduce_lines
+
+    def grid(variant: str, auc: float, ctl: float, score: str = "paper") -> list[dict[str, object]]:
+        return [{**r, "variant": variant, "score": score, "cell": f"{r.get('control_for') or r['attack']}-ood"}
+                for r in _cell_records("drupe", "ood", auc, ctl, "badencoder")]
+
+    paper = grid("drupe8", 0.933, 0.851) + grid("drupe8-seed1", 0.949, 0.884)
+    content = grid("drupe8-content", 0.917, 0.795, "content@0.28") + grid("drupe8-content-seed1", 0.951, 0.8)
+    for r in content[:8]:
+        r["content_fit_r"] = 0.4 if r["attack"] == "none" else 0.381
+    text = "\n".join(content_lines(paper + content))
+    assert text.startswith("## The content-adjusted score against the paper score")
+    assert ("| drupe8 | drupe-ood | badencoder | 0.280 (r 0.38) / 0.280 (r 0.40) | 0.933 / 0.917 (-0.016) | "
+            "0.851 / 0.795 | "
+            "0.082 / 0.122 |") in text
+    assert "| drupe8-seed1 | drupe-ood | badencoder | - / - | 0.949 / 0.951 (+0.002) |" in text
+    assert "backdoored detectors 2, AUC difference (content - paper) mean -0.007, from -0.016 to +0.002" in text
+    assert ("controls (a control shared by two cells counts twice) mean -0.070, from -0.084 to -0.056; the gap over "
+            "the control (AUC - control) mean +0.063, from +0.040 to +0.086.") in text
+    assert text in "\n".join(reproduce_lines(paper + content))
+    assert content_lines(paper) == [] and content_lines(content) == []  # nothing to pair
 
 
 def test_training_and_held_out_score_means_are_listed_per_detector() -> None:
