@@ -196,7 +196,8 @@ $(CONTENT_TWO_SETS:%=reproduce-%):
 
 # The seed repeats' detectors, alone and with their scores averaged, for every ensemble size (docs/ENSEMBLE.md):
 # what does averaging detectors trained with different seeds buy against the spread of one? (seed 0: the variant's
-# own grid); $(call ensemble-of,VARIANT,SEEDS,BUNDLE,CONTROL,LABEL); no commas in a label
+# own grid; the `-content` ones: the same detectors with the content-adjusted score, each member standardised by its
+# own held-out content scores); $(call ensemble-of,VARIANT,SEEDS,BUNDLE,CONTROL,LABEL); no commas in a label
 seed-grid = runs/reproduce-cpu-$(1)$(if $(filter 0,$(2)),,-seed$(2))/bundles
 ensemble-of = $(DEDE) ensemble --label "$(5)" $(foreach s,$(2),--bundle $(call seed-grid,$(1),$(s))/$(3) \
 	--control $(call seed-grid,$(1),$(s))/$(4)) --command-line "make ensemble"
@@ -204,6 +205,7 @@ ensemble:
 	$(call ensemble-of,captions-classonly-long12,0 1 2,clip-backdoor-ood-imagenette,control-clip-clip-backdoor-ood-imagenette,captions-classonly-long12 CLIP Backdoor (Imagenette aux; seeds 0-2))
 	$(call ensemble-of,captions-classonly-long12-crops6,0 1 2 3,clip-backdoor-ood-imagenette,control-clip-clip-backdoor-ood-imagenette,captions-classonly-long12-crops6 CLIP Backdoor (6 crops of each Imagenette image; seeds 0-3))
 	$(call ensemble-of,drupe8,0 1,drupe-ood-imagenette,control-simclr-badencoder-ood-imagenette,drupe8 DRUPE (Imagenette aux; seeds 0-1))
+	$(call ensemble-of,captions-classonly-long12-content,0 1 2,clip-backdoor-ood-imagenette,control-clip-clip-backdoor-ood-imagenette,captions-classonly-long12-content CLIP Backdoor (Imagenette aux; content-adjusted score; seeds 0-2))
 
 # The paper's in-distribution auxiliary set (CIFAR-10 train, 1% triggered; Table 1) for that 12-epoch CLIP Backdoor,
 # which the captions grids measured on Imagenette only, as is and without its densest 5% (cells clip-backdoor-id and

@@ -2,7 +2,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from service.errors import BundleError
 from service.manifest import Manifest, load_manifest
@@ -71,6 +73,9 @@ def test_malformed_json(bundle: Path) -> None:
         (lambda d: d["threshold"].update(mask_ratio=0.5), "another mask ratio"),
         (lambda d: d["detector"].update(patch_size=5), "tile"),
         (lambda d: d["encoder"].update(file="../../etc/passwd"), "plain name"),
+        (lambda d: d["detector"].update(score="content"), "schema"),  # a score to fit, not a fitted one
+        (lambda d: d["threshold"].update(score="content@0.5"), "calibrated for the score 'content@0.5'"),
+        (lambda d: d["threshold"].update(content_fit={"exponent": 0.5, "r": 2.0, "images": 10}), "schema"),
     ],
 )
 def test_schema_violations_are_refused(bundle: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -97,3 +102,27 @@ def test_app_refuses_a_bad_bundle_at_start(bundle: Path) -> None:
     (bundle / "encoder.onnx").write_bytes(b"tampered")
     with pytest.raises(BundleError, match="sha256"), TestClient(create_app(Settings(bundle=bundle))):
         pass
+
+
+def test_the_service_scores_with_the_content_score_its_manifest_names(bundle: Path) -> None:
+    """A bundle whose threshold was calibrated for ``content@a`` is scored that way over HTTP, with no other change."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.scores import image_content
+    from service.settings import Settings
+    from tests.conftest import EXAMPLES
+
+    plain = Scorer.from_bundle(bundle)
+    edit(bundle, lambda d: (d["detector"].update(score="content@0.5"),
+                            d["threshold"].update(score="content@0.5", value=40.0,
+                                                  content_fit={"exponent": 0.5, "r": 0.8, "images": 100})))
+    image = sorted(EXAMPLES.glob("*.png"))[0]
+    out = plain.run(plain_images := np.asarray(Image.open(image).convert("RGB"))[None])
+    expected = out["patch_error"].sum() / np.sqrt(max(image_content(out["x"])[0], 1.0))
+    assert Scorer.from_bundle(bundle).score(plain_images).scores[0] == pytest.approx(expected, rel=1e-5)
+    with TestClient(create_app(Settings(bundle=bundle))) as c:
+        body = c.post("/score", files={"file": (image.name, image.read_bytes(), "image/png")}).json()
+        assert body["score"] == pytest.approx(expected, rel=1e-5) and body["threshold"] == 40.0
+        assert body["backdoor"] == (expected > 40.0)
+        assert c.get("/info").json()["score"] == "content@0.5"
