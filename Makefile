@@ -184,15 +184,21 @@ $(DETECTOR_VARIANTS:%=reproduce-%):
 # detectors again, about a minute per detector; then each cell is evaluated as usual. `make reproduce-content` runs
 # them all.
 CONTENT_TWO_SETS := drupe8-content badencoder-content clip-content
-.PHONY: reproduce-content reproduce-captions-classonly-long12-content $(CONTENT_TWO_SETS:%=reproduce-%)
+.PHONY: reproduce-content reproduce-captions-classonly-long12-content reproduce-drupe16-content \
+	$(CONTENT_TWO_SETS:%=reproduce-%)
 reproduce-content: reproduce-captions-classonly-long12-content $(CONTENT_TWO_SETS:%=reproduce-%) \
-	reproduce-captions-classonly-long12-crops6-content $(CONTENT_SEED_VARIANTS:%=reproduce-%)
+	reproduce-captions-classonly-long12-crops6-content $(CONTENT_SEED_VARIANTS:%=reproduce-%) reproduce-drupe16-content
 reproduce-captions-classonly-long12-content:
 	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
 	$(call variant-grid,$(@:reproduce-%=%),--attack clip-backdoor --aux id --aux id-filtered)
 $(CONTENT_TWO_SETS:%=reproduce-%):
 	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
 	$(call variant-grid,$(@:reproduce-%=%),--aux ood)
+# the 16-epoch DRUPE's four sets: filtered in-distribution, GTSRB, Imagenette, GTSRB cut to 3,040 images
+reproduce-drupe16-content:
+	$(call variant-grid,$(@:reproduce-%=%),--aux id-filtered --aux ood)
+	$(call variant-grid,$(@:reproduce-%=%),$(IMAGENETTE_OOD))
+	$(call variant-grid,$(@:reproduce-%=%),--aux ood --ood-images 3040)
 
 # The seed repeats' detectors, alone and with their scores averaged, for every ensemble size (docs/ENSEMBLE.md):
 # what does averaging detectors trained with different seeds buy against the spread of one? (seed 0: the variant's

@@ -6,7 +6,9 @@ For the backdoored bundle and its clean-encoder control, on clean test images an
 - for every candidate score: AUC against the clean images and the alert rate at a threshold set to 1%
   FPR on a disjoint calibration split of clean test images (for the paper score, also the deployed
   threshold from the bundle).
-Candidate scores: ``paper`` and ``trimmed@k`` from the per-patch error map (``service.scores``), and
+Candidate scores: ``paper`` and ``trimmed@k`` from the per-patch error map (``service.scores``), ``content`` (the
+content-adjusted score, its exponent fitted on the calibration split as ``dede train --set score=content`` fits it on
+the auxiliary images), and
 ``consistency`` = 1 - cos(e, encoder(reconstruction)) (does the decoder's picture embed like the input?),
 and ``occlusion`` = the largest 1 - cos(e, encoder(x with one square grayed out)) over a 3 x 3 grid of
 squares (a fired backdoor snaps back to the true class when its trigger is covered; an embedding that
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.scores import compute_score, error_spread
+from service.scores import compute_score, content_score, error_spread, fit_content_exponent, image_content
 from service.scoring import Scorer
 from training.attacks.triggers import make_trigger
 from training.data import load_images
@@ -28,7 +30,8 @@ from training.metrics import detection_metrics
 from training.perturbations import apply_case, benign_cases
 
 PATCH_SCORES = ("paper", "trimmed@8", "trimmed@12", "trimmed@20", "trimmed@32")  # from the per-patch error map
-CANDIDATES = (*PATCH_SCORES, "consistency", "occlusion")
+CANDIDATES = (*PATCH_SCORES, "content", "consistency", "occlusion")
+MEASURED = (*PATCH_SCORES, "consistency", "occlusion", "spread", "image_content")  # per image, by candidate_scores
 CALIB_FPR = 0.01
 
 
@@ -53,8 +56,9 @@ def occlude(x: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
 
 
 def candidate_scores(scorer: Scorer, images: np.ndarray, batch_size: int = 500) -> dict[str, np.ndarray]:
-    """Every candidate score (and the error spread) of uint8 images -> {name: (N,)}."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*CANDIDATES, "spread")}
+    """Every candidate score but ``content`` (``with_content`` adds it), the error spread and the images' content
+    (``service.scores.image_content``) of uint8 images -> {name: (N,)}."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in MEASURED}
     enc_in = scorer.encoder.get_inputs()[0].name
     for i in range(0, len(images), batch_size):
         out = scorer.run(images[i : i + batch_size])
@@ -62,6 +66,7 @@ def candidate_scores(scorer: Scorer, images: np.ndarray, batch_size: int = 500) 
         for k in PATCH_SCORES:
             parts[k].append(compute_score(pe, k))
         parts["spread"].append(error_spread(pe))
+        parts["image_content"].append(image_content(out["x"]))
         e = out["embedding"]
         (e_rec,) = scorer.encoder.run(None, {enc_in: out["reconstruction"]})
         parts["consistency"].append(1 - cosine(e, e_rec))
@@ -69,6 +74,11 @@ def candidate_scores(scorer: Scorer, images: np.ndarray, batch_size: int = 500) 
                   for box in occlusion_boxes(scorer.size)]
         parts["occlusion"].append(np.max(shifts, axis=0))
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def with_content(scores: dict[str, np.ndarray], exponent: float) -> dict[str, np.ndarray]:
+    """``candidate_scores`` with the ``content`` score at ``exponent`` added."""
+    return scores | {"content": content_score(scores["paper"], scores["image_content"], exponent)}
 
 
 def honesty_records(bundle: str, attack: str, dataset: str, trigger: str, target_class: str,
@@ -79,17 +89,19 @@ def honesty_records(bundle: str, attack: str, dataset: str, trigger: str, target
     order = np.random.default_rng(seed).permutation(len(test))
     calib_idx, eval_idx = order[:n_calib], order[n_calib : n_calib + n_eval]
     calib = candidate_scores(scorer, test.images[calib_idx])
+    exponent = fit_content_exponent(calib["paper"], calib["image_content"])[0]
+    calib = with_content(calib, exponent)
     thresholds = {k: float(np.quantile(calib[k], 1 - CALIB_FPR)) for k in CANDIDATES}
     images, labels = test.images[eval_idx], test.labels[eval_idx]
     probe, target = BundleProbe(scorer, dataset), test.classes.index(target_class)
-    clean = candidate_scores(scorer, images)
+    clean = with_content(candidate_scores(scorer, images), exponent)
     clean_target = probe.target_rate(images, labels, target)
     cases = [("trigger", "trigger", make_trigger(trigger, scorer.size).apply(images))]
     cases += [(c.name, c.kind, apply_case(c, images, seed)) for c in benign_cases(scorer.size)]
     records = []
     for name, kind, perturbed in cases:
         activation = probe.target_rate(perturbed, labels, target)
-        scores = candidate_scores(scorer, perturbed)
+        scores = with_content(candidate_scores(scorer, perturbed), exponent)
         for score in CANDIDATES:
             rules = [("fpr@0.01-calib", thresholds[score])]
             if score == m.detector.score:
@@ -105,5 +117,6 @@ def honesty_records(bundle: str, attack: str, dataset: str, trigger: str, target
                     "benign": kind != "trigger" and activation <= clean_target + 0.05,
                     "spread": float(np.median(scores["spread"])), "n_clean": len(images),
                     "n_triggered": len(images), "bundle": m.name, "encoder": m.encoder.architecture,
+                    **({"content_exponent": exponent} if score == "content" else {}),
                 })
     return records

@@ -122,7 +122,8 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
              f"{first['n_clean']} clean CIFAR-10 test images and their perturbed copies; every threshold",
              "is the 99th percentile of the same score on 2,000 OTHER clean test images (1% FPR by",
              "construction). Activation = share of non-target images whose kNN class on the BACKDOORED",
-             "encoder is the target (benign = within 5 points of clean images). Goals (issue 3): backdoored",
+             "encoder is the target (benign = within 5 points of clean images). `content`: the content-adjusted",
+             "score, its exponent a (backdoored / control) fitted on those 2,000 images. Goals (issue 3): backdoored",
              "AUC >= 0.95 on the trigger, control AUC <= 0.65, benign alert rate <= 2x the clean one.", "",
              "| score | trigger AUC (backdoored) | trigger AUC (control) | trigger alerts (backdoored / control) "
              "| clean alerts | worst benign alerts (case) | mean benign alerts |",
@@ -136,7 +137,9 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
         ctl_auc = fmt(ctl["auc"]) if ctl else "-"
         ctl_alert = fmt(ctl["alert_rate"]) if ctl else "-"
         mean_benign = fmt(float(np.mean([r["alert_rate"] for r in benign]))) if benign else "-"
-        lines.append(f"| {sc} | {fmt(bad['auc'])} | {ctl_auc} | {fmt(bad['alert_rate'])} / {ctl_alert} | "
+        label = sc + (f" (a = {bad['content_exponent']:.3f} / {ctl['content_exponent']:.3f})"
+                      if "content_exponent" in bad and ctl else "")
+        lines.append(f"| {label} | {fmt(bad['auc'])} | {ctl_auc} | {fmt(bad['alert_rate'])} / {ctl_alert} | "
                      f"{fmt(bad['clean_alert_rate'])} | "
                      f"{fmt(worst['alert_rate']) + ' (' + worst['case'] + ')' if worst else '-'} | {mean_benign} |")
     lines.append("")

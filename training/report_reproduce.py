@@ -327,11 +327,13 @@ def asset_filter_lines(recs: list[dict[str, Any]]) -> list[str]:
 RetrainKey = tuple[str, str, str, str, bool]  # (preset, variant, cell, test trigger, is the control)
 
 
-def _deployed_dede(records: list[dict[str, Any]]) -> dict[RetrainKey, dict[str, Any]]:
-    """The balanced-test DeDe records at the deployed threshold, by ``RetrainKey`` (variant "" for the plain grid)."""
+def _deployed_dede(records: list[dict[str, Any]],
+                   detectors: tuple[str, ...] = ("dede",)) -> dict[RetrainKey, dict[str, Any]]:
+    """The balanced-test records of ``detectors`` at the deployed threshold, by ``RetrainKey`` (variant "" for the
+    plain grid)."""
     return {(r.get("preset", "?"), r.get("variant", ""), r["cell"], r["test_trigger"], r["attack"] == "none"): r
             for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
-            and r.get("detector", "dede") == "dede"}
+            and r.get("detector", "dede") in detectors}
 
 
 def _retrain_pairs(by: dict[RetrainKey, dict[str, Any]]) -> list[tuple[RetrainKey, RetrainKey]]:
@@ -426,9 +428,7 @@ def seed_lines(records: list[dict[str, Any]]) -> list[str]:
 def content_lines(records: list[dict[str, Any]]) -> list[str]:
     """The detectors of a grid next to the same detectors scored with the content-adjusted score by a variant that
     ``rescores`` it (``reproduce.CONTENT_SCORED``): the same decoders, another score and threshold."""
-    by = {(r.get("preset", "?"), r.get("variant", ""), r["cell"], r["test_trigger"], r["attack"] == "none"): r
-          for r in records if "aux_kind" in r and r.get("test") == "balanced" and r.get("deployed")
-          and r.get("detector", "dede") in DEDE_DETECTORS}
+    by = _deployed_dede(records, DEDE_DETECTORS)  # the filtered and robust detectors' cells too
     pairs = sorted(((key[:1] + (v.rescores,) + key[2:], key) for key in by
                     if not key[4] and (v := VARIANTS.get(key[1])) is not None and v.rescores
                     and key[:1] + (v.rescores,) + key[2:] in by),

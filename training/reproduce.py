@@ -198,7 +198,8 @@ VARIANTS["captions-classonly-long12-crops12"] = replace(
     "as often): do twice as many distinct auxiliary images help again?")
 # the detectors of these variants scored with the content-adjusted score (``service.scores``: the paper score over the
 # image's content to a power fitted on the auxiliary images), nothing retrained: ``<variant>-content``
-CONTENT_SCORED = ("captions-classonly-long12", "captions-classonly-long12-crops6", "drupe8", "badencoder", "clip")
+CONTENT_SCORED = ("captions-classonly-long12", "captions-classonly-long12-crops6", "drupe8", "drupe16", "badencoder",
+                  "clip")
 for _name in CONTENT_SCORED:
     VARIANTS[f"{_name}-content"] = replace(
         VARIANTS[_name], train_sets=("score=content",), retrain=False, rescores=_name,

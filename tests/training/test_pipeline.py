@@ -104,7 +104,10 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     cases = {r["case"] for r in honesty}
     assert "trigger" in cases and {"jpeg-50", "blur-1", "pasted-crop-10", "white-10-centre"} <= cases
     assert {r["score"] for r in honesty} == {"paper", "trimmed@8", "trimmed@12", "trimmed@20", "trimmed@32",
-                                             "consistency", "occlusion"}
+                                             "content", "consistency", "occlusion"}
+    exponents = {r["content_exponent"] for r in honesty if r["score"] == "content"}
+    assert len(exponents) == 1 and min(exponents) >= 0  # one exponent, fitted once on the calibration split
+    assert all("content_exponent" not in r for r in honesty if r["score"] != "content")
     for r in honesty:
         assert 0 <= r["activation_rate"] <= 1 and 0 <= r["alert_rate"] <= 1
         assert r["benign"] == (r["case_kind"] != "trigger" and r["activation_rate"] <= r["clean_target_rate"] + 0.05)
