@@ -9,6 +9,7 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any
 
+from service.scores import content_exponent
 from training.attacks import IMPLANT_MIN_GAIN, attack_preset_epochs, implanted
 from training.aux_filter import DENSE_K
 from training.baselines import decree_applicable
@@ -429,9 +430,13 @@ def content_lines(records: list[dict[str, Any]]) -> list[str]:
     """The detectors of a grid next to the same detectors scored with the content-adjusted score by a variant that
     ``rescores`` it (``reproduce.CONTENT_SCORED``): the same decoders, another score and threshold."""
     by = _deployed_dede(records, DEDE_DETECTORS)  # the filtered and robust detectors' cells too
-    pairs = sorted(((key[:1] + (v.rescores,) + key[2:], key) for key in by
-                    if not key[4] and (v := VARIANTS.get(key[1])) is not None and v.rescores
-                    and key[:1] + (v.rescores,) + key[2:] in by),
+
+    def rescored(key: RetrainKey) -> RetrainKey | None:
+        """The same cell in the grid that ``key``'s variant rescores, if it does."""
+        v = VARIANTS.get(key[1])
+        return (key[0], v.rescores, *key[2:]) if v is not None and v.rescores else None
+
+    pairs = sorted(((base, key) for key in by if not key[4] and (base := rescored(key)) in by),
                    key=lambda p: (_order(by[p[0]]["attack"]), p[0][1], p[0][2], p[0][3]))
     if not pairs:
         return []
@@ -450,9 +455,9 @@ def content_lines(records: list[dict[str, Any]]) -> list[str]:
     for old_key, new_key in pairs:
         old, new = by[old_key], by[new_key]
         c_old, c_new = by.get((*old_key[:4], True)), by.get((*new_key[:4], True))
-        exponent = " / ".join(fmt(float(str(r.get("score")).removeprefix("content@")))
-                              + (f" (r {r['content_fit_r']:.2f})" if "content_fit_r" in r else "")
-                              if r and str(r.get("score")).startswith("content@") else "-" for r in (new, c_new))
+        exponent = " / ".join(fmt(a) + (f" (r {r['content_fit_r']:.2f})" if "content_fit_r" in r else "")
+                              if r and (a := content_exponent(str(r.get("score")))) is not None else "-"
+                              for r in (new, c_new))
         control = gaps = "-"
         if c_old and c_new:
             control = f"{fmt(c_old['auc'])} / {fmt(c_new['auc'])}"

@@ -250,11 +250,15 @@ def grid_label(preset: str, variant: str = "") -> str:
     return f"{preset}-{variant}" if variant else preset
 
 
+def grid_dir(preset: str, variant: str = "") -> str:
+    """The name of a grid's default root under ``runs/``."""
+    return f"reproduce-{grid_label(preset, variant)}"
+
+
 def _copied(g: GridSpec, path: Path, score: str | None = None) -> list[str]:
     """The command that copies ``path`` (a directory of this grid) from the grid the variant rescores, a detector
     run calibrated again for ``score`` (``training.reproduce_rescore``)."""
-    source = g.root.parent / f"reproduce-{grid_label(g.preset, VARIANTS[g.variant].rescores)}"
-    source = source / path.relative_to(g.root)
+    source = g.root.parent / grid_dir(g.preset, VARIANTS[g.variant].rescores) / path.relative_to(g.root)
     return [sys.executable, "-m", "training.reproduce_rescore", "--from", str(source), "--to", str(path),
             *(["--score", score] if score else [])]
 
@@ -641,7 +645,7 @@ def reproduce_cli(a: argparse.Namespace) -> None:
     attacks = a.attack or [n for n in ATTACKS  # a variant: by default the attacks it trains
                            if a.variant not in VARIANTS or VARIANTS[a.variant].trains(n)]
     command = command_line(a.command_line)
-    root = Path(a.root or f"runs/reproduce-{grid_label(a.preset, a.variant)}")
+    root = Path(a.root or Path("runs") / grid_dir(a.preset, a.variant))
     g = GridSpec(a.preset, root, attacks, a.aux or list(AUXES), a.ood_dataset, parse_stage_sets(a.stage_set),
                  a.max_images, Path(a.figures), command, not a.no_downstream, not a.no_baselines, a.include_weak,
                  a.variant, a.ood_images)

@@ -1,9 +1,9 @@
 """One step of a grid that rescores another (``reproduce.Variant.rescores``): copy a finished directory of that grid
-(a clean encoder, an attacked one, a detector run) into this one; a detector run is then calibrated again for
-another score (``training.calibrate.calibrate_run``, with the run's own threshold rule). Its decoder, training
-record and wall time stay those of the grid it came from; its threshold, ``calibration.json`` and ``run.json``'s
-score are new. The copy is made under a temporary name and renamed once complete, so an interrupted step leaves
-nothing that looks done.
+(a clean encoder, an attacked one, a detector run without its resume checkpoint) into this one; a detector run is then
+calibrated again for another score (``training.calibrate.calibrate_run``, with the run's own threshold rule). Its
+decoder, training record and wall time stay those of the grid it came from; its threshold, ``calibration.json`` and
+``run.json``'s score are new. The copy is made under a temporary name and renamed once complete, so an interrupted
+step leaves nothing that looks done.
 
     python -m training.reproduce_rescore --from runs/reproduce-cpu-drupe8/dede/drupe-ood \
         --to runs/reproduce-cpu-drupe8-content/dede/drupe-ood --score content
@@ -17,6 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
+RESUME_ONLY = "checkpoint.pt"  # a training run's resume state: a finished run copied here is never resumed
+
 
 def rescore(source: Path, dest: Path, score: str | None = None) -> None:
     if not (source / "encoder.json").exists() and not (source / "run.json").exists():
@@ -28,7 +30,7 @@ def rescore(source: Path, dest: Path, score: str | None = None) -> None:
         raise FileExistsError(f"{dest} exists; remove it to copy it again")
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(RESUME_ONLY))
     if score is not None:
         from training.calibrate import calibrate_run
 
