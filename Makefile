@@ -11,7 +11,7 @@ CLEAN   := models/demo-cifar10-clean
 # one thread per job: with two jobs on two cores, oversubscribed BLAS threads slow training ~5x
 ONE     := OMP_NUM_THREADS=1
 
-.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-id decompose ensemble asset-scale asset-labels bench soak mask-variance test lint
+.PHONY: demo evaluate examples study study-filter reproduce reproduce-gpu ctrl-curve reproduce-slip reproduce-slip4 reproduce-drupe16 reproduce-drupe16-imagenette reproduce-drupe16-gtsrb3040 reproduce-drupe8 reproduce-badencoder reproduce-clip-imagenette reproduce-captions reproduce-captions-classonly reproduce-captions-classonly-long reproduce-captions-classonly-long12 reproduce-captions-classonly-long20 reproduce-captions-classonly-long12-id decompose ensemble asset-scale asset-labels bench soak mask-variance test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -83,6 +83,12 @@ GPU_BUDGET ?= --stage-set pretrain:time_budget_s=150 --stage-set attack:time_bud
 reproduce-gpu:
 	$(DEDE) reproduce --preset paper --attack badencoder --aux id --no-baselines --no-downstream --include-weak \
 		--jobs 2 --threads 4 $(GPU_BUDGET) --command-line "make reproduce-gpu"
+
+# CTRL at the cpu preset's recipe trained for 16 epochs instead of 6, its attack success measured every 4: does the
+# frequency trigger start to implant with longer SimCLR training? (docs/ctrl_curve.json; about 110 minutes on the
+# 2-core CPU machine, both threads)
+ctrl-curve:
+	$(DEDE) attack ctrl --preset cpu --set epochs=16 --set asr_every=4 --out runs/ctrl-e16 --metrics docs/ctrl_curve.json
 
 # the CLIP rows with the mini-CLIP and its attacks trained with SLIP's image-only term (ssl_weight=1): is the
 # plain mini-CLIP's class-collapsed embedding why DeDe misses there? Clean out-of-distribution auxiliary set, so

@@ -29,7 +29,7 @@ def draw_scores(scorer: Scorer, images: np.ndarray, draws: int) -> np.ndarray:
     """(D, N) scores of N images under D masks."""
     x = scorer.preprocess(images)
     x_dev, e_dev = scorer._embed_on_device(x)
-    return np.stack([scorer._detect(x_dev, e_dev, scorer.keep_ids(images, d), x) for d in range(draws)])
+    return scorer.draw_scores(images, x, x_dev, e_dev, draws)
 
 
 def main() -> None:

@@ -63,27 +63,31 @@ def fit_content_exponent(paper: np.ndarray, content: np.ndarray) -> tuple[float,
 
 
 def compute_score(patch_error: np.ndarray, kind: str = "paper", x: np.ndarray | None = None) -> np.ndarray:
-    """patch_error: (B, N), x: (B, C, H, W) the normalised images (``content@a`` only) -> (B,) float32."""
+    """patch_error: (..., B, N) (a leading axis: one per mask draw), x: (B, C, H, W) the normalised images
+    (``content@a`` only; their content is computed once for every draw) -> (..., B) float32."""
     if kind == "paper":
-        return patch_error.sum(1).astype(np.float32)
+        return patch_error.sum(-1).astype(np.float32)
     m = _TRIMMED.match(kind)
     if m:
         k = int(m.group(1))
-        if k >= patch_error.shape[1]:
-            raise ValueError(f"{kind}: cannot drop {k} of {patch_error.shape[1]} patches")
-        kept = np.sort(patch_error, axis=1)[:, : patch_error.shape[1] - k]
-        return kept.sum(1).astype(np.float32)
+        if k >= patch_error.shape[-1]:
+            raise ValueError(f"{kind}: cannot drop {k} of {patch_error.shape[-1]} patches")
+        kept = np.sort(patch_error, axis=-1)[..., : patch_error.shape[-1] - k]
+        return kept.sum(-1).astype(np.float32)
     exponent = content_exponent(kind)
     if exponent is not None:
-        if x is None or len(x) != len(patch_error):
-            raise ValueError(f"{kind} needs the {len(patch_error)} images the patch errors are of")
-        return content_score(patch_error.sum(1), image_content(x), exponent)
+        if patch_error.ndim < 2:
+            raise ValueError(f"{kind} needs patch errors (..., B, N), got shape {patch_error.shape}")
+        if x is None or len(x) != patch_error.shape[-2]:
+            raise ValueError(f"{kind} needs the {patch_error.shape[-2]} images the patch errors are of")
+        return content_score(patch_error.sum(-1), image_content(x), exponent)
     raise ValueError(f"unknown score {kind!r}; {_UNKNOWN}")
 
 
 def content_score(paper: np.ndarray, content: np.ndarray, exponent: float) -> np.ndarray:
-    """``content@<exponent>`` from paper scores (B,) and ``image_content`` (B,) -> (B,) float32. An image of one flat
-    colour has no content: its score is divided by 1, the content of one pixel one normalised unit off its mean."""
+    """``content@<exponent>`` from paper scores (..., B) and ``image_content`` (B,) -> (..., B) float32. An image of
+    one flat colour has no content: its score is divided by 1, the content of one pixel one normalised unit off its
+    mean."""
     return (paper / np.maximum(content, 1.0) ** exponent).astype(np.float32)
 
 

@@ -194,7 +194,7 @@ class Scorer:
         t0 = time.perf_counter()
         x_dev, e_dev = self._embed_on_device(x)
         t1 = time.perf_counter()
-        scores = np.mean([self._detect(x_dev, e_dev, self.keep_ids(images, d), x) for d in range(draws)], axis=0)
+        scores = self.draw_scores(images, x, x_dev, e_dev, draws).mean(0)
         t2 = time.perf_counter()
         return scores, {"encoder": t1 - t0, "detector": t2 - t1}
 
@@ -207,9 +207,16 @@ class Scorer:
         self.encoder.run_with_iobinding(enc)
         return x_dev, enc.get_outputs()[0]
 
-    def _detect(self, x_dev: ort.OrtValue, e_dev: ort.OrtValue, keep: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Detector on device-resident inputs (``x_dev``: the normalised images ``x`` (B, 3, H, W) on the device, which
-        a ``content@a`` score reads on the host); only the per-patch errors come back -> scores (B,)."""
+    def draw_scores(self, images: np.ndarray, x: np.ndarray, x_dev: ort.OrtValue, e_dev: ort.OrtValue,
+                    draws: int) -> np.ndarray:
+        """(D, B) scores of uint8 (B, H, W, 3) ``images`` under ``draws`` content-seeded masks (draws 0 .. D-1), from
+        their normalised copy ``x`` (B, 3, H, W), on the device as ``x_dev``, and their embeddings ``e_dev`` there."""
+        errors = np.stack([self._patch_errors(x_dev, e_dev, self.keep_ids(images, d)) for d in range(draws)])
+        return compute_score(errors, self.manifest.detector.score, x)
+
+    def _patch_errors(self, x_dev: ort.OrtValue, e_dev: ort.OrtValue, keep: np.ndarray) -> np.ndarray:
+        """Detector on device-resident inputs (the normalised images and their embeddings); only the per-patch
+        errors come back -> (B, N)."""
         det = self.detector.io_binding()
         det.bind_ortvalue_input("image", x_dev)
         det.bind_ortvalue_input("embedding", e_dev)
@@ -218,7 +225,7 @@ class Scorer:
             det.bind_output(name, self._device, 0)
         det.bind_output("patch_error", "cpu")
         self.detector.run_with_iobinding(det)
-        return compute_score(det.get_outputs()[2].numpy(), self.manifest.detector.score, x)
+        return det.get_outputs()[2].numpy()
 
     def score_against(self, images: np.ndarray, embeddings: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores of uint8 (B, H, W, 3) images when the decoder draws from ``embeddings`` (B, E) instead of the
@@ -233,7 +240,7 @@ class Scorer:
             x = self.preprocess(chunk)
             e = ort.OrtValue.ortvalue_from_numpy(
                 np.ascontiguousarray(embeddings[i : i + batch_size], np.float32), self._device, 0)
-            out.append(self._detect(ort.OrtValue.ortvalue_from_numpy(x, self._device, 0), e, self.keep_ids(chunk), x))
+            out.append(self.draw_scores(chunk, x, ort.OrtValue.ortvalue_from_numpy(x, self._device, 0), e, 1)[0])
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
     def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

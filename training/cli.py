@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from service.errors import BundleError
 from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
@@ -38,7 +39,11 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 def cmd_attack(a: argparse.Namespace) -> None:
     from training.attacks import run_attack
 
-    print(json.dumps(run_attack(a.method, a.encoder, a.out, a.preset, a.config, a.overrides)))
+    metrics = run_attack(a.method, a.encoder, a.out, a.preset, a.config, a.overrides)
+    if a.metrics:
+        Path(a.metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.metrics).write_text(json.dumps(metrics, indent=1) + "\n")
+    print(json.dumps(metrics))
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -138,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean encoder directory (ctrl trains from scratch: there it is the optional control)")
     _config_args(p, presets)
     p.add_argument("--out", required=True)
+    p.add_argument("--metrics", default=None, help="also write the attack's metrics to this JSON file (a record to "
+                                                   "commit; the encoder's own history keeps them too)")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("train", help="train the DeDe decoder on an auxiliary set (Algorithm 1)")

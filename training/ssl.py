@@ -9,6 +9,7 @@ class, carries the trigger before augmentation) are options of the same loop (``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,12 @@ def make_optimizer(cfg: PretrainConfig, params: list[nn.Parameter], steps_per_ep
     return opt, warmup_cosine(opt, total, cfg.warmup_epochs * steps_per_epoch, cosine=cfg.schedule == "cosine")
 
 
-def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
+def pretrain_simclr(cfg: PretrainConfig, out: str | Path,
+                    after_epoch: Callable[[int, nn.Module, EncoderSpec], None] | None = None) -> dict:
     """Train an encoder (clean, or CTRL-poisoned with ``poison_trigger``); writes encoder.safetensors/json,
-    config.json into ``out``; returns metrics."""
+    config.json into ``out``; returns metrics. ``after_epoch(epochs_done, model, spec)`` is called after every
+    epoch but the last, with the model in eval mode (it must not draw torch random numbers: the training that
+    follows is then the same as without it)."""
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     save_config(cfg, out)
@@ -179,6 +183,10 @@ def pretrain_simclr(cfg: PretrainConfig, out: str | Path) -> dict:
         if out_of_time(cfg.time_budget_s, start):
             print(f"time budget {cfg.time_budget_s:.0f}s used up after {epochs_done} epochs")
             break
+        if after_epoch is not None and epochs_done < cfg.epochs:
+            model.eval()
+            after_epoch(epochs_done, model, spec)
+            model.train()
     model.eval()
     knn = encoder_knn_accuracy(model, spec, cfg.dataset, cfg.knn_images, device)
     metrics = {"final_loss": loss_avg, "knn_accuracy": knn, "epochs": epochs_done, "steps": step,

@@ -58,6 +58,19 @@ def test_content_score_divides_the_paper_score_by_the_images_content() -> None:
         compute_score(pe, "content@0.5")
     with pytest.raises(ValueError, match="needs the 3 images"):
         compute_score(pe, "content@0.5", x[:2])
+    with pytest.raises(ValueError, match=r"needs patch errors \(\.\.\., B, N\)"):
+        compute_score(pe[0], "content@0.5", x)
+
+
+@pytest.mark.parametrize("kind", ["paper", "trimmed@3", "content@0.7"])
+def test_a_leading_axis_of_mask_draws_scores_each_draw(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 3, 4, 4))
+    draws = np.abs(rng.normal(size=(4, 5, 16)))  # (D, B, N)
+    got = compute_score(draws, kind, x)
+    assert got.shape == (4, 5) and got.dtype == np.float32
+    for d in range(4):
+        np.testing.assert_allclose(got[d], compute_score(draws[d], kind, x), rtol=1e-6)
 
 
 def test_the_content_exponent_is_the_slope_of_log_score_on_log_content() -> None:

@@ -78,8 +78,10 @@ def test_mask_draws_average_and_reduce_variance(kept_bundle: Path, example_image
     many = Scorer.from_bundle(kept_bundle, mask_draws=8)
     s8 = many.score(example_images).scores
     x = one.preprocess(example_images)
-    manual = np.mean([one._detect(*one._embed_on_device(x), one.keep_ids(example_images, d), x) for d in range(8)],
-                     axis=0)
+    x_dev, e_dev = one._embed_on_device(x)
+    assert one.manifest.detector.score == "paper"
+    manual = np.mean([one._patch_errors(x_dev, e_dev, one.keep_ids(example_images, d)).sum(1) for d in range(8)],
+                     axis=0)  # the paper score of each draw, averaged
     np.testing.assert_allclose(s8, manual, rtol=1e-5)
     assert np.array_equal(many.score(example_images).scores, s8)  # still deterministic
     with pytest.raises(ValueError):
@@ -140,10 +142,9 @@ def test_a_fixed_batch_gives_the_same_scores_and_one_shape(
     assert plain.fixed_batch == 0  # off unless asked for (the service asks on the GPU only)
     images = np.resize(example_images, (9, *example_images.shape[1:]))  # 9 images -> chunks of 4, 4, 1 (+3 pad)
     seen: list[int] = []
-    real_detect = Scorer._detect
-    monkeypatch.setattr(Scorer, "_detect",
-                        lambda self, x_dev, e, keep, x: (seen.append(len(keep)),
-                                                         real_detect(self, x_dev, e, keep, x))[1])
+    real_detect = Scorer._patch_errors
+    monkeypatch.setattr(Scorer, "_patch_errors",
+                        lambda self, x_dev, e, keep: (seen.append(len(keep)), real_detect(self, x_dev, e, keep))[1])
     for n in (1, 3, 4, 9):
         want, got = plain.score(images[:n]), fixed.score(images[:n])
         assert got.scores.shape == got.flags.shape == (n,)

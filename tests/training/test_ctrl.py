@@ -56,16 +56,30 @@ def test_fill_with_noise_replaces_exactly_the_images_outside_the_norm_ball() -> 
 
 @needs_cifar
 def test_ctrl_attack_tiny_records_its_success_and_control(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
     from training.cli import main
 
     assert main(["pretrain", "--preset", "tiny", "--out", str(tmp_path / "clean")]) == 0
-    assert main(["attack", "ctrl", "--encoder", str(tmp_path / "clean"), "--preset", "tiny",
-                 "--out", str(tmp_path / "ctrl")]) == 0
+    assert main(["attack", "ctrl", "--encoder", str(tmp_path / "clean"), "--preset", "tiny", "--set", "epochs=2",
+                 "--set", "asr_every=1", "--out", str(tmp_path / "ctrl"), "--metrics",
+                 str(tmp_path / "doc" / "ctrl.json")]) == 0
     spec = json.loads((tmp_path / "ctrl" / "encoder.json").read_text())
     pre, attack = spec["history"]
     assert pre["stage"] == "pretrain-simclr" and pre["n_poisoned"] == 5  # 1% of the tiny preset's 512 images
-    assert attack["stage"] == "attack-ctrl" and attack["trigger"] == "ctrl"
+    assert attack["stage"] == "attack-ctrl" and attack["trigger"] == "ctrl" and attack["epochs"] == 2
     for key in ("attack_success_rate", "clean_accuracy", "asr_before", "clean_accuracy_before"):
         assert 0.0 <= attack[key] <= 1.0
+    # the attack success after each epoch; the last point is the final measurement
+    assert [p["epoch"] for p in attack["asr_curve"]] == [1, 2]
+    assert attack["asr_curve"][-1]["asr"] == attack["attack_success_rate"]
+    assert json.loads((tmp_path / "doc" / "ctrl.json").read_text()) == {
+        k: v for k, v in attack.items() if k != "stage"}
     config = json.loads((tmp_path / "ctrl" / "config.json").read_text())
     assert config["poison_trigger"] == "ctrl" and config["poison_rate"] == 0.01
+    # measuring along the way leaves the training as it was: the same weights without it
+    assert main(["attack", "ctrl", "--preset", "tiny", "--set", "epochs=2", "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "encoder.json").read_text())["history"][-1]
+    assert "asr_curve" not in plain and plain["attack_success_rate"] == attack["attack_success_rate"]
+    a, b = (load_file(str(tmp_path / d / "encoder.safetensors")) for d in ("ctrl", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

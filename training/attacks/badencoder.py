@@ -95,7 +95,7 @@ def attack_success(model: nn.Module, spec: Any, dataset: str, trigger_name: str,
     }
 
 
-def _curve_point(epoch: int, success: dict[str, float]) -> dict[str, float]:
+def curve_point(epoch: int, success: dict[str, float]) -> dict[str, float]:
     """One point of ``asr_curve`` from an ``attack_success`` measurement after ``epoch`` epochs."""
     return {"epoch": epoch, "asr": success["attack_success_rate"], "clean_accuracy": success["clean_accuracy"]}
 
@@ -156,7 +156,7 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps = max(1, len(shadow) // cfg.batch_size)
     start, step, epochs_done = time.time(), 0, 0
-    curve = [_curve_point(0, before)]
+    curve = [curve_point(0, before)]
     with torch.no_grad():
         ref_clean = clean(to_input(refs, spec))  # (R, E)
     for epoch in range(cfg.epochs):
@@ -185,11 +185,11 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
         if cfg.asr_every and epochs_done % cfg.asr_every == 0 and epochs_done < cfg.epochs:
             model.eval()  # no random numbers drawn: the training that follows is the same as without it
             now = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
-            curve.append(_curve_point(epochs_done, now))
+            curve.append(curve_point(epochs_done, now))
             print(f"after epoch {epochs_done}: {now}")
     model.eval()
     after = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
-    curve.append(_curve_point(epochs_done, after))
+    curve.append(curve_point(epochs_done, after))
     from training.attacks.stealth import embedding_stealth
 
     stealth_before = embedding_stealth(clean, spec, cfg.dataset, cfg.trigger, min(cfg.knn_images, 2000), device)

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.attacks.badencoder import attack_success
+from torch import nn
+
+from training.attacks.badencoder import attack_success, curve_point
 from training.attacks.stealth import embedding_stealth
 from training.config import pick_device
 from training.data import load_images
-from training.encoders import load_encoder, save_encoder
+from training.encoders import EncoderSpec, load_encoder, save_encoder
 from training.ssl import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
 
 
@@ -31,6 +33,7 @@ class CtrlConfig(PretrainConfig):
     poison_trigger: str = "ctrl"
     poison_rate: float = 0.01
     poison_target_class: str = "truck"
+    asr_every: int = 0  # > 0: also measure the attack success every this many epochs (``asr_curve``)
 
 
 CTRL_PRESETS: dict[str, dict[str, Any]] = {
@@ -47,14 +50,23 @@ def ctrl(cfg: CtrlConfig, control: str | None, out: str | Path) -> dict[str, Any
     if not cfg.poison_trigger or cfg.poison_rate <= 0:
         raise ValueError("CTRL needs poison_trigger and poison_rate > 0")
     start = time.time()
-    pretrain_simclr(cfg, out)
-    model, spec = load_encoder(out)
     device = pick_device(cfg.device)
-    model = model.to(device)
     classes = load_images(cfg.dataset, "test", cfg.image_size).classes
     target = classes.index(cfg.poison_target_class)
     n = cfg.knn_images
+    curve: list[dict[str, float]] = []
+
+    def measure(epochs_done: int, model: nn.Module, spec: EncoderSpec) -> None:
+        if epochs_done % cfg.asr_every == 0:
+            now = attack_success(model, spec, cfg.dataset, cfg.poison_trigger, target, n, device)
+            curve.append(curve_point(epochs_done, now))
+            print(f"after epoch {epochs_done}: {now}")
+
+    pretrain = pretrain_simclr(cfg, out, measure if cfg.asr_every else None)
+    model, spec = load_encoder(out)
+    model = model.to(device)
     after = attack_success(model, spec, cfg.dataset, cfg.poison_trigger, target, n, device)
+    curve.append(curve_point(pretrain["epochs"], after))
     before: dict[str, float | None] = {"clean_accuracy": None, "attack_success_rate": None}
     stealth_before: dict[str, float | None] = {"swd_normalised": None, "outlier_auc": None}
     if control:
@@ -66,7 +78,8 @@ def ctrl(cfg: CtrlConfig, control: str | None, out: str | Path) -> dict[str, Any
                "trigger_params": {}, "poison_rate": cfg.poison_rate,
                "clean_accuracy_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"],
                "clean_accuracy": after["clean_accuracy"], "attack_success_rate": after["attack_success_rate"],
-               "clean_target_rate": after["clean_target_rate"], "asr_method": "knn", "epochs": cfg.epochs,
+               "clean_target_rate": after["clean_target_rate"], "asr_method": "knn", "epochs": pretrain["epochs"],
+               **({"asr_curve": curve} if cfg.asr_every else {}),
                "swd_before": stealth_before["swd_normalised"], "swd": stealth["swd_normalised"],
                "outlier_auc_before": stealth_before["outlier_auc"], "outlier_auc": stealth["outlier_auc"],
                "wall_s": round(time.time() - start, 1), "device": device, "preset": cfg.preset,
