@@ -38,7 +38,7 @@ $(CLEAN)/manifest.json: $(RUNS)/dede-clean/run.json
 	$(DEDE) export --run $(RUNS)/dede-clean --name demo-cifar10-clean
 
 examples: $(BAD)/manifest.json
-	$(PY) -m training.examples --bundle $(BAD) --out examples
+	$(PY) -m training.evaluation.examples --bundle $(BAD) --out examples
 
 evaluate: $(BAD)/manifest.json $(CLEAN)/manifest.json
 	$(DEDE) evaluate --bundle $(BAD) --control-bundle $(CLEAN) --preset $(PRESET) --command-line "make evaluate"
@@ -275,7 +275,7 @@ decompose: $(BAD)/manifest.json $(CLEAN)/manifest.json
 # CIFAR-10 training split (45,000 images after the base set), BadEncoder at the cpu preset: is ASSET's chance
 # AUC at 4,000 training images a matter of scale? (32 minutes on the 2-core CPU machine)
 asset-scale:
-	$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack badencoder --clean simclr \
+	$(PY) -m training.research.baselines --root runs/reproduce-cpu --attack badencoder --clean simclr \
 		--preset cpu --asset-only --asset-train 45000 --asset-train-rate 0.01 --cell baselines-badencoder-asset45000 \
 		--command-line "make asset-scale" --out runs/reproduce-cpu/cells/baselines-badencoder-asset45000.json
 	$(DEDE) reproduce --preset cpu --publish-only --command-line "dede reproduce --preset cpu --jobs 2 --threads 1"
@@ -288,7 +288,7 @@ asset-scale:
 asset-labels:
 	for a in badencoder drupe; do \
 		test -f runs/reproduce-cpu/cells/baselines-$$a-target-labels.json || \
-		$(PY) -m training.reproduce_baselines --root runs/reproduce-cpu --attack $$a --clean simclr --preset cpu \
+		$(PY) -m training.research.baselines --root runs/reproduce-cpu --attack $$a --clean simclr --preset cpu \
 			--asset-only --target-labels --cell baselines-$$a-target-labels --command-line "make asset-labels" \
 			--out runs/reproduce-cpu/cells/baselines-$$a-target-labels.json || exit 1; \
 	done

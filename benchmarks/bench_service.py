@@ -111,7 +111,7 @@ def torch_throughput(run_dir: str, images: np.ndarray, batch: int, seconds: floa
 
         from training.dede import DetectorGraph, kept_count
         from training.encoders import to_input
-        from training.export import load_run
+        from training.runs import load_run
     except ImportError:
         return None
     if not (Path(run_dir) / "run.json").exists():
@@ -332,7 +332,7 @@ def main() -> None:
     res["raw_ort_runs"] = raw_runs
     res["raw_ort"] = max(r["images_per_s"] for r in raw_runs)
     res["load_generator"] = "wrk (1 thread)" if shutil.which("wrk") else "httpx (Python, asyncio)"
-    from training.evaluate import hardware
+    from training.evaluation.evaluate import hardware
 
     res["hardware"] = hardware()
     res["onnxruntime"] = ort.__version__
@@ -381,7 +381,7 @@ def render_run(res: dict, command: str) -> list[str]:  # type: ignore[type-arg]
     # runs before this field existed measured eager on the CPU whatever the provider
     eager_device = res.get("torch_eager_device", "cpu")
     ort_device = "cuda" if res["provider"] in GPU_PROVIDERS else "cpu"
-    from training.evaluate import hardware
+    from training.evaluation.evaluate import hardware
 
     runs = res.get("raw_ort_runs", [])
     load = res.get("load_avg_start")

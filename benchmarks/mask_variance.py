@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--out", default="docs/mask_variance.json")
     a = p.parse_args()
-    from training.attacks.triggers import make_trigger
+    from training.triggers import make_trigger
 
     scorer = Scorer.from_bundle(a.bundle)
     if not scorer.manifest.detector.kept_patches:

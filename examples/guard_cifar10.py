@@ -27,8 +27,8 @@ from service.client import DedeClient  # noqa: E402
 from service.guard import Guard  # noqa: E402
 from service.imaging import normalize  # noqa: E402
 from service.manifest import load_manifest  # noqa: E402
-from training.attacks.triggers import make_trigger  # noqa: E402
 from training.data import load_images  # noqa: E402
+from training.triggers import make_trigger  # noqa: E402
 
 
 class EncoderClassifier(nn.Module):

@@ -231,7 +231,7 @@ class Scorer:
         """Scores of uint8 (B, H, W, 3) images when the decoder draws from ``embeddings`` (B, E) instead of the
         images' own, in batches of ``batch_size`` -> (B,). One mask draw (draw 0) and no ``fixed_batch`` padding:
         with ``mask_draws`` 1 and ``fixed_batch`` 0, ``score_against(x, embed_many(x))`` is ``score(x)``.
-        ``training.decompose`` pairs images with other embeddings to see what each part of the score sees."""
+        ``training.research.decompose`` pairs images with other embeddings to see what each part of the score sees."""
         if len(embeddings) != len(images):
             raise ValueError(f"{len(images)} images but {len(embeddings)} embeddings")
         out = []

@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 from service.manifest import load_manifest
 from tests.conftest import DEMO_BUNDLE, needs_cifar
 from tests.servers import dede_server
-from training.attacks.triggers import make_trigger
 from training.data import load_images
+from training.triggers import make_trigger
 
 pytestmark = needs_cifar
 N_IMAGES = 400

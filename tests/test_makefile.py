@@ -29,7 +29,8 @@ def test_committed_bundles_are_evaluated_without_their_training_runs(tmp_path: P
     assert "dede evaluate --bundle models/demo-cifar10-badencoder" in plan
     for step in ("pretrain", "attack badencoder", " train ", " export "):
         assert step not in plan
-    assert "training.examples" in planned(tmp_path, "examples") and "pretrain" not in planned(tmp_path, "examples")
+    examples = planned(tmp_path, "examples")
+    assert "training.evaluation.examples" in examples and "pretrain" not in examples
 
 
 def test_without_bundles_the_whole_chain_is_planned(tmp_path: Path) -> None:

@@ -22,14 +22,17 @@ from torch import nn
 
 from service.scores import (
     CONTENT_FIT,
+    check_score,
     compute_score,
     content_exponent,
     content_score,
     fit_content_exponent,
     image_content,
 )
+from training.auxset import build_aux_set, drop_dense_images
 from training.dede import DeDe
 from training.encoders import EncoderSpec, embed, to_input
+from training.runs import load_run, run_config
 
 
 def parse_rule(rule: str) -> tuple[str, float]:
@@ -137,14 +140,8 @@ def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> d
     run = json.loads((run_dir / "run.json").read_text())
     old = json.loads((run_dir / "calibration.json").read_text())
     if score is not None and score != run.get("score", "paper"):
-        from service.scores import check_score
-        from training.export import load_run
-        from training.train_dede import TrainConfig, build_aux_set, drop_dense_images
-
         check_score(score, fit=True)
-        cfg_data = json.loads((run_dir / "config.json").read_text())
-        cfg_data.pop("code_version", None)
-        cfg = TrainConfig(**cfg_data)
+        cfg = run_config(run_dir)
         model, victim, spec, _, _ = load_run(run_dir)
         aux, _ = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size), victim, spec, "cpu")
         record = calibrate(model, victim, spec, aux.train[: cfg.calib_images], aux.holdout, old["mask_ratio"], rule,

@@ -1,5 +1,8 @@
-"""``dede``: one command with subcommands. Heavy imports (torch) happen inside each subcommand, so
-``dede serve`` works on a runtime-only install."""
+"""``dede``: one command with subcommands, the product's first and the research ones in a group of their own.
+
+Every command imports what it needs inside its own function: these lazy imports keep ``dede serve`` (and
+``dede --help``) free of torch on a runtime-only install, and they are the only imports in the package that are
+not at the top of a module."""
 
 from __future__ import annotations
 
@@ -7,11 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import BundleError
 from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
-from training.reproduce import AUXES, DEFAULT_OOD
+from training.research.grid import AUXES, DEFAULT_OOD
+
+PRESETS = ["tiny", "cpu", "paper"]
 
 
 def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
@@ -21,16 +27,22 @@ def _config_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
                    help="override one config key (repeatable)")
 
 
+def _research_encoders() -> None:
+    """Register the encoder architectures that live outside the core (the mini-CLIP's image tower), so that a
+    command that loads an encoder directory can build any encoder ``dede pretrain`` or ``dede attack`` wrote."""
+    import training.pretrain.clip_model  # noqa: F401  (registers ``clip_image`` with training.encoders)
+
+
 def cmd_pretrain(a: argparse.Namespace) -> None:
     from training.config import resolve_config
 
     if a.method == "clip":
-        from training.clip_train import CLIP_PRESETS, ClipConfig, pretrain_clip
+        from training.pretrain.clip_train import CLIP_PRESETS, ClipConfig, pretrain_clip
 
         ccfg = resolve_config(ClipConfig, CLIP_PRESETS, a.preset, a.config, a.overrides)
         print(json.dumps(pretrain_clip(ccfg, a.out)))
         return
-    from training.ssl import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
+    from training.pretrain.simclr import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
 
     cfg = resolve_config(PretrainConfig, PRETRAIN_PRESETS, a.preset, a.config, a.overrides)
     print(json.dumps(pretrain_simclr(cfg, a.out)))
@@ -47,51 +59,62 @@ def cmd_attack(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from training.config import resolve_config
-    from training.train_dede import TRAIN_PRESETS, TrainConfig, train_dede
+    from dataclasses import asdict
+
+    from training.config import TRAIN_PRESETS, TrainConfig, resolve_config
 
     cfg = resolve_config(TrainConfig, TRAIN_PRESETS, a.preset, a.config, a.overrides)
+    if a.show_config:
+        print(json.dumps(asdict(cfg), indent=1))
+        return
+    if not a.encoder or not a.out:
+        raise ValueError("--encoder and --out are required (or --show-config to print the resolved config)")
+    _research_encoders()
+    from training.train import train_dede
+
     print(json.dumps(train_dede(cfg, a.encoder, a.out)))
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
+    _research_encoders()
     from training.calibrate import calibrate_run
 
     print(json.dumps(calibrate_run(a.run, a.rule, a.score)))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
+    _research_encoders()
     from training.export import export_bundle
 
     print(export_bundle(a.run, a.out, a.name))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from training.evaluate import evaluate_cli
+    from training.evaluation.evaluate import evaluate_cli
 
     evaluate_cli(a)
 
 
 def cmd_decompose(a: argparse.Namespace) -> None:
-    from training.decompose import decompose_cli
+    from training.research.decompose import decompose_cli
 
     decompose_cli(a)
 
 
 def cmd_ensemble(a: argparse.Namespace) -> None:
-    from training.ensemble import ensemble_cli
+    from training.research.ensemble import ensemble_cli
 
     ensemble_cli(a)
 
 
 def cmd_reproduce(a: argparse.Namespace) -> None:
-    from training.reproduce import reproduce_cli
+    from training.research.reproduce import reproduce_cli
 
     reproduce_cli(a)
 
 
 def cmd_study(a: argparse.Namespace) -> None:
-    from training.study import run_study
+    from training.research.study import run_study
 
     run_study(a.axis, a.bad_encoder, a.clean_encoder, a.out, a.results, a.report, a.n_test, tuple(a.skip))
 
@@ -125,48 +148,57 @@ def cmd_serve(a: argparse.Namespace) -> None:
     uvicorn.run(APP, factory=True, host=a.host, port=a.port, workers=a.workers)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dede", description="DeDe backdoor alarm for image encoders")
-    sub = parser.add_subparsers(dest="command", required=True)
-    presets = ["tiny", "cpu", "paper"]
+PRODUCT, RESEARCH = "product commands", "research commands (the paper's attacks, grid and studies)"
 
-    p = sub.add_parser("pretrain", help="pre-training of a clean encoder (SimCLR, or a mini-CLIP)")
-    p.add_argument("--method", choices=["simclr", "clip"], default="simclr",
-                   help="simclr: SimCLR ResNet-18; clip: MiniCLIP on CIFAR-10 captions (image tower = encoder)")
-    _config_args(p, presets)
-    p.add_argument("--out", required=True, help="output directory for the encoder")
-    p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("attack", help="backdoor an encoder")
-    p.add_argument("method", choices=ATTACK_NAMES, help="attack")
-    p.add_argument("--encoder", default=None,
-                   help="clean encoder directory (ctrl trains from scratch: there it is the optional control)")
-    _config_args(p, presets)
-    p.add_argument("--out", required=True)
-    p.add_argument("--metrics", default=None, help="also write the attack's metrics to this JSON file (a record to "
-                                                   "commit; the encoder's own history keeps them too)")
-    p.set_defaults(func=cmd_attack)
+@dataclass(frozen=True)
+class Command:
+    name: str
+    group: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
 
-    p = sub.add_parser("train", help="train the DeDe decoder on an auxiliary set (Algorithm 1)")
-    p.add_argument("--encoder", required=True, help="victim encoder directory or .onnx file")
-    _config_args(p, [*presets, "study"])  # study: the small detector of `dede study`
-    p.add_argument("--out", required=True, help="run directory")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="(re)compute the threshold of a trained run")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default=None, help="victim encoder directory or .onnx file")
+    _config_args(p, [*PRESETS, "study"])  # study: the small detector of `dede study`
+    p.add_argument("--out", default=None, help="run directory")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved config (defaults < preset < --config < --set) and exit")
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--rule", default="fpr@0.01", help="'paper-1.5x' or 'fpr@<q>'")
     p.add_argument("--score", default=None, help="switch the score ('paper', 'trimmed@<k>', or 'content': the "
                    "content-adjusted score, its exponent fitted on the auxiliary images); rescores")
-    p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("export", help="write an ONNX bundle into models/<name>")
+
+def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--out", default="models")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="AUC/TPR/FPR of a bundle on clean vs triggered images")
+
+def _scan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True)
+    p.add_argument("source")
+    p.add_argument("--output", default="-", help="CSV file, '-' for stdout")
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=None, help="bundle directory (else $DEDE_BUNDLE)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--reuse-port", action="store_true",
+                   help="with --workers: one SO_REUSEPORT socket per process (Linux), so that the kernel spreads "
+                        "connections evenly over the processes")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--control-bundle", default=None, help="the clean encoder's bundle (the control)")
     p.add_argument("--dataset", default="cifar10")
@@ -178,38 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean test images for the honesty evaluation (trigger + benign perturbations, "
                         "several scores); 0 skips it")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("decompose", help="where a detector's separation comes from: trigger pixels or the "
-                                         "backdoor's embedding (pairs images with other embeddings)")
-    p.add_argument("--bundle", required=True, help="the (suspected) backdoored encoder's bundle")
-    p.add_argument("--control", required=True, help="the clean encoder's bundle (the control)")
-    p.add_argument("--label", default=None, help="the pair's row in the report (default: the bundle and trigger); "
-                                                 "a new run of a label replaces its records")
-    p.add_argument("--trigger", default=None, help="test trigger (default: the attack the bundle's manifest records)")
-    p.add_argument("--target-class", default=None,
-                   help="the CIFAR-10 class the trigger is suspected to map to (default: the recorded attack's)")
-    p.add_argument("--max-images", type=int, default=0, help="limit the non-target test images (0 = all)")
-    p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe of firing")
-    p.add_argument("--results", default="docs/decomposition.json")
-    p.add_argument("--report", default="docs/DECOMPOSITION.md")
-    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
-    p.set_defaults(func=cmd_decompose)
 
-    p = sub.add_parser("ensemble", help="detectors of one encoder trained with different seeds: alone and with "
-                                        "their scores averaged, for every ensemble size")
-    p.add_argument("--bundle", action="append", required=True, help="a backdoored encoder's bundle (repeat, >= 2)")
-    p.add_argument("--control", action="append", required=True, help="a clean-encoder control bundle (repeat, >= 2)")
-    p.add_argument("--label", default=None, help="the ensemble's section in the report (default: from the bundles); "
-                                                 "a new run of a label replaces its records")
-    p.add_argument("--max-images", type=int, default=0, help="limit the CIFAR-10 test images (0 = all)")
-    p.add_argument("--results", default="docs/ensemble.json")
-    p.add_argument("--report", default="docs/ENSEMBLE.md")
-    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
-    p.set_defaults(func=cmd_ensemble)
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["simclr", "clip"], default="simclr",
+                   help="simclr: SimCLR ResNet-18; clip: MiniCLIP on CIFAR-10 captions (image tower = encoder)")
+    _config_args(p, PRESETS)
+    p.add_argument("--out", required=True, help="output directory for the encoder")
 
-    p = sub.add_parser("reproduce", help="the paper's detection grid (attacks x auxiliary sets), resumable")
-    p.add_argument("--preset", choices=presets, default="cpu")
+
+def _attack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", choices=ATTACK_NAMES, help="attack")
+    p.add_argument("--encoder", default=None,
+                   help="clean encoder directory (ctrl trains from scratch: there it is the optional control)")
+    _config_args(p, PRESETS)
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", default=None, help="also write the attack's metrics to this JSON file (a record to "
+                                                   "commit; the encoder's own history keeps them too)")
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=PRESETS, default="cpu")
     p.add_argument("--root", default=None,
                    help="working directory (default runs/reproduce-<preset>, or runs/reproduce-<preset>-<variant>)")
     p.add_argument("--variant", default="", help="train one clean encoder and its attacks differently: 'slip' (the "
@@ -247,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-only", action="store_true",
                    help="run nothing: merge the finished cells under --root into results.json / RESULTS.md")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
-    p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("study", help="scale and poisoning study: backdoored vs control detectors")
+
+def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axis", action="append", required=True,
                    help="decoder, epochs, aux, poison, filter, differential or encoder (repeatable)")
     p.add_argument("--bad-encoder", default="runs/demo-cpu/badencoder")
@@ -259,24 +280,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="docs/STUDY.md")
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--skip", action="append", default=[], metavar="CELL", help="leave a cell out (repeatable)")
-    p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("scan", help="score a folder or zip of images offline")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("source")
-    p.add_argument("--output", default="-", help="CSV file, '-' for stdout")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("serve", help="run the scoring service")
-    p.add_argument("--bundle", default=None, help="bundle directory (else $DEDE_BUNDLE)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--reuse-port", action="store_true",
-                   help="with --workers: one SO_REUSEPORT socket per process (Linux), so that the kernel spreads "
-                        "connections evenly over the processes")
-    p.set_defaults(func=cmd_serve)
+def _decompose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True, help="the (suspected) backdoored encoder's bundle")
+    p.add_argument("--control", required=True, help="the clean encoder's bundle (the control)")
+    p.add_argument("--label", default=None, help="the pair's row in the report (default: the bundle and trigger); "
+                                                 "a new run of a label replaces its records")
+    p.add_argument("--trigger", default=None, help="test trigger (default: the attack the bundle's manifest records)")
+    p.add_argument("--target-class", default=None,
+                   help="the CIFAR-10 class the trigger is suspected to map to (default: the recorded attack's)")
+    p.add_argument("--max-images", type=int, default=0, help="limit the non-target test images (0 = all)")
+    p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe of firing")
+    p.add_argument("--results", default="docs/decomposition.json")
+    p.add_argument("--report", default="docs/DECOMPOSITION.md")
+    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
+
+
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", action="append", required=True, help="a backdoored encoder's bundle (repeat, >= 2)")
+    p.add_argument("--control", action="append", required=True, help="a clean-encoder control bundle (repeat, >= 2)")
+    p.add_argument("--label", default=None, help="the ensemble's section in the report (default: from the bundles); "
+                                                 "a new run of a label replaces its records")
+    p.add_argument("--max-images", type=int, default=0, help="limit the CIFAR-10 test images (0 = all)")
+    p.add_argument("--results", default="docs/ensemble.json")
+    p.add_argument("--report", default="docs/ENSEMBLE.md")
+    p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
+
+
+COMMANDS = [
+    Command("train", PRODUCT, "train the DeDe decoder on an auxiliary set (Algorithm 1)", _train_args, cmd_train),
+    Command("calibrate", PRODUCT, "(re)compute the threshold of a trained run", _calibrate_args, cmd_calibrate),
+    Command("export", PRODUCT, "write an ONNX bundle into models/<name>", _export_args, cmd_export),
+    Command("scan", PRODUCT, "score a folder or zip of images offline", _scan_args, cmd_scan),
+    Command("serve", PRODUCT, "run the scoring service", _serve_args, cmd_serve),
+    Command("evaluate", PRODUCT, "AUC/TPR/FPR of a bundle on clean vs triggered images", _evaluate_args,
+            cmd_evaluate),
+    Command("pretrain", RESEARCH, "pre-training of a clean encoder (SimCLR, or a mini-CLIP)", _pretrain_args,
+            cmd_pretrain),
+    Command("attack", RESEARCH, "backdoor an encoder", _attack_args, cmd_attack),
+    Command("reproduce", RESEARCH, "the paper's detection grid (attacks x auxiliary sets), resumable",
+            _reproduce_args, cmd_reproduce),
+    Command("study", RESEARCH, "scale and poisoning study: backdoored vs control detectors", _study_args, cmd_study),
+    Command("decompose", RESEARCH, "where a detector's separation comes from: the trigger's pixels or the backdoor's "
+            "embedding", _decompose_args, cmd_decompose),
+    Command("ensemble", RESEARCH, "detectors of one encoder trained with different seeds, alone and averaged",
+            _ensemble_args, cmd_ensemble),
+]
+
+
+def _train_epilog() -> str:
+    """The config keys that matter to a user, with their defaults and each preset's value."""
+    from training.config import TRAIN_PRESETS, TrainConfig, config_keys
+
+    rows = config_keys(TrainConfig, {p: TRAIN_PRESETS[p] for p in PRESETS})
+    width = max(len(r["key"]) for r in rows)
+    lines = ["config keys (--set KEY=VALUE; the research keys: docs/CONFIGURATION.md; --show-config prints all):"]
+    for r in rows:
+        presets = ", ".join(f"{p} {v}" for p, v in r["presets"].items())
+        lines.append(f"  {r['key']:<{width}}  {r['default']!r}{f' ({presets})' if presets else ''}: {r['help']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    groups = {g: [c for c in COMMANDS if c.group == g] for g in (PRODUCT, RESEARCH)}
+    width = max(len(c.name) for c in COMMANDS)
+    listing = "\n\n".join(f"{g}:\n" + "\n".join(f"  {c.name:<{width}}  {c.help}" for c in cs)
+                           for g, cs in groups.items())
+    parser = argparse.ArgumentParser(prog="dede", description="DeDe backdoor alarm for image encoders",
+                                     epilog=listing + "\n\n`dede COMMAND --help` for a command's options.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, description=c.help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=_train_epilog() if c.name == "train" else None)
+        c.add_args(p)
+        p.set_defaults(func=c.run)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Typed run configs: one dataclass per run kind, size presets, a JSON file and ``key=value`` overrides.
+"""The detector's config (``TrainConfig``, its size presets) and how every run config is resolved: one dataclass per
+run kind, size presets, a JSON file and ``key=value`` overrides.
 
 Resolution order: dataclass defaults < preset < config file < ``--set key=value``. Unknown keys are errors.
 The resolved config is printed and saved with every artifact (``config.json``).
@@ -8,17 +9,81 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import subprocess
-import time
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
 T = TypeVar("T")
+DENSE_K = 10  # nearest neighbours that measure an embedding's density (TrainConfig.dense_k's default)
+
+
+def key(default: Any, help: str, research: bool = False) -> Any:
+    """A config field with its one-line help (``dede train --help``, docs/CONFIGURATION.md); ``research``: a setting
+    of the paper's experiments or of our studies, not of a detector for a user's encoder."""
+    return field(default=default, metadata={"help": help, "research": research})
+
+
+@dataclass
+class TrainConfig:
+    """``dede train``: the detector (DeDe's masked autoencoder), its auxiliary set and its calibration."""
+
+    preset: str = key("custom", "the size preset it started from (set by --preset)")
+    aux_source: str = key("cifar10", "the auxiliary images: a dataset name (cifar10, gtsrb, imagenette) or a "
+                          "folder/zip of images")
+    aux_split: str = key("train", "the split of a dataset; '' for a plain folder of images")
+    aux_images: int = key(0, "auxiliary images to train on (0: all that are not held out)")
+    aux_crops: int = key(0, "> 0: train on this many random crops of each auxiliary image instead of the image "
+                         "(aux_images counts the images before cropping)", research=True)
+    holdout_images: int = key(2000, "clean held-out images that calibrate the target-FPR threshold")
+    poison_rate: float = key(0.0, "share of auxiliary images that carry the trigger (the paper's provider "
+                             "scenario)", research=True)
+    trigger: str = key("badencoder", "the trigger that poisons the auxiliary set (with poison_rate)", research=True)
+    trigger_from: str = key("", "an attacked encoder directory: poison with ITS trigger (name and learned params)",
+                            research=True)
+    ood_noise_quantile: float = key(0.0, "CTRL handling: > 0 = auxiliary embeddings with an L2 norm above this "
+                                    "quantile get a random-noise image instead (the paper's 0.99 norm ball)",
+                                    research=True)
+    patch_size: int = key(4, "the detector's patch side in pixels (the input size must be a multiple)")
+    width: int = key(192, "the detector's encoder width")
+    depth: int = key(12, "the detector's encoder blocks")
+    heads: int = key(3, "the detector's encoder attention heads")
+    dec_width: int = key(192, "the decoder width")
+    dec_depth: int = key(4, "the decoder blocks")
+    dec_heads: int = key(3, "the decoder attention heads")
+    mask_ratio: float = key(0.9, "share of patches masked in training (the test mask ratio is min(1.1 x this, 1))")
+    epochs: int = key(200, "training epochs")
+    batch_size: int = key(256, "training batch size")
+    lr: float = key(1e-3, "Adam learning rate")
+    weight_decay: float = key(1e-6, "Adam weight decay")
+    threshold_rule: str = key("fpr@0.01", "the deployed threshold: 'fpr@<q>' (the 1 - q quantile of held-out clean "
+                              "scores) or 'paper-1.5x'")
+    score: str = key("paper", "the score: 'paper', 'trimmed@<k>', 'content@<a>' or 'content' (exponent fitted); "
+                     "see service.scores")
+    drop_worst: float = key(0.0, "robust training: leave the highest-loss share of each batch out (after epoch 1)",
+                            research=True)
+    drop_dense: float = key(0.0, "leave out this share of auxiliary images, the densest in embedding space",
+                            research=True)
+    dense_k: int = key(DENSE_K, "nearest neighbours that measure an embedding's density for drop_dense",
+                       research=True)
+    emb_dropout: float = key(0.0, "share of samples trained with a null (zero) embedding", research=True)
+    calib_images: int = key(10000, "auxiliary training images scored for the paper-1.5x rule")
+    time_budget_s: float = key(0.0, "> 0: stop after the epoch that uses up this wall time (single process only)")
+    seed: int = key(0, "seed of the split, the initialisation and the mask stream")
+    device: str = key("auto", "'auto' (CUDA when available), 'cpu' or 'cuda[:i]'")
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2, epochs=2,
+                 aux_images=512, holdout_images=256, calib_images=256, batch_size=128),
+    "cpu": dict(width=128, depth=6, heads=4, dec_width=128, dec_depth=2, dec_heads=4, epochs=15,
+                aux_images=20000),
+    "paper": dict(),  # the official settings are the defaults
+    "study": dict(width=64, depth=3, heads=4, dec_width=64, dec_depth=1, dec_heads=4, epochs=10,
+                  aux_images=10000, holdout_images=1000, calib_images=2000),
+}
 
 
 def _coerce(value: str, typ: Any) -> Any:
@@ -93,14 +158,9 @@ def save_config(cfg: Any, directory: str | Path) -> None:
     print("config:", json.dumps(dataclasses.asdict(cfg)))
 
 
-def preset_epochs(module: str, cls_name: str, presets_name: str, preset: str) -> int | None:
-    """The epochs ``preset`` schedules for the run whose config class and presets live in ``module`` (e.g.
-    ``"training.ssl", "PretrainConfig", "PRETRAIN_PRESETS"``); None for a preset that module does not have."""
-    import importlib
-
-    mod = importlib.import_module(module)
-    presets = getattr(mod, presets_name)
-    return int(resolve_config(getattr(mod, cls_name), presets, preset).epochs) if preset in presets else None
+def preset_epochs(cls: type, presets: dict[str, dict[str, Any]], preset: str) -> int | None:
+    """The epochs ``preset`` schedules for a run of config class ``cls``; None for a preset it does not have."""
+    return int(resolve_config(cls, presets, preset).epochs) if preset in presets else None  # type: ignore[attr-defined]
 
 
 def code_version() -> str:
@@ -124,43 +184,16 @@ def code_version() -> str:
             return "unknown"
 
 
-def pick_device(name: str) -> str:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
-    return device
-
-
-def warmup_cosine(opt: torch.optim.Optimizer, total: int, warmup: int, cosine: bool = True
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate per step: linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``total``
-    steps (``cosine=False``: constant after the warm-up). Step the scheduler once per batch."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if not cosine:
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def out_of_time(budget_s: float, start: float) -> bool:
-    """True once a run with a wall-clock budget (``time_budget_s`` > 0, e.g. on a lent GPU) has used it up:
-    training loops then stop after the epoch in progress and record the epochs actually done."""
-    return budget_s > 0 and time.time() - start > budget_s
-
-
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: stopping")
-
-
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
-    """One update: stop on a non-finite loss, backward, step. Returns the loss value."""
-    check_finite(loss, step)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.item()
+def config_keys(cls: type, presets: dict[str, dict[str, Any]], research: bool = False) -> list[dict[str, Any]]:
+    """One row per field of a config dataclass: ``key``, ``type``, ``default``, each preset's value where it differs
+    from the default (``presets``), ``help`` and ``research``; research fields only with ``research``. The source of
+    ``dede train --help`` and docs/CONFIGURATION.md."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("research") and not research:
+            continue
+        rows.append({"key": f.name, "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                     "default": f.default, "presets": {p: v[f.name] for p, v in presets.items() if f.name in v},
+                     "help": f.metadata.get("help", ""), "research": bool(f.metadata.get("research"))})
+    return rows

@@ -3,7 +3,7 @@
 Registry (timm's ``create_model`` pattern)::
 
     create_encoder("cifar_resnet18", width=16)            # the paper's SimCLR ResNet-18 (CIFAR stem)
-    create_encoder("clip_image", width=16, embed_dim=128)  # MiniCLIP's image tower (training/clip_model.py)
+    create_encoder("clip_image", width=16, embed_dim=128)  # MiniCLIP's image tower, once registered (below)
     create_encoder("timm:resnet50", weights="w.safetensors")  # any timm architecture, user weights
     create_encoder("onnx", path="encoder.onnx")            # an encoder given as an ONNX file (frozen)
 
@@ -128,15 +128,16 @@ class OnnxEncoder(nn.Module):
         return torch.from_numpy(out)
 
 
-def _clip_image(**kwargs: Any) -> nn.Module:
-    from training.clip_model import ImageTower  # imported here: clip_model builds on this module
-
-    return ImageTower(**kwargs)
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {"cifar_resnet18": CifarResNet18, "onnx": OnnxEncoder}
 
 
-# clip_image: MiniCLIP's whole image tower (ResNet-18 + projection to the joint space), training/clip_model.py
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {"cifar_resnet18": CifarResNet18, "clip_image": _clip_image,
-                                                  "onnx": OnnxEncoder}
+def register_encoder(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make ``create_encoder(name, **kwargs)`` (and so ``load_encoder`` of a directory whose ``encoder.json`` names
+    it) build ``builder(**kwargs)``. Architectures outside the core register themselves when their module is
+    imported: ``training.pretrain.clip_model`` registers the mini-CLIP's image tower as ``clip_image``."""
+    if name in _REGISTRY and _REGISTRY[name] is not builder:
+        raise ValueError(f"encoder {name!r} is registered already")
+    _REGISTRY[name] = builder
 
 
 def list_encoders() -> list[str]:
@@ -148,7 +149,8 @@ def create_encoder(name: str, **kwargs: Any) -> nn.Module:
     if name.startswith("timm:"):
         return TimmEncoder(name.removeprefix("timm:"), **kwargs)
     if name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(list_encoders())}")
+        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(list_encoders())} (an architecture "
+                         "outside the core registers when its module is imported, see register_encoder)")
     return _REGISTRY[name](**kwargs)
 
 

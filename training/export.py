@@ -8,7 +8,6 @@ Runtime vs PyTorch on real held-out images (scores within ``SCORE_RTOL`` relativ
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import warnings
@@ -18,31 +17,18 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from service.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from service.scores import compute_score
 from service.scoring import Scorer
 from training.data import load_images
-from training.dede import DeDe, DeDeConfig, DetectorGraph, kept_count
-from training.encoders import EncoderSpec, load_encoder
+from training.dede import DeDe, DetectorGraph, kept_count
+from training.encoders import EncoderSpec
+from training.runs import load_run
 
 OPSET = 17
 SCORE_RTOL = 1e-3  # ORT vs PyTorch, relative to the threshold; the embedding path adds float noise
-
-
-def load_run(run_dir: str | Path) -> tuple[DeDe, nn.Module, EncoderSpec, dict[str, Any], dict[str, Any]]:
-    run_dir = Path(run_dir)
-    for name in ("run.json", "calibration.json", "dede.safetensors"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} is not a finished DeDe run: {name} is missing")
-    run = json.loads((run_dir / "run.json").read_text())
-    calib = json.loads((run_dir / "calibration.json").read_text())
-    model = DeDe(DeDeConfig(**run["model"]))
-    model.load_state_dict(load_file(run_dir / "dede.safetensors"))
-    victim, spec = load_encoder(run["encoder"])
-    return model.eval(), victim, spec, run, calib
 
 
 def export_encoder(victim: nn.Module, spec: EncoderSpec, path: Path) -> None:

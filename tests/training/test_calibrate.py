@@ -42,7 +42,7 @@ def test_detection_metrics() -> None:
 
 
 def test_fired_metrics_split_the_triggered_images_by_where_the_backdoor_fired() -> None:
-    from training.evaluate import fired_metrics
+    from training.evaluation.evaluate import fired_metrics
 
     clean = np.array([1.0, 2.0, 3.0, 4.0, 0.0])  # test image i
     triggered = np.array([9.0, 8.0, 2.5, 0.5, 7.0])  # its triggered copy; image 4 is of the target class

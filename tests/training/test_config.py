@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import resolve_config, save_config
-from training.train_dede import TRAIN_PRESETS, TrainConfig
+from training.config import TRAIN_PRESETS, TrainConfig, resolve_config, save_config
 
 
 def test_precedence_defaults_preset_file_overrides(tmp_path: Path) -> None:

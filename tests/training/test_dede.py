@@ -110,7 +110,7 @@ def test_width_must_divide_heads() -> None:
 
 
 def test_robust_mean_drops_the_worst_samples() -> None:
-    from training.train_dede import robust_mean
+    from training.train import robust_mean
 
     per = torch.tensor([1.0, 2.0, 3.0, 100.0])
     assert robust_mean(per, 0.0) == pytest.approx(26.5)

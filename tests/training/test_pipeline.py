@@ -142,9 +142,9 @@ TINY_STUDY = ["aux_images=256", "holdout_images=64", "calib_images=64", "epochs=
 def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from training.attacks.triggers import make_trigger
     from training.data import load_images
-    from training.study import RATIOS, cell_records
+    from training.research.study import RATIOS, cell_records
+    from training.triggers import make_trigger
 
     clean = load_images("cifar10", "test", 32).images[:64]
     trig = make_trigger("badencoder", 32).apply(clean)
@@ -182,7 +182,7 @@ def test_study_cell_trains_backdoored_and_control(pipeline: Path, tmp_path: Path
 
 
 def test_the_filter_axis_compares_the_defences_at_each_poison_rate() -> None:
-    from training.study import AXES
+    from training.research.study import AXES
 
     cells = dict(AXES["filter"])
     rates = ("0.0", "0.005", "0.01", "0.05", "0.1")
@@ -235,8 +235,8 @@ def test_a_content_score_is_fitted_at_calibration_and_scored_alike_by_the_bundle
 
 
 def test_a_rescoring_grid_copies_a_finished_run_and_calibrates_the_copy(pipeline: Path, tmp_path: Path) -> None:
-    from training.reproduce import calibration_fields
-    from training.reproduce_rescore import main as rescore
+    from training.research.reproduce import calibration_fields
+    from training.research.rescore import main as rescore
 
     before = (pipeline / "run" / "run.json").read_text()
     assert rescore(["--from", str(pipeline / "run"), "--to", str(tmp_path / "run"), "--score", "content"]) == 0
@@ -283,7 +283,8 @@ def test_a_cropped_aux_set_trains_on_crops_and_calibrates_on_whole_images(pipeli
 
     import numpy as np
 
-    from training.train_dede import TrainConfig, build_aux_set
+    from training.auxset import build_aux_set
+    from training.config import TrainConfig
 
     cfg = TrainConfig(aux_source=str(EXAMPLES), aux_split="", aux_crops=3)
     whole, cropped = build_aux_set(replace(cfg, aux_crops=0), 32), build_aux_set(cfg, 32)
@@ -352,7 +353,7 @@ def test_drupe_attack_runs_and_records_itself(pipeline: Path, tmp_path: Path) ->
 
 
 def test_baselines_cell_records_asset_and_decree(pipeline: Path) -> None:
-    from training.reproduce_baselines import baselines_cell
+    from training.research.baselines import baselines_cell
 
     recs = baselines_cell(pipeline, "bad", "clean", "tiny", max_images=64, command="test")
     verdicts = {r["encoder_role"]: r for r in recs if r.get("kind") == "verdict"}
@@ -370,7 +371,7 @@ def test_baselines_cell_records_asset_and_decree(pipeline: Path) -> None:
 
 def test_asset_trained_once_at_a_fixed_rate_scores_every_pool(pipeline: Path) -> None:
     """The official script's setting: one ASSET run, training set 1% triggered, both pools scored by it."""
-    from training.reproduce_baselines import baselines_cell
+    from training.research.baselines import baselines_cell
 
     recs = baselines_cell(pipeline, "bad", "clean", "tiny", max_images=64, command="test", asset_train=200,
                           asset_train_rate=0.01, asset_only=True, cell="baselines-bad-asset200")
@@ -385,7 +386,7 @@ def test_asset_trained_once_at_a_fixed_rate_scores_every_pool(pipeline: Path) ->
 
 
 def test_downstream_cell_filters_with_the_bundle_detector(pipeline: Path) -> None:
-    from training.reproduce_downstream import downstream_cell
+    from training.research.downstream import downstream_cell
 
     bundle = pipeline / "models" / "tiny-bad"
     recs = downstream_cell(bundle, "badencoder", pipeline / "bad", "tiny", ["max_train=400", "max_test=100",

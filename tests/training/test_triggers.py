@@ -1,6 +1,6 @@
 import numpy as np
 
-from training.attacks.triggers import FrequencyTrigger, PatchTrigger, badencoder_trigger, make_trigger
+from training.triggers import FrequencyTrigger, PatchTrigger, badencoder_trigger, make_trigger
 
 
 def test_badencoder_trigger_on_32px_is_white_rows_cols_21_to_30() -> None:
@@ -22,7 +22,7 @@ def _images(n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def test_ctrl_trigger_changes_exactly_the_chosen_dct_coefficients_of_the_chroma_channels() -> None:
-    from training.attacks.triggers import dct_matrix, rgb_to_ycrcb
+    from training.triggers import dct_matrix, rgb_to_ycrcb
 
     imgs = _images()
     trig = make_trigger("ctrl", 32)
@@ -40,7 +40,7 @@ def test_ctrl_trigger_changes_exactly_the_chosen_dct_coefficients_of_the_chroma_
 
 
 def test_dct_matrix_is_orthonormal_and_ycrcb_round_trips() -> None:
-    from training.attacks.triggers import dct_matrix, rgb_to_ycrcb, ycrcb_to_rgb
+    from training.triggers import dct_matrix, rgb_to_ycrcb, ycrcb_to_rgb
 
     c = dct_matrix(8)
     assert np.allclose(c @ c.T, np.eye(8))

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import importlib
 from pathlib import Path
 from typing import Any
 
-
-def attack_record(encoder: str | Path) -> dict[str, Any] | None:
-    """The last ``attack-*`` history entry of an encoder directory (or of the encoder.json beside an .onnx
-    file): what attack made it, its target, trigger and trigger parameters, and its measured success."""
-    path = Path(encoder)
-    spec_file = path.with_name("encoder.json") if path.suffix == ".onnx" else path / "encoder.json"
-    if not spec_file.exists():
-        raise FileNotFoundError(f"{spec_file} does not exist: not an encoder written by dede")
-    history = json.loads(spec_file.read_text()).get("history", [])
-    return next((h for h in reversed(history) if str(h.get("stage", "")).startswith("attack-")), None)
-
+from training.config import preset_epochs, resolve_config
+from training.triggers import attack_record
 
 IMPLANT_MIN_GAIN = 0.2  # attack success after - before below this: the attack did not implant a backdoor
 
@@ -38,14 +29,6 @@ def not_implanted_reason(encoder: str | Path) -> str | None:
             f"{rec['attack_success_rate']:.3f}, less than +{IMPLANT_MIN_GAIN})")
 
 
-def recorded_trigger(encoder: str | Path) -> tuple[str, dict[str, Any]]:
-    """(trigger name, trigger params) of the attack recorded in an encoder's history."""
-    rec = attack_record(encoder)
-    if rec is None or not rec.get("trigger"):
-        raise ValueError(f"{encoder} records no attack trigger (not an encoder written by `dede attack`)")
-    return rec["trigger"], rec.get("trigger_params") or {}
-
-
 # attack -> (module under training.attacks, config class, presets, function(cfg, encoder_dir, out))
 _ATTACKS = {
     "badencoder": ("badencoder", "BadEncoderConfig", "BADENCODER_PRESETS", "badencoder"),
@@ -60,26 +43,21 @@ FROM_SCRATCH = {"ctrl"}  # data poisoning trains its own encoder: there --encode
 
 def attack_preset_epochs(method: str, preset: str) -> int | None:
     """The epochs ``preset`` schedules for an attack (None for an unknown attack or preset)."""
-    from training.config import preset_epochs
-
     if method not in _ATTACKS:
         return None
     module, cls_name, presets_name, _ = _ATTACKS[method]
-    return preset_epochs(f"training.attacks.{module}", cls_name, presets_name, preset)
+    mod = importlib.import_module(f"training.attacks.{module}")
+    return preset_epochs(getattr(mod, cls_name), getattr(mod, presets_name), preset)
 
 
 def run_attack(method: str, encoder_dir: str | None, out: str, preset: str | None, config_file: str | None,
                overrides: list[str]) -> dict[str, Any]:
-    import importlib
-
-    from training.config import resolve_config
-
     if method not in _ATTACKS:
         raise ValueError(f"unknown attack {method!r}; implemented: {', '.join(_ATTACKS)}")
     if encoder_dir is None and method not in FROM_SCRATCH:
         raise ValueError(f"attack {method!r} fine-tunes an encoder: pass --encoder")
     module, config, presets, function = _ATTACKS[method]
-    mod = importlib.import_module(f"training.attacks.{module}")
+    mod = importlib.import_module(f"training.attacks.{module}")  # a registry by name: only the one attack loads
     cfg = resolve_config(getattr(mod, config), getattr(mod, presets), preset, config_file, overrides)
     result: dict[str, Any] = getattr(mod, function)(cfg, encoder_dir, out)
     return result

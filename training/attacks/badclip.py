@@ -35,13 +35,13 @@ from training.attacks.clip_backdoor import (
     stamp,
     target_index,
 )
-from training.attacks.triggers import badclip_patch_size, make_trigger
-from training.clip_model import ClipInfo, MiniCLIP
-from training.clip_train import clip_classifier, random_shift_flip, to_unit
-from training.config import optimizer_step
 from training.data import ImageSet
 from training.encoders import EncoderSpec
-from training.ssl import normalise
+from training.loop import optimizer_step
+from training.pretrain.clip_model import ClipInfo, MiniCLIP
+from training.pretrain.clip_train import clip_classifier, random_shift_flip, to_unit
+from training.pretrain.simclr import normalise
+from training.triggers import badclip_patch_size, make_trigger
 
 
 @dataclass

@@ -24,13 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training.attacks.triggers import make_trigger
-from training.augment import simclr_augment
-from training.config import optimizer_step, out_of_time, pick_device, save_config
+from training.attacks.stealth import embedding_stealth
+from training.config import save_config
 from training.data import load_images
 from training.encoders import embed, load_encoder, save_encoder, to_input
-from training.knn import knn_accuracy, knn_predict, probe_split
-from training.ssl import normalise
+from training.loop import optimizer_step, out_of_time, pick_device
+from training.pretrain.augment import simclr_augment
+from training.pretrain.knn import knn_accuracy, knn_predict, probe_split
+from training.pretrain.simclr import normalise
+from training.triggers import make_trigger
 
 
 @dataclass
@@ -190,8 +192,6 @@ def finetune_backdoor(cfg: BadEncoderConfig, encoder_dir: str, out: str | Path, 
     model.eval()
     after = attack_success(model, spec, cfg.dataset, cfg.trigger, target, cfg.knn_images, device)
     curve.append(curve_point(epochs_done, after))
-    from training.attacks.stealth import embedding_stealth
-
     stealth_before = embedding_stealth(clean, spec, cfg.dataset, cfg.trigger, min(cfg.knn_images, 2000), device)
     stealth = embedding_stealth(model, spec, cfg.dataset, cfg.trigger, min(cfg.knn_images, 2000), device)
     print(f"after attack: {after}; embedding stealth before {stealth_before}, after {stealth}")

@@ -24,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.attacks.triggers import Trigger, make_trigger
-from training.clip_captions import CaptionSampler, encode_captions
-from training.clip_model import ClipInfo, MiniCLIP, clip_loss, copy_text_tower, load_clip, save_clip
-from training.clip_train import (
+from training.config import save_config
+from training.data import ImageSet, load_images
+from training.encoders import EncoderSpec
+from training.loop import optimizer_step, pick_device
+from training.pretrain.captions import CaptionSampler, encode_captions
+from training.pretrain.clip_model import ClipInfo, MiniCLIP, clip_loss, copy_text_tower, load_clip, save_clip
+from training.pretrain.clip_train import (
     clip_classifier,
     eval_subset,
     random_shift_flip,
@@ -35,10 +38,8 @@ from training.clip_train import (
     to_unit,
     zero_shot_predict,
 )
-from training.config import optimizer_step, pick_device, save_config
-from training.data import ImageSet, load_images
-from training.encoders import EncoderSpec
-from training.ssl import normalise
+from training.pretrain.simclr import normalise
+from training.triggers import Trigger, make_trigger
 
 
 @dataclass

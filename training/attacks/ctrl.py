@@ -1,6 +1,6 @@
 """CTRL (Li et al., ICCV 2023): a data-poisoning backdoor of contrastive learning. The attacker cannot touch
 training; it slips a few target-class images carrying an invisible frequency trigger (``ctrl`` in
-``training.attacks.triggers``: +magnitude on two chroma DCT coefficients) into the victim's unlabelled
+``training.triggers``: +magnitude on two chroma DCT coefficients) into the victim's unlabelled
 pre-training set (1% of it, all from the target class: clean-label), and the victim trains SimCLR from
 scratch on it. SimCLR learns to cluster what poisoned images share - the trigger - with the target class.
 
@@ -22,10 +22,10 @@ from torch import nn
 
 from training.attacks.badencoder import attack_success, curve_point
 from training.attacks.stealth import embedding_stealth
-from training.config import pick_device
 from training.data import load_images
 from training.encoders import EncoderSpec, load_encoder, save_encoder
-from training.ssl import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
+from training.loop import pick_device
+from training.pretrain.simclr import PRETRAIN_PRESETS, PretrainConfig, pretrain_simclr
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from training.attacks.badencoder import BadEncoderConfig, Embeddings, cos, finetune_backdoor
+from training.attacks.stealth import sliced_wasserstein
 
 
 @dataclass
@@ -46,13 +47,6 @@ def mean_offdiag_cos(x: torch.Tensor) -> torch.Tensor:
     sim = z @ z.T
     n = len(x)
     return (sim.sum() - sim.diagonal().sum()) / max(n * (n - 1), 1)
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 50) -> torch.Tensor:
-    """SWD (p = 2) between two equal-size point sets a, b: (N, E), over random unit directions."""
-    dirs = F.normalize(torch.randn(a.shape[1], projections, device=a.device), dim=0)  # (E, P)
-    pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values  # (N, P)
-    return (((pa - pb) ** 2).mean() + 1e-12).sqrt()  # eps: the gradient of sqrt at 0 is infinite
 
 
 def drupe_terms(b: Embeddings, cfg: DrupeConfig) -> dict[str, torch.Tensor]:

@@ -13,10 +13,16 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from training.attacks.drupe import sliced_wasserstein
-from training.attacks.triggers import make_trigger
 from training.encoders import EncoderSpec, embed
-from training.knn import probe_split
+from training.pretrain.knn import probe_split
+from training.triggers import make_trigger
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 50) -> torch.Tensor:
+    """SWD (p = 2) between two equal-size point sets a, b: (N, E), over random unit directions."""
+    dirs = F.normalize(torch.randn(a.shape[1], projections, device=a.device), dim=0)  # (E, P)
+    pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values  # (N, P)
+    return (((pa - pb) ** 2).mean() + 1e-12).sqrt()  # eps: the gradient of sqrt at 0 is infinite
 
 
 @torch.no_grad()

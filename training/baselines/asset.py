@@ -48,8 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import optimizer_step, resolve_config
+from training.config import resolve_config
+from training.data import load_images
 from training.encoders import CifarResNet18, EncoderSpec, to_input
+from training.loop import optimizer_step
 
 
 @dataclass
@@ -329,7 +331,5 @@ def asset_scores(encoder: nn.Module, spec: EncoderSpec, base_images: np.ndarray,
 
 def asset_base_images(dataset: str = "cifar10", fraction: float = 0.1, size: int = 32, seed: int = 0) -> np.ndarray:
     """The clean base set: a random ``fraction`` of the dataset's train split (10% of CIFAR-10 = 5,000)."""
-    from training.data import load_images
-
     train = load_images(dataset, "train", size)
     return train.images[np.random.default_rng(seed).permutation(len(train))[: int(fraction * len(train))]]
