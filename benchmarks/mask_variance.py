@@ -23,12 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_service import real_images  # noqa: E402
 from service.scoring import Scorer  # noqa: E402
+from training.triggers import make_trigger  # noqa: E402
 
 
 def draw_scores(scorer: Scorer, images: np.ndarray, draws: int) -> np.ndarray:
     """(D, N) scores of N images under D masks."""
     x = scorer.preprocess(images)
-    x_dev, e_dev = scorer._embed_on_device(x)
+    x_dev, e_dev = scorer.embed_on_device(x)
     return scorer.draw_scores(images, x, x_dev, e_dev, draws)
 
 
@@ -40,8 +41,6 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--out", default="docs/mask_variance.json")
     a = p.parse_args()
-    from training.triggers import make_trigger
-
     scorer = Scorer.from_bundle(a.bundle)
     if not scorer.manifest.detector.kept_patches:
         raise SystemExit(f"{a.bundle} keeps no patch at test time: its score has no mask variance")

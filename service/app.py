@@ -6,8 +6,7 @@ a ``BundleError`` naming the problem. No endpoint loads, fetches or replaces a m
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -16,13 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.batching import Batcher, DirectRunner
+from service.batching import Batcher, DirectRunner, Runner
 from service.deps import Scoring
 from service.errors import BundleError, DedeError
 from service.explain import Explainer
 from service.imaging import Image
 from service.limits import BodySizeLimit
-from service.metrics import Metrics
+from service.metrics import Metrics, ObservedScorer, worker_stopped
 from service.routers import health, metrics, score, v2
 from service.scoring import Scorer, ScoreResult
 from service.settings import Settings, get_settings
@@ -40,6 +39,14 @@ def load_scorer(settings: Settings) -> Scorer:
                           "(CUDA libraries missing or onnxruntime-gpu not installed)")
     scorer.warm_up()
     return scorer
+
+
+def make_runner(settings: Settings, fn: Callable[[np.ndarray], ScoreResult]) -> Runner:
+    """The ``Batcher`` (``DEDE_BATCHING``, the default) or the ``DirectRunner`` that scores with ``fn``."""
+    if settings.batching:
+        return Batcher(fn, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
+                       settings.request_timeout_s, settings.model_concurrency)
+    return DirectRunner(fn, settings.max_queue, settings.request_timeout_s)
 
 
 def _log_to_stderr() -> None:
@@ -74,35 +81,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scorer = load_scorer(settings)
         m = scorer.manifest
         metrics: Metrics = app.state.metrics
-        metrics.model_info.labels(m.name, m.version, scorer.provider).set(1)
-        # export the counters at 0 from the start: Prometheus's increase() cannot see a first alert on a
-        # series that appears with value 1, and "a single flagged input" must page
-        metrics.alerts.labels(m.name)
-        metrics.images_scored.labels(m.name)
-
-        def run_batch(images: np.ndarray) -> ScoreResult:
-            result = scorer.score(images)
-            metrics.observe_batch(m.name, len(images), result.seconds)
-            return result
-
-        app.state.runner = (
-            Batcher(run_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
-                    settings.request_timeout_s, settings.model_concurrency)
-            if settings.batching else DirectRunner(run_batch, settings.max_queue, settings.request_timeout_s))
-        app.state.runner.start()
-        app.state.scorer = scorer
+        metrics.model_loaded(m.name, m.version, scorer.provider)
+        runner = make_runner(settings, ObservedScorer(scorer, metrics))
+        runner.start()
+        app.state.runner, app.state.scorer = runner, scorer
         explainer = Explainer(scorer, timeout_s=settings.request_timeout_s)
-        app.state.scoring = Scoring(settings, scorer, app.state.runner, metrics, explainer)
+        app.state.scoring = Scoring(settings, scorer, runner, metrics, explainer)
         app.state.ready = True
         log.info("loaded bundle %s v%s on %s, warmed up at batch sizes %s", m.name, m.version, scorer.provider,
                  scorer.warmed_up)
         yield
         app.state.ready = False  # /readyz fails first, so a load balancer stops sending
-        await app.state.runner.stop()  # in-flight requests finish
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(os.getpid())  # drop this worker's live gauges
+        await runner.stop()  # in-flight requests finish
+        worker_stopped()
 
     app = FastAPI(title="DeDe backdoor alarm", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

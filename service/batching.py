@@ -5,7 +5,8 @@ waiting request, gathers more until ``max_batch_size`` images or ``max_wait_ms``
 once (in a thread, off the event loop) and resolves each request's future with its own slice of the
 result; an exception reaches every waiter of that batch. When the queue holds ``max_queue`` images, new
 requests are refused at once with ``Overloaded`` (HTTP 503 + Retry-After) instead of waiting longer and
-longer; a request that waits more than ``timeout_s`` gets a 503 too.
+longer; a request that waits more than ``timeout_s`` gets a 503 too. ``DirectRunner`` is the same without
+batching; both are a ``Runner``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,34 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import Overloaded
 from service.scoring import ScoreResult
+
+
+class Runner(Protocol):
+    """What the scoring routes submit images to: ``Batcher`` (dynamic batching) or ``DirectRunner`` (off)."""
+
+    @property
+    def depth(self) -> int:
+        """Images waiting or being scored."""
+        ...
+
+    def start(self) -> None:
+        """Start working (inside the running event loop)."""
+        ...
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop (graceful shutdown)."""
+        ...
+
+    async def submit(self, images: np.ndarray) -> ScoreResult:
+        """The result for uint8 (k, H, W, 3) images; ``Overloaded`` when the queue is full or scoring is too slow."""
+        ...
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from PIL import Image
 
 ImageLike = Any  # bytes | PIL.Image.Image | np.ndarray
 
@@ -44,8 +45,6 @@ class DedeError(RuntimeError):
 def to_bytes(image: ImageLike) -> bytes:
     if isinstance(image, bytes | bytearray):
         return bytes(image)
-    from PIL import Image
-
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()

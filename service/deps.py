@@ -1,4 +1,5 @@
-"""Request dependencies as ``Annotated`` aliases, and the upload reader shared by the scoring routes.
+"""Request dependencies as ``Annotated`` aliases, the readiness check, and the upload reader shared by the
+scoring routes.
 
 The dependencies are ``async def`` although they never wait: FastAPI runs a plain ``def`` dependency in a
 worker thread, and that round trip was a tenth of the CPU of a ``/score`` request (py-spy)."""
@@ -12,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
-from service.batching import Batcher, DirectRunner
+from service.batching import Runner
 from service.errors import BadRequest, NotReady, Unauthorized
 from service.explain import Explainer
 from service.metrics import Metrics
@@ -22,16 +23,6 @@ from service.settings import Settings
 
 async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
-
-
-async def get_scorer(request: Request) -> Scorer:
-    scorer = getattr(request.app.state, "scorer", None)
-    if scorer is None or not request.app.state.ready:
-        raise NotReady("the model is not loaded yet")
-    return scorer
-
-
-Runner = Batcher | DirectRunner
 
 
 def check_api_key(request: Request) -> None:
@@ -55,14 +46,33 @@ class Scoring:
     explainer: Explainer
 
 
+NOT_LOADED = "the model is not loaded yet"
+
+
+def loaded(request: Request) -> Scoring | None:
+    """What scoring needs once the app is ready: the bundle loaded and warmed up, the runner started; None during
+    start-up and from the start of shutdown. The one readiness check of every endpoint."""
+    state = request.app.state
+    scoring: Scoring | None = getattr(state, "scoring", None)
+    return scoring if scoring is not None and state.ready else None
+
+
+def require_loaded(request: Request, message: str = NOT_LOADED) -> Scoring:
+    """``loaded``, or ``NotReady`` (503 + Retry-After) with ``message``."""
+    scoring = loaded(request)
+    if scoring is None:
+        raise NotReady(message)
+    return scoring
+
+
+async def get_scorer(request: Request) -> Scorer:
+    return require_loaded(request).scorer
+
+
 async def get_scoring(request: Request) -> Scoring:
     """The API key (when configured), then readiness."""
     check_api_key(request)
-    state = request.app.state
-    scoring: Scoring | None = getattr(state, "scoring", None)
-    if scoring is None or not state.ready:
-        raise NotReady("the model is not loaded yet")
-    return scoring
+    return require_loaded(request)
 
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

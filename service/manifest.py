@@ -33,6 +33,8 @@ class EncoderInfo(_Strict):
     std: tuple[float, float, float]
     embed_dim: int = Field(gt=0)
     architecture: str
+    # where mean/std came from (cifar10, imagenet, timm, processor, open_clip, custom); absent in older bundles
+    normalization: str | None = None
 
 
 class DetectorInfo(_Strict):

@@ -1,13 +1,17 @@
 """Prometheus metrics (one prefix, base units, counters end in ``_total``, low-cardinality labels).
 
-Each app owns its registry, so several apps (tests) never collide."""
+Each app owns its registry, so several apps (tests) never collide. ``ObservedScorer`` is what the runner calls:
+a scorer whose every model call is observed (batch size, time per stage)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, multiprocess
+
+from service.scoring import Scorer, ScoreResult
 
 disable_created_metrics()
 
@@ -70,3 +74,32 @@ class Metrics:
         self.batch_size.observe(size)
         for stage, sec in seconds.items():
             self.inference_seconds.labels(model, stage).observe(sec)
+
+    def model_loaded(self, model: str, version: str, provider: str) -> None:
+        """The loaded bundle's info series, and its counters exported at 0 from the start: Prometheus's increase()
+        cannot see a first alert on a series that appears with value 1, and "a single flagged input" must page."""
+        self.model_info.labels(model, version, provider).set(1)
+        self.alerts.labels(model)
+        self.images_scored.labels(model)
+
+
+def worker_stopped() -> None:
+    """With several workers (``PROMETHEUS_MULTIPROC_DIR`` set): drop this process's live gauges from the merged
+    values, at shutdown."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())
+
+
+class ObservedScorer:
+    """``scorer.score`` with each model call's batch size and stage times observed in ``metrics``: the function a
+    runner (``service.batching``) scores its batches with."""
+
+    __slots__ = ("metrics", "model", "scorer")
+
+    def __init__(self, scorer: Scorer, metrics: Metrics) -> None:
+        self.scorer, self.metrics, self.model = scorer, metrics, scorer.manifest.name
+
+    def __call__(self, images: np.ndarray) -> ScoreResult:
+        result = self.scorer.score(images)
+        self.metrics.observe_batch(self.model, len(images), result.seconds)
+        return result

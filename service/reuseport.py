@@ -17,6 +17,8 @@ import socket
 import time
 from types import FrameType
 
+import uvicorn
+
 APP = "service.app:create_app"
 
 
@@ -33,8 +35,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _worker(host: str, port: int) -> None:
-    import uvicorn
-
     sock = listening_socket(host, port)
     uvicorn.Server(uvicorn.Config(APP, factory=True)).run(sockets=[sock])
 

@@ -12,10 +12,9 @@
   training config: ``fit_content_exponent``, the slope of log paper score on log content over the auxiliary
   images), so the score no longer follows the content on clean images; the fitted value is part of the name the
   manifest records (``content@0.617``).
-- ``spread``: the share of the total error held by the 10% worst patches (local = high, global = low);
-  reported in evaluations, not a deployable score on its own.
 
-One implementation, used by the service, calibration and evaluation alike.
+One implementation, used by the service, calibration and evaluation alike (the evaluations' own ``spread``, which
+no bundle deploys, is ``training.evaluation.bundle_scores.error_spread``).
 """
 
 from __future__ import annotations
@@ -90,9 +89,3 @@ def content_score(paper: np.ndarray, content: np.ndarray, exponent: float) -> np
     mean."""
     return (paper / np.maximum(content, 1.0) ** exponent).astype(np.float32)
 
-
-def error_spread(patch_error: np.ndarray, top: float = 0.1) -> np.ndarray:
-    """Share of each image's error in its ``top`` fraction of worst patches -> (B,) in [0, 1]."""
-    k = max(1, int(round(top * patch_error.shape[1])))
-    worst = -np.sort(-patch_error, axis=1)[:, :k].sum(1)
-    return (worst / np.maximum(patch_error.sum(1), 1e-12)).astype(np.float32)

@@ -192,15 +192,21 @@ class Scorer:
         x = self._normalize(images)  # checked by fixed_chunks
         draws = self.mask_draws if self.manifest.detector.kept_patches else 1
         t0 = time.perf_counter()
-        x_dev, e_dev = self._embed_on_device(x)
+        x_dev, e_dev = self.embed_on_device(x)
         t1 = time.perf_counter()
         scores = self.draw_scores(images, x, x_dev, e_dev, draws).mean(0)
         t2 = time.perf_counter()
         return scores, {"encoder": t1 - t0, "detector": t2 - t1}
 
-    def _embed_on_device(self, x: np.ndarray) -> tuple[ort.OrtValue, ort.OrtValue]:
-        """IO binding: the input is copied to the device once, and the embedding stays there."""
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, self._device, 0)
+    def on_device(self, array: np.ndarray) -> ort.OrtValue:
+        """``array`` as an ONNX Runtime value where the sessions run (CUDA memory on the GPU), as ``draw_scores``
+        takes its inputs. On the CPU the value shares the array's memory."""
+        return ort.OrtValue.ortvalue_from_numpy(array, self._device, 0)
+
+    def embed_on_device(self, x: np.ndarray) -> tuple[ort.OrtValue, ort.OrtValue]:
+        """The normalised images ``x`` (B, 3, H, W) and their embeddings (B, E), both on the device, for
+        ``draw_scores``. IO binding: the input is copied to the device once, and the embedding stays there."""
+        x_dev = self.on_device(x)
         enc = self.encoder.io_binding()
         enc.bind_ortvalue_input(self._enc_in, x_dev)
         enc.bind_output(self._enc_out, self._device, 0)
@@ -226,29 +232,3 @@ class Scorer:
         det.bind_output("patch_error", "cpu")
         self.detector.run_with_iobinding(det)
         return det.get_outputs()[2].numpy()
-
-    def score_against(self, images: np.ndarray, embeddings: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Scores of uint8 (B, H, W, 3) images when the decoder draws from ``embeddings`` (B, E) instead of the
-        images' own, in batches of ``batch_size`` -> (B,). One mask draw (draw 0) and no ``fixed_batch`` padding:
-        with ``mask_draws`` 1 and ``fixed_batch`` 0, ``score_against(x, embed_many(x))`` is ``score(x)``.
-        ``training.research.decompose`` pairs images with other embeddings to see what each part of the score sees."""
-        if len(embeddings) != len(images):
-            raise ValueError(f"{len(images)} images but {len(embeddings)} embeddings")
-        out = []
-        for i in range(0, len(images), batch_size):
-            chunk = images[i : i + batch_size]
-            x = self.preprocess(chunk)
-            e = ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(embeddings[i : i + batch_size], np.float32), self._device, 0)
-            out.append(self.draw_scores(chunk, x, ort.OrtValue.ortvalue_from_numpy(x, self._device, 0), e, 1)[0])
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-
-    def score_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Scores of any number of images, in batches -> (N,)."""
-        out = [self.score(images[i : i + batch_size]).scores for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-    def embed_many(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = [self.encoder.run(None, {self._enc_in: self.preprocess(images[i : i + batch_size])})[0]
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out)

@@ -14,8 +14,10 @@ def test_every_subcommand_exists() -> None:
 
 
 def test_bad_config_exits_2_with_message(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    assert main(["train", "--encoder", "x", "--out", str(tmp_path), "--set", "nope=1"]) == 2
+    assert main(["train", "--out", str(tmp_path), "--set", "nope=1", "--show-config"]) == 2
     assert "unknown config key 'nope'" in capsys.readouterr().err
+    assert main(["train", "--encoder", "x", "--out", str(tmp_path)]) == 2
+    assert "encoder x does not exist" in capsys.readouterr().err
     assert main(["export", "--run", str(tmp_path / "missing"), "--name", "x"]) == 2
 
 

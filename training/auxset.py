@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import DENSE_K, TrainConfig
-from training.data import fingerprint, load_crops, load_images
+from training.data import count_images, fingerprint, load_crops, load_images
 from training.encoders import EncoderSpec, embed
 from training.triggers import Trigger, make_trigger, recorded_trigger
 
@@ -114,8 +114,27 @@ class AuxSet:
     poisoned_holdout: np.ndarray  # (M,) bool
 
 
-def build_aux_set(cfg: TrainConfig, image_size: int) -> AuxSet:
-    """The auxiliary training and held-out images, poisoned at ``poison_rate``."""
+def aux_image_count(cfg: TrainConfig) -> int:
+    """How many auxiliary training images ``build_aux_set`` will hold, without decoding any (crops counted)."""
+    total = count_images(cfg.aux_source, cfg.aux_split or None, labelled=bool(cfg.aux_split))
+    rest = total - min(cfg.holdout_images, total // 5)
+    return (min(rest, cfg.aux_images) if cfg.aux_images else rest) * max(cfg.aux_crops, 1)
+
+
+def gather(source: np.ndarray, rows: np.ndarray, into: Path | None, chunk: int = 1024) -> np.ndarray:
+    """``source[rows]`` (rows of uint8 images, e.g. a memory-mapped dataset), written chunk by chunk into the ``.npy``
+    file ``into`` (memory-mapped, so a large set never sits whole in RAM) or, without ``into``, into RAM."""
+    if into is None:
+        return source[rows]
+    out = np.lib.format.open_memmap(into, "w+", source.dtype, (len(rows), *source.shape[1:]))
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = source[rows[start : start + chunk]]
+    return out
+
+
+def build_aux_set(cfg: TrainConfig, image_size: int, workdir: Path | None = None) -> AuxSet:
+    """The auxiliary training and held-out images, poisoned at ``poison_rate``. With ``workdir`` the training images
+    are written there (``aux_train.npy``, memory-mapped) instead of held in RAM."""
     data = load_images(cfg.aux_source, cfg.aux_split or None, image_size, labelled=bool(cfg.aux_split))
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(data))
@@ -129,9 +148,11 @@ def build_aux_set(cfg: TrainConfig, image_size: int) -> AuxSet:
                            labelled=bool(cfg.aux_split))  # (len(data), K, H, W, 3)
         if len(crops) != len(data):
             raise ValueError(f"{cfg.aux_source}: {len(crops)} images cropped but {len(data)} loaded whole")
-        train = crops[rest].reshape(-1, *holdout.shape[1:])  # (len(rest) * K, H, W, 3): image by image
+        flat = crops.reshape(-1, *holdout.shape[1:])  # (len(data) * K, H, W, 3): image by image
+        rows = (rest[:, None] * cfg.aux_crops + np.arange(cfg.aux_crops)).reshape(-1)
+        train = gather(flat, rows, workdir / "aux_train.npy" if workdir else None)  # (len(rest) * K, H, W, 3)
     else:
-        train = data.images[rest].copy()
+        train = gather(data.images, rest, workdir / "aux_train.npy" if workdir else None)
     poisoned, poisoned_holdout = np.zeros(len(train), dtype=bool), np.zeros(len(holdout), dtype=bool)
     info: dict[str, Any] = {"source": str(cfg.aux_source), "split": cfg.aux_split, "n_train": len(train),
                             "n_holdout": len(holdout), "poison_rate": cfg.poison_rate}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from service.scores import (
     CONTENT_FIT,
@@ -30,8 +31,9 @@ from service.scores import (
     image_content,
 )
 from training.auxset import build_aux_set, drop_dense_images
+from training.config import EncoderOptions
 from training.dede import DeDe
-from training.encoders import EncoderSpec, embed, to_input
+from training.encoders import EncoderSpec, embed, embed_batch_size, to_input
 from training.runs import load_run, run_config
 
 
@@ -63,21 +65,24 @@ def stats(scores: np.ndarray) -> dict[str, Any]:
 
 @torch.no_grad()
 def patch_error_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.ndarray, mask_ratio: float,
-                       device: str = "cpu", seed: int = 0, batch_size: int = 512,
+                       device: str = "cpu", seed: int = 0, batch_size: int | None = None,
                        null_embedding: bool = False) -> np.ndarray:
-    """Per-patch squared errors of uint8 (N, H, W, 3) images with PyTorch -> (N, num_patches).
+    """Per-patch squared errors of uint8 (N, H, W, 3) images with PyTorch -> (N, num_patches), ``batch_size`` images
+    at a time (default: 512 at 32 px, as many pixels per batch at larger sizes; the mask stream depends on it).
 
     ``null_embedding`` replaces the victim embedding by zeros (the differential score's reference)."""
     model.eval()
+    batch_size = batch_size or embed_batch_size(spec.input_size)
     gen = torch.Generator(device=device).manual_seed(seed)
     emb_device = "cpu" if spec.name == "onnx" else device
     out = []
-    for i in range(0, len(images), batch_size):
+    for i in tqdm(range(0, len(images), batch_size), desc="scoring", unit="batch", leave=False,
+                  disable=len(images) <= 4 * batch_size):
         chunk = images[i : i + batch_size]
         e = embed(victim, chunk, spec, device=emb_device).to(device)
         if null_embedding:
             e = torch.zeros_like(e)
-        x = to_input(torch.from_numpy(chunk).to(device), spec)
+        x = to_input(torch.from_numpy(np.array(chunk)).to(device), spec)
         ids_keep = model.random_masking(len(chunk), mask_ratio, device, generator=gen)
         pred = model.forward_decoder(model.forward_encoder(x, e, ids_keep), ids_keep)
         out.append(model.patch_errors(x, pred, ids_keep).cpu().numpy())
@@ -94,7 +99,7 @@ def score_images(model: DeDe, victim: nn.Module, spec: EncoderSpec, images: np.n
 
 def contents(images: np.ndarray, spec: EncoderSpec, batch_size: int = 1024) -> np.ndarray:
     """``image_content`` of uint8 (N, H, W, 3) images as the detector sees them (normalised), in batches -> (N,)."""
-    parts = [image_content(to_input(torch.from_numpy(images[i : i + batch_size]), spec).numpy())
+    parts = [image_content(to_input(torch.from_numpy(np.array(images[i : i + batch_size])), spec).numpy())
              for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -129,7 +134,8 @@ def calibrate(model: DeDe, victim: nn.Module, spec: EncoderSpec, aux_images: np.
     return record | ({"content_fit": fit} if fit else {})
 
 
-def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> dict[str, Any]:
+def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None, encoder: str | None = None,
+                  options: EncoderOptions | None = None) -> dict[str, Any]:
     """Switch a trained run's deployed rule (from its stored calibration scores) and, with ``score``, its
     score: the auxiliary and held-out images are rebuilt from the run's config and rescored."""
     run_dir = Path(run_dir)
@@ -142,7 +148,7 @@ def calibrate_run(run_dir: str | Path, rule: str, score: str | None = None) -> d
     if score is not None and score != run.get("score", "paper"):
         check_score(score, fit=True)
         cfg = run_config(run_dir)
-        model, victim, spec, _, _ = load_run(run_dir)
+        model, victim, spec, _, _ = load_run(run_dir, encoder, options)
         aux, _ = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size), victim, spec, "cpu")
         record = calibrate(model, victim, spec, aux.train[: cfg.calib_images], aux.holdout, old["mask_ratio"], rule,
                            seed=cfg.seed, out=run_dir, score=score)

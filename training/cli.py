@@ -15,6 +15,7 @@ from pathlib import Path
 
 from service.errors import BundleError
 from training.attacks import ATTACK_NAMES, IMPLANT_MIN_GAIN
+from training.config import EncoderOptions
 from training.research.grid import AUXES, DEFAULT_OOD
 
 PRESETS = ["tiny", "cpu", "paper"]
@@ -58,35 +59,57 @@ def cmd_attack(a: argparse.Namespace) -> None:
     print(json.dumps(metrics))
 
 
+def _encoder_options(a: argparse.Namespace) -> EncoderOptions:
+    def three(text: str | None, flag: str) -> tuple[float, float, float] | None:
+        if text is None:
+            return None
+        values = tuple(float(v) for v in text.split(","))
+        if len(values) != 3:
+            raise ValueError(f"{flag} takes three comma-separated numbers (R,G,B), got {text!r}")
+        return values  # type: ignore[return-value]
+
+    return EncoderOptions(a.weights, a.input_size, three(a.mean, "--mean"), three(a.std, "--std"), a.output)
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from training.config import TRAIN_PRESETS, TrainConfig, resolve_config
+    from training.config import TRAIN_PRESETS, TrainConfig, input_size_layer, resolve_config
+    from training.data import aux_layout
 
-    cfg = resolve_config(TrainConfig, TRAIN_PRESETS, a.preset, a.config, a.overrides)
+    _research_encoders()
+    options = _encoder_options(a)
+    layer: dict[str, object] = {}
+    if a.encoder:  # the input size decides the detector's patch size and widths (config.input_size_layer)
+        from training.user_encoders import open_encoder
+
+        _, spec = open_encoder(a.encoder, options)
+        layer = input_size_layer(a.preset, spec.input_size)
+    if a.aux:  # a plain folder of images or a <split>/<class>/ tree: which one, from what it holds
+        layer |= {"aux_source": a.aux, "aux_split": aux_layout(a.aux)}
+    cfg = resolve_config(TrainConfig, TRAIN_PRESETS, a.preset, a.config, a.overrides, layer)
     if a.show_config:
         print(json.dumps(asdict(cfg), indent=1))
         return
     if not a.encoder or not a.out:
         raise ValueError("--encoder and --out are required (or --show-config to print the resolved config)")
-    _research_encoders()
     from training.train import train_dede
 
-    print(json.dumps(train_dede(cfg, a.encoder, a.out)))
+    print(json.dumps(train_dede(cfg, a.encoder, a.out, options)))
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
     _research_encoders()
     from training.calibrate import calibrate_run
 
-    print(json.dumps(calibrate_run(a.run, a.rule, a.score)))
+    print(json.dumps(calibrate_run(a.run, a.rule, a.score, a.encoder, _encoder_options(a))))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
     _research_encoders()
     from training.export import export_bundle
 
-    print(export_bundle(a.run, a.out, a.name))
+    print(export_bundle(a.run, a.out, a.name, encoder=a.encoder, options=_encoder_options(a)))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -160,16 +183,36 @@ class Command:
     run: Callable[[argparse.Namespace], None]
 
 
+def _encoder_args(p: argparse.ArgumentParser, required: bool) -> None:
+    """The one ``--encoder`` syntax (training.user_encoders)."""
+    p.add_argument("--encoder", default=None, required=required,
+                   help="the encoder: a directory written by dede pretrain/attack, FILE.onnx, timm:ARCH, hf:DIR "
+                        "(save_pretrained) or open_clip:ARCH" + ("" if required else
+                                                                 " (default: the one the run was trained with)"))
+    p.add_argument("--weights", default=None, help="timm:/open_clip: a safetensors file as state_dict() saves it")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="the square input side; required for an ONNX model with dynamic height/width")
+    p.add_argument("--mean", default=None, metavar="R,G,B", help="input mean (default: the model's own, else "
+                                                                  "ImageNet's above 32 px, CIFAR-10's at 32 px)")
+    p.add_argument("--std", default=None, metavar="R,G,B", help="input std (with --mean)")
+    p.add_argument("--output", default=None, help="ONNX: the output that is the embedding (when it has several)")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default=None, help="victim encoder directory or .onnx file")
+    _encoder_args(p, required=False)
+    p.add_argument("--aux", default=None, metavar="DIR",
+                   help="the auxiliary images: a plain folder (or zip) of images, or a <split>/<class>/ tree; "
+                        "sets aux_source and aux_split")
     _config_args(p, [*PRESETS, "study"])  # study: the small detector of `dede study`
     p.add_argument("--out", default=None, help="run directory")
     p.add_argument("--show-config", action="store_true",
-                   help="print the resolved config (defaults < preset < --config < --set) and exit")
+                   help="print the resolved config (defaults < preset < the encoder's input size < --config < "
+                        "--set) and exit")
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True)
+    _encoder_args(p, required=False)
     p.add_argument("--rule", default="fpr@0.01", help="'paper-1.5x' or 'fpr@<q>'")
     p.add_argument("--score", default=None, help="switch the score ('paper', 'trimmed@<k>', or 'content': the "
                    "content-adjusted score, its exponent fitted on the auxiliary images); rescores")
@@ -177,6 +220,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True)
+    _encoder_args(p, required=False)
     p.add_argument("--name", required=True)
     p.add_argument("--out", default="models")
 
@@ -203,9 +247,12 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-bundle", default=None, help="the clean encoder's bundle (the control)")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--max-images", type=int, default=0, help="limit the clean test images (0 = all)")
-    p.add_argument("--results", default="docs/results.json")
-    p.add_argument("--report", default="docs/RESULTS.md")
-    p.add_argument("--preset", default="cpu", help="recorded in the results")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write results.json, RESULTS.md and figures/ here (default: runs/evaluate/<bundle name>)")
+    p.add_argument("--publish", action="store_true",
+                   help="write into the project's committed docs/results.json and docs/RESULTS.md instead (what "
+                        "`make evaluate` does for the demo bundles)")
+    p.add_argument("--preset", default=None, help="recorded in the results (default: the bundle's own preset)")
     p.add_argument("--honesty-images", type=int, default=2000,
                    help="clean test images for the honesty evaluation (trigger + benign perturbations, "
                         "several scores); 0 skips it")
@@ -276,8 +323,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad-encoder", default="runs/demo-cpu/badencoder")
     p.add_argument("--clean-encoder", default="runs/demo-cpu/clean-encoder")
     p.add_argument("--out", default="runs/study")
-    p.add_argument("--results", default="docs/study.json")
-    p.add_argument("--report", default="docs/STUDY.md")
+    p.add_argument("--results", default="docs/research/study.json")
+    p.add_argument("--report", default="docs/research/STUDY.md")
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--skip", action="append", default=[], metavar="CELL", help="leave a cell out (repeatable)")
 
@@ -292,8 +339,8 @@ def _decompose_args(p: argparse.ArgumentParser) -> None:
                    help="the CIFAR-10 class the trigger is suspected to map to (default: the recorded attack's)")
     p.add_argument("--max-images", type=int, default=0, help="limit the non-target test images (0 = all)")
     p.add_argument("--knn-bank", type=int, default=10000, help="clean train images of the kNN probe of firing")
-    p.add_argument("--results", default="docs/decomposition.json")
-    p.add_argument("--report", default="docs/DECOMPOSITION.md")
+    p.add_argument("--results", default="docs/research/decomposition.json")
+    p.add_argument("--report", default="docs/research/DECOMPOSITION.md")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
 
 
@@ -303,8 +350,8 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", default=None, help="the ensemble's section in the report (default: from the bundles); "
                                                  "a new run of a label replaces its records")
     p.add_argument("--max-images", type=int, default=0, help="limit the CIFAR-10 test images (0 = all)")
-    p.add_argument("--results", default="docs/ensemble.json")
-    p.add_argument("--report", default="docs/ENSEMBLE.md")
+    p.add_argument("--results", default="docs/research/ensemble.json")
+    p.add_argument("--report", default="docs/research/ENSEMBLE.md")
     p.add_argument("--command-line", default=None, help="recorded as the command that made the results")
 
 
@@ -364,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (ValueError, FileNotFoundError, BundleError) as exc:  # bad arguments, missing or corrupted files
+    except (ValueError, FileNotFoundError, BundleError, MemoryError) as exc:  # bad arguments, files, sizes
         print(f"dede {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,8 +46,9 @@ class TrainConfig:
     ood_noise_quantile: float = key(0.0, "CTRL handling: > 0 = auxiliary embeddings with an L2 norm above this "
                                     "quantile get a random-noise image instead (the paper's 0.99 norm ball)",
                                     research=True)
-    patch_size: int = key(4, "the detector's patch side in pixels (the input size must be a multiple)")
-    width: int = key(192, "the detector's encoder width")
+    patch_size: int = key(4, "the detector's patch side in pixels (the input size must be a multiple); set from the "
+                          "encoder's input size: 4 at 32 px, 16 at 224 px (config.patch_size_for)")
+    width: int = key(192, "the detector's encoder width (inputs above 32 px: config.LARGE_INPUT_PRESETS)")
     depth: int = key(12, "the detector's encoder blocks")
     heads: int = key(3, "the detector's encoder attention heads")
     dec_width: int = key(192, "the decoder width")
@@ -64,8 +65,8 @@ class TrainConfig:
                      "see service.scores")
     drop_worst: float = key(0.0, "robust training: leave the highest-loss share of each batch out (after epoch 1)",
                             research=True)
-    drop_dense: float = key(0.0, "leave out this share of auxiliary images, the densest in embedding space",
-                            research=True)
+    drop_dense: float = key(0.0, "leave out this share of auxiliary images, the densest in embedding space (a "
+                            "defence against a poisoned auxiliary set: a share above the poison rate you fear)")
     dense_k: int = key(DENSE_K, "nearest neighbours that measure an embedding's density for drop_dense",
                        research=True)
     emb_dropout: float = key(0.0, "share of samples trained with a null (zero) embedding", research=True)
@@ -85,6 +86,54 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                   aux_images=10000, holdout_images=1000, calib_images=2000),
 }
 
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """What the command line says about an encoder besides its reference (None: the model's own, or the default)."""
+
+    weights: str | None = None  # timm / open_clip: a safetensors file
+    input_size: int | None = None  # the side S of the square input; required for an ONNX model with dynamic H/W
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    output: str | None = None  # ONNX: the output that is the embedding
+
+    def recorded(self) -> dict[str, Any]:
+        """The options that were set, for ``run.json`` (file paths resolved)."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.weights:
+            out["weights"] = str(Path(self.weights).resolve())
+        return out
+
+
+def options_from_record(recorded: dict[str, Any]) -> EncoderOptions:
+    """Inverse of ``EncoderOptions.recorded`` (JSON gives lists where the options hold tuples)."""
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    return EncoderOptions(**values)
+
+
+MAX_PATCH_GRID = 14  # patches per side at most: 196 patches, as a ViT-B/16 at 224 px
+# the detector's widths for inputs larger than 32 px, per preset: a 16-px patch carries 768 values, not 48
+LARGE_INPUT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(width=64, heads=2, dec_width=64, dec_heads=2),
+    "cpu": dict(width=192, depth=6, heads=4, dec_width=128, dec_depth=2, dec_heads=4),
+    "paper": dict(width=384, depth=12, heads=6, dec_width=256, dec_depth=4, dec_heads=8),
+    "study": dict(width=128, depth=3, heads=4, dec_width=96, dec_depth=1, dec_heads=4),
+}
+
+
+def patch_size_for(input_size: int) -> int:
+    """The detector's patch side for an input side S: the smallest divisor of S that leaves at most
+    ``MAX_PATCH_GRID`` patches per side (32 px -> 4: 64 patches; 96 -> 8; 224 -> 16: 196 patches)."""
+    return next(p for p in range(1, input_size + 1) if input_size % p == 0 and input_size // p <= MAX_PATCH_GRID)
+
+
+def input_size_layer(preset: str | None, input_size: int) -> dict[str, Any]:
+    """The ``TrainConfig`` settings that follow from the encoder's input size under ``preset``: the patch size, and
+    for inputs above 32 px the preset's larger widths (``LARGE_INPUT_PRESETS``; no preset: the paper's)."""
+    layer: dict[str, Any] = {"patch_size": patch_size_for(input_size)}
+    if input_size > 32:
+        layer |= LARGE_INPUT_PRESETS.get(preset or "paper", LARGE_INPUT_PRESETS["paper"])
+    return layer
 
 def _coerce(value: str, typ: Any) -> Any:
     origin = typing.get_origin(typ)
@@ -123,7 +172,10 @@ def _apply(cfg: T, updates: dict[str, Any], source: str) -> T:
 
 
 def resolve_config(cls: type[T], presets: dict[str, dict[str, Any]], preset: str | None = None,
-                   config_file: str | None = None, overrides: list[str] | None = None) -> T:
+                   config_file: str | None = None, overrides: list[str] | None = None,
+                   layer: dict[str, Any] | None = None) -> T:
+    """Defaults < ``preset`` < ``layer`` (settings that follow from the input, ``input_size_layer``) < the config
+    file < ``--set`` overrides."""
     cfg = cls()
     if preset:
         if preset not in presets:
@@ -131,6 +183,8 @@ def resolve_config(cls: type[T], presets: dict[str, dict[str, Any]], preset: str
         cfg = _apply(cfg, presets[preset], f"preset {preset}")
         if hasattr(cfg, "preset"):
             cfg.preset = preset  # type: ignore[attr-defined]
+    if layer:
+        cfg = _apply(cfg, layer, "the encoder's input size")
     if config_file:
         path = Path(config_file)
         if not path.is_file():

@@ -5,8 +5,10 @@ Two layouts are read:
 - unlabelled: a plain folder (or zip) of images, searched recursively (what a defender has as an
   auxiliary set). Labels are -1.
 
-Every image is converted to RGB and resized to the encoder's input size with ``service.imaging`` (the same
-code the service uses). Decoded arrays are cached as ``.npz`` (no pickle) under ``cache_dir``.
+Every image is converted to RGB and resized to the encoder's input size with ``service.imaging`` (the same code the
+service uses). Decoded arrays are cached under ``cache_root()`` as ``.npy`` files (no pickle), decoded straight into
+the file and read back memory-mapped (copy-on-write: an array a caller changes is changed in RAM, never in the
+cache): a large set is paged in as it is used, never held whole in RAM (224-px images are 150 KB each).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from service.imaging import resize_rgb, to_rgb
 
@@ -124,17 +127,23 @@ def _random_crops(data: bytes, size: int, n: int, rng: np.random.Generator,
 
 
 def _cache_file(path: Path, split: str | None, size: int, tag: str = "") -> Path:
-    """Where a decoded array of ``path`` is cached; ``tag`` names what else made it (crops: their count, seed...)."""
+    """Where a decoded array of ``path`` is cached (``.npy``; its labels beside it in ``.labels.npz``); ``tag`` names
+    what else made it (crops: their count, seed...)."""
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{split}|{size}|v1" + (f"|{tag}" if tag else "")
+    key = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{split}|{size}|v2" + (f"|{tag}" if tag else "")
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root() / f"{path.stem}-{split or 'all'}-{size}px{'-' + tag if tag else ''}-{digest}.npz"
+    return cache_root() / f"{path.stem}-{split or 'all'}-{size}px{'-' + tag if tag else ''}-{digest}.npy"
 
 
-def _save(cache_file: Path, **arrays: np.ndarray) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # processes decoding at once don't collide
-    np.savez(tmp, allow_pickle=False, **arrays)
+def _labels_file(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".labels.npz")
+
+
+def _tmp(cache_file: Path, suffix: str) -> Path:
+    return cache_file.with_suffix(f".{os.getpid()}.tmp{suffix}")  # processes decoding at once don't collide
+
+
+def _publish(tmp: Path, cache_file: Path) -> None:
     tmp.replace(cache_file)
 
 
@@ -147,7 +156,8 @@ def _members(path: Path, split: str | None, labelled: bool) -> tuple[_Reader, li
         prefix = f"{split}/"
         names = [n for n in names if n.startswith(prefix) and n.count("/") >= 2]
         if not names:
-            raise ValueError(f"{path} has no images under '{split}/<class>/'")
+            raise ValueError(f"{path} has no images under '{split}/<class>/' (for a plain folder of images, pass "
+                             "--aux DIR or --set aux_split=)")
         class_of = [n.split("/")[1] for n in names]
         classes = sorted(set(class_of))
         return reader, names, np.array([classes.index(c) for c in class_of], dtype=np.int64), classes
@@ -157,20 +167,53 @@ def _members(path: Path, split: str | None, labelled: bool) -> tuple[_Reader, li
 
 
 def _decode_each(reader: _Reader, names: list[str], shape: tuple[int, ...],
-                 decode: Callable[[bytes, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                 decode: Callable[[bytes, int], np.ndarray], into: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``decode(data, i)`` of every member ``names[i]`` -> (uint8 (N', *shape), the indices of the N' readable
-    ones). Unreadable images are skipped with a warning."""
-    out = np.empty((len(names), *shape), dtype=np.uint8)
-    bad = []
-    for i, name in enumerate(names):
+    ones), decoded into the ``.npy`` file ``into`` (memory-mapped) when given, else into RAM. Unreadable images are
+    skipped with a warning and counted; none readable is a ``ValueError``."""
+
+    def alloc(n: int, path: Path | None) -> np.ndarray:
+        return np.lib.format.open_memmap(path, "w+", np.uint8, (n, *shape)) if path else np.empty((n, *shape), np.uint8)
+
+    out = alloc(len(names), into)
+    bad: list[int] = []
+    for i, name in enumerate(tqdm(names, desc=f"decoding {reader.path.name}", unit="img", leave=False,
+                                  disable=len(names) < 2000)):
         try:
             out[i] = decode(reader.read(name), i)
         except (OSError, ValueError, SyntaxError) as exc:
             bad.append(i)
             if len(bad) <= 3:
                 print(f"warning: skipping unreadable image {name}: {exc}")
+    if len(bad) == len(names):
+        raise ValueError(f"{reader.path}: none of its {len(names)} image files could be read")
     keep = np.setdiff1d(np.arange(len(names)), bad)
-    return (out[keep] if bad else out), keep
+    if not bad:
+        return out, keep
+    print(f"skipped {len(bad)} of {len(names)} image files that could not be read")
+    compact = into.with_suffix(".kept.npy") if into else None
+    kept = alloc(len(keep), compact)
+    for start in range(0, len(keep), 1024):
+        kept[start : start + 1024] = out[keep[start : start + 1024]]
+    if compact and into:
+        del out, kept
+        compact.replace(into)
+        kept = np.load(into, mmap_mode="r+")
+    return kept, keep
+
+
+def aux_layout(source: str | Path, split: str = "train") -> str:
+    """``split`` when ``source`` is a ``<split>/<class>/<file>`` tree (as ../shared/data's zips are), else "" (a plain
+    folder or zip of images, read recursively, unlabelled)."""
+    names = _Reader(resolve_source(source)).names()
+    if not names:
+        raise ValueError(f"{source} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return split if any(n.startswith(f"{split}/") and n.count("/") >= 2 for n in names) else ""
+
+
+def count_images(source: str | Path, split: str | None, *, labelled: bool = True) -> int:
+    """How many images ``load_images`` would decode (the members' names only are read)."""
+    return len(_members(resolve_source(source), split, labelled)[1])
 
 
 def load_images(
@@ -182,15 +225,22 @@ def load_images(
     message when the source or split is missing or holds no images."""
     path = resolve_source(source)
     cache_file = _cache_file(path, split if labelled else None, size)
-    if cache and cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return ImageSet(z["images"], z["labels"], [str(c) for c in z["classes"]])
+    if cache and cache_file.exists() and _labels_file(cache_file).exists():
+        with np.load(_labels_file(cache_file), allow_pickle=False) as z:
+            return ImageSet(np.load(cache_file, mmap_mode="c"), z["labels"], [str(c) for c in z["classes"]])
     reader, names, labels, classes = _members(path, split, labelled)
-    images, keep = _decode_each(reader, names, (size, size, 3), lambda data, _: _decode(data, size))
-    out = ImageSet(images, labels[keep], classes)
-    if cache:
-        _save(cache_file, images=out.images, labels=out.labels, classes=np.array(classes, dtype=str))
-    return out
+    if not cache:
+        images, keep = _decode_each(reader, names, (size, size, 3), lambda data, _: _decode(data, size))
+        return ImageSet(images, labels[keep], classes)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(cache_file, ".npy")
+    images, keep = _decode_each(reader, names, (size, size, 3), lambda data, _: _decode(data, size), into=tmp)
+    del images  # a memory map: its pages are written back when it goes
+    tmp_labels = _tmp(cache_file, ".labels.npz")
+    np.savez(tmp_labels, allow_pickle=False, labels=labels[keep], classes=np.array(classes, dtype=str))
+    _publish(tmp, cache_file)
+    _publish(tmp_labels, _labels_file(cache_file))
+    return load_images(source, split, size, labelled=labelled, cache=True)
 
 
 def load_crops(source: str | Path, split: str | None, size: int, crops: int, seed: int = 0, *,
@@ -205,19 +255,26 @@ def load_crops(source: str | Path, split: str | None, size: int, crops: int, see
     path = resolve_source(source)
     cache_file = _cache_file(path, split if labelled else None, size, f"crops{crops}-{scale[0]:g}-{scale[1]:g}-s{seed}")
     if cache and cache_file.exists():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return z["crops"]
+        return np.load(cache_file, mmap_mode="c")
     reader, names, _, _ = _members(path, split, labelled)
+    tmp = _tmp(cache_file, ".npy") if cache else None
+    if tmp:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
     out, _ = _decode_each(reader, names, (crops, size, size, 3),
-                          lambda data, i: _random_crops(data, size, crops, np.random.default_rng([seed, i]), scale))
-    if cache:
-        _save(cache_file, crops=out)
-    return out
+                          lambda data, i: _random_crops(data, size, crops, np.random.default_rng([seed, i]), scale),
+                          into=tmp)
+    if tmp is None:
+        return out
+    del out
+    _publish(tmp, cache_file)
+    return np.load(cache_file, mmap_mode="c")
 
 
-def fingerprint(images: np.ndarray) -> str:
-    """sha256 of an image array: identifies an auxiliary set in a bundle's provenance."""
+def fingerprint(images: np.ndarray, chunk: int = 1024) -> str:
+    """sha256 of an image array: identifies an auxiliary set in a bundle's provenance. Read ``chunk`` images at a
+    time, so a memory-mapped set is never copied whole."""
     h = hashlib.sha256()
     h.update(str(images.shape).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
+    for start in range(0, len(images), chunk):
+        h.update(np.ascontiguousarray(images[start : start + chunk]).tobytes())
     return h.hexdigest()

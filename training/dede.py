@@ -45,8 +45,9 @@ def kept_count(num_patches: int, mask_ratio: float) -> int:
 
 
 def score_mask_ratio(train_ratio: float) -> float:
-    """alpha' = min(1.1 alpha, 1): the paper's test-time mask ratio."""
-    return min(1.1 * train_ratio, 1.0)
+    """alpha' = min(1.1 alpha, 1): the paper's test-time mask ratio, rounded to 6 decimals (0.99, not
+    0.9900000000000001; the kept count is the same)."""
+    return round(min(1.1 * train_ratio, 1.0), 6)
 
 
 class Attention(nn.Module):

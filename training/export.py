@@ -22,9 +22,10 @@ from torch import nn
 from service.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from service.scores import compute_score
 from service.scoring import Scorer
+from training.config import EncoderOptions
 from training.data import load_images
 from training.dede import DeDe, DetectorGraph, kept_count
-from training.encoders import EncoderSpec
+from training.encoders import EncoderSpec, embed_batch_size
 from training.runs import load_run
 
 OPSET = 17
@@ -32,8 +33,8 @@ SCORE_RTOL = 1e-3  # ORT vs PyTorch, relative to the threshold; the embedding pa
 
 
 def export_encoder(victim: nn.Module, spec: EncoderSpec, path: Path) -> None:
-    if spec.name == "onnx":
-        shutil.copyfile(spec.kwargs["path"], path)
+    if spec.name == "onnx":  # the graph it ran in training: NCHW float in, the embedding out (encoders.adapted_onnx)
+        path.write_bytes(victim.model_bytes)  # type: ignore[arg-type]
         return
     dummy = torch.zeros(2, 3, spec.input_size, spec.input_size)
     with warnings.catch_warnings():
@@ -74,7 +75,8 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
         name=name, version=version,
         encoder={"sha256": sha256_file(bundle / "encoder.onnx"), "input_size": spec.input_size,
                  "mean": spec.mean, "std": spec.std, "embed_dim": spec.embed_dim,
-                 "architecture": spec.name + (f"(width={spec.kwargs['width']})" if "width" in spec.kwargs else "")},
+                 "architecture": spec.name + (f"(width={spec.kwargs['width']})" if "width" in spec.kwargs else ""),
+                 "normalization": spec.normalization},
         detector={"sha256": sha256_file(bundle / "detector.onnx"), "patch_size": cfg.patch_size,
                   "num_patches": cfg.num_patches, "train_mask_ratio": run["train_mask_ratio"],
                   "test_mask_ratio": run["test_mask_ratio"],
@@ -104,7 +106,9 @@ def verify_bundle(bundle: Path, model: DeDe, victim: nn.Module, spec: EncoderSpe
     ort_scores = scorer.score(images).scores
     x = torch.from_numpy(scorer.preprocess(images))
     keep = torch.from_numpy(scorer.keep_ids(images))
-    patch_error = DetectorGraph(model)(x, victim(x), keep)[2].numpy()
+    step = embed_batch_size(spec.input_size)
+    patch_error = np.concatenate([DetectorGraph(model)(x[i : i + step], victim(x[i : i + step]), keep[i : i + step])[2]
+                                  .numpy() for i in range(0, len(x), step)])
     torch_scores = compute_score(patch_error, scorer.manifest.detector.score, x.numpy())
     err = float(np.max(np.abs(ort_scores - torch_scores)) / threshold)
     if err > SCORE_RTOL:
@@ -113,8 +117,10 @@ def verify_bundle(bundle: Path, model: DeDe, victim: nn.Module, spec: EncoderSpe
     return err
 
 
-def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version: str = "1") -> Path:
-    model, victim, spec, run, calib = load_run(run_dir)
+def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version: str = "1", encoder: str | None = None,
+                  options: EncoderOptions | None = None) -> Path:
+    """Write the run as the bundle ``out_root/name`` (encoder: the run's own, or ``encoder`` with ``options``)."""
+    model, victim, spec, run, calib = load_run(run_dir, encoder, options)
     out = Path(out_root) / name
     with tempfile.TemporaryDirectory(dir=Path(out_root).resolve().parent if Path(out_root).exists() else None) as tmp:
         stage = Path(tmp) / name
@@ -125,7 +131,8 @@ def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version:
         (stage / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         aux = run["aux"]
         data = load_images(aux["source"], aux["split"] or None, spec.input_size, labelled=bool(aux["split"]))
-        images = data.images[np.random.default_rng(0).permutation(len(data))[:256]]
+        count = min(256, 4 * embed_batch_size(spec.input_size))  # 256 images at 32 px, 64 at 224 px
+        images = np.array(data.images[np.sort(np.random.default_rng(0).permutation(len(data))[:count])])
         err = verify_bundle(stage, model, victim, spec, images, calib["value"])
         print(f"verified: ORT vs PyTorch max |score diff| / threshold = {err:.2e} on {len(images)} real images")
         if out.exists():

@@ -21,18 +21,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from service.scores import check_score
 from training import distributed
-from training.auxset import aux_name, build_aux_set, drop_dense_images, fill_with_noise
+from training.auxset import aux_image_count, aux_name, build_aux_set, drop_dense_images, fill_with_noise
 from training.calibrate import calibrate, parse_rule
-from training.config import TrainConfig, code_version, save_config
+from training.config import EncoderOptions, TrainConfig, code_version, save_config
 from training.dede import DeDe, DeDeConfig, score_mask_ratio
-from training.encoders import embed, load_encoder, to_input
+from training.encoders import embed, embed_into, to_input
 from training.loop import optimizer_step, out_of_time, pick_device
+from training.memory import check_fits, train_memory
+from training.user_encoders import encoder_ref, open_encoder
 
 
 def robust_mean(per_sample: torch.Tensor, drop_worst: float) -> torch.Tensor:
@@ -44,7 +47,12 @@ def robust_mean(per_sample: torch.Tensor, drop_worst: float) -> torch.Tensor:
     return per_sample.topk(keep, largest=False).values.mean()
 
 
-def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str, Any]:
+def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path, options: EncoderOptions | None = None
+               ) -> dict[str, Any]:
+    """Train a detector for the encoder ``encoder_path`` names (``training.user_encoders``; ``options`` the rest of
+    its command line) into the run directory ``out``, then calibrate it. Refuses, before anything is loaded, a config
+    whose estimated peak memory exceeds what the machine has (``training.memory``)."""
+    options = options or EncoderOptions()
     check_score(cfg.score, fit=True)
     parse_rule(cfg.threshold_rule)
     for key, value in (("drop_worst", cfg.drop_worst), ("drop_dense", cfg.drop_dense)):
@@ -60,27 +68,38 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         raise ValueError("time_budget_s needs a single process: ranks could stop at different epochs")
     torch.manual_seed(cfg.seed + env.rank)  # a different mask stream per rank
     out = Path(out)
+    victim, spec = open_encoder(encoder_path, options)
+    if spec.input_size % cfg.patch_size:
+        raise ValueError(f"input size {spec.input_size} is not a multiple of patch size {cfg.patch_size}")
+    model_cfg = DeDeConfig(spec.input_size, cfg.patch_size, spec.embed_dim, cfg.width, cfg.depth, cfg.heads,
+                           cfg.dec_width, cfg.dec_depth, cfg.dec_heads)
+    n_images = aux_image_count(cfg)
+    estimate = train_memory(cfg, model_cfg, n_images, device, victim)
+    print(f"{n_images} auxiliary images; estimated peak memory {estimate.total / 2**30:.1f} GiB "
+          f"({estimate.describe()})")
+    check_fits(estimate, device, cfg)
     if env.main:
         save_config(cfg, out)
-    victim, spec = load_encoder(encoder_path)
     victim = victim.to(device) if spec.name != "onnx" else victim
     emb_device = device if spec.name != "onnx" else "cpu"
-    aux, all_emb = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size), victim, spec, emb_device)
+    # one process: the training images and their embeddings live in memory-mapped files of the run directory
+    workdir = out if env.world == 1 else None
+    aux, all_emb = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size, workdir), victim, spec, emb_device)
     train_images, holdout, aux_info = aux.train, aux.holdout, aux.info
     shard = train_images[env.rank :: env.world]  # this rank's part of the auxiliary set
     if all_emb is None:
         print(f"caching victim embeddings of {len(shard)} auxiliary images (rank {env.rank}/{env.world})")
-        shard_emb = embed(victim, shard, spec, device=emb_device)
+        shard_emb = torch.from_numpy(embed_into(victim, shard, spec, workdir / "aux_embeddings.npy", emb_device)) \
+            if workdir else embed(victim, shard, spec, device=emb_device)
     else:  # the filter embedded every image already
         shard_emb = all_emb[env.rank :: env.world]
-    train_emb = shard_emb.to(device)  # (N, E), computed once
-    model_cfg = DeDeConfig(spec.input_size, cfg.patch_size, spec.embed_dim, cfg.width, cfg.depth, cfg.heads,
-                           cfg.dec_width, cfg.dec_depth, cfg.dec_heads)
-    if spec.input_size % cfg.patch_size:
-        raise ValueError(f"input size {spec.input_size} is not a multiple of patch size {cfg.patch_size}")
+    train_emb = shard_emb.to(device)  # (N, E), computed once; on the CPU the memory-mapped file itself
     model = DeDe(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    images_t = torch.from_numpy(shard.copy()).to(device)  # (N, H, W, 3) uint8
+    # (N, H, W, 3) uint8: on the CPU the memory-mapped file (CTRL's noise filling changes a copy, never the set
+    # that calibrates the threshold), on a GPU a copy on the device
+    in_place = device == "cpu" and workdir is not None and cfg.ood_noise_quantile <= 0
+    images_t = torch.from_numpy(shard if in_place else np.array(shard)).to(device)
     if cfg.ood_noise_quantile > 0:
         aux_info["n_noise_filled"] = fill_with_noise(images_t, train_emb, cfg.ood_noise_quantile, cfg.seed)
         print(f"filled {aux_info['n_noise_filled']} out-of-norm-ball auxiliary images with noise")
@@ -140,7 +159,9 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
     calib = calibrate(model, victim, spec, train_images[: cfg.calib_images], holdout, alpha_test,
                       cfg.threshold_rule, device=device, seed=cfg.seed, out=out, score=cfg.score)
     run = {
-        "encoder": str(Path(encoder_path).resolve()),
+        "encoder": encoder_ref(encoder_path),
+        "encoder_options": options.recorded(),
+        "normalization": spec.normalization,
         "model": asdict(model_cfg),
         "train_mask_ratio": cfg.mask_ratio,
         "test_mask_ratio": alpha_test,
@@ -161,6 +182,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path) -> dict[str
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "run.json").write_text(json.dumps(run, indent=2))
+    for cache in ("aux_train.npy", "aux_embeddings.npy"):  # training's working files; calibrate_run rebuilds them
+        (out / cache).unlink(missing_ok=True)
     (out / "calibration.json").write_text(json.dumps(calib, indent=2))
     print(f"threshold ({calib['rule']}): {calib['value']:.4f}")
     return {"final_loss": run["final_loss"], "threshold": calib["value"], "rule": calib["rule"],

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.deps import ScorerDep
-from service.errors import NotReady
+from service.deps import ScorerDep, require_loaded
 from service.schemas import Health, Info, Ready
 
 router = APIRouter(tags=["health"])
@@ -18,9 +17,7 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Ready, responses={503: {"description": "not ready"}})
 async def readyz(request: Request) -> Ready:
-    scorer = getattr(request.app.state, "scorer", None)
-    if scorer is None or not request.app.state.ready:
-        raise NotReady("the model is not loaded or not warmed up")
+    scorer = require_loaded(request, "the model is not loaded or not warmed up").scorer
     return Ready(status="ready", model=scorer.manifest.name, provider=scorer.provider)
 
 

@@ -35,8 +35,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ScoringDep
-from service.errors import BadRequest, ImageTooLarge, ModelNotFound, NotReady
+from service.deps import ScoringDep, loaded, require_loaded
+from service.errors import BadRequest, ImageTooLarge, ModelNotFound
 from service.pipeline import decode_uploads, resize_pixels, score_images
 from service.schemas_v2 import (
     InferenceRequest,
@@ -68,16 +68,9 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": inline_schema(InferenceRequest)}}}}
 
 
-def _loaded(request: Request) -> Scorer | None:
-    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
-    return scorer if scorer is not None and request.app.state.ready else None
-
-
 def _model(request: Request, name: str, version: str | None) -> Scorer:
     """The loaded bundle when ``name`` (and ``version``, if given) are its own; 404 otherwise."""
-    scorer = _loaded(request)
-    if scorer is None:
-        raise NotReady("the model is not loaded yet")
+    scorer = require_loaded(request).scorer
     m = scorer.manifest
     if name != m.name:
         raise ModelNotFound(f"unknown model {name!r}; this server serves {m.name!r}")
@@ -105,7 +98,7 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
 async def ready(request: Request) -> Response:
-    ok = _loaded(request) is not None
+    ok = loaded(request) is not None
     return JSONResponse(ServerReady(ready=ok).model_dump(), 200 if ok else 503)
 
 

@@ -5,9 +5,11 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, DirectRunner
+from service.app import make_runner
+from service.batching import Batcher, DirectRunner, Runner
 from service.errors import Overloaded
 from service.scoring import ScoreResult
+from service.settings import Settings
 
 
 class Model:
@@ -136,3 +138,19 @@ def test_concurrency_runs_batches_at_once_and_keeps_results_apart() -> None:
     assert state["max"] == 2  # two batches in the model at once, never more
     with pytest.raises(ValueError):
         Batcher(Model(), concurrency=0)
+
+
+@pytest.mark.parametrize(("batching", "kind"), [(True, Batcher), (False, DirectRunner)])
+def test_the_settings_pick_the_runner(batching: bool, kind: type) -> None:
+    async def main() -> tuple[Runner, ScoreResult, int]:
+        runner = make_runner(Settings(batching=batching, max_batch_size=4, max_queue=8), Model())
+        runner.start()
+        try:
+            result = await runner.submit(images(7, 2))
+        finally:
+            await runner.stop()
+        return runner, result, runner.depth
+
+    runner, result, depth = asyncio.run(main())
+    assert isinstance(runner, kind) and depth == 0
+    assert result.scores.tolist() == [7.0, 7.0]

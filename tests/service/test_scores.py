@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from service.scores import check_score, compute_score, error_spread
+from service.scores import check_score, compute_score
 
 
 def local_and_global() -> np.ndarray:
@@ -20,11 +20,6 @@ def test_trimmed_score_separates_local_from_global_error() -> None:
     local, glob = compute_score(local_and_global(), "trimmed@4")
     assert local == pytest.approx(0.0)
     assert glob == pytest.approx(60.0)
-
-
-def test_spread_is_high_for_local_error() -> None:
-    local, glob = error_spread(local_and_global())
-    assert local == pytest.approx(1.0) and glob == pytest.approx(6 / 64)
 
 
 @pytest.mark.parametrize("kind", ["median", "trimmed", "trimmed@x", "paper2"])

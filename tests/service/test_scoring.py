@@ -78,7 +78,7 @@ def test_mask_draws_average_and_reduce_variance(kept_bundle: Path, example_image
     many = Scorer.from_bundle(kept_bundle, mask_draws=8)
     s8 = many.score(example_images).scores
     x = one.preprocess(example_images)
-    x_dev, e_dev = one._embed_on_device(x)
+    x_dev, e_dev = one.embed_on_device(x)
     assert one.manifest.detector.score == "paper"
     manual = np.mean([one._patch_errors(x_dev, e_dev, one.keep_ids(example_images, d)).sum(1) for d in range(8)],
                      axis=0)  # the paper score of each draw, averaged

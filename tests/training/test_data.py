@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import EXAMPLES, needs_cifar
-from training.data import fingerprint, load_crops, load_images
+from training.data import aux_layout, count_images, fingerprint, load_crops, load_images
 
 
 @pytest.fixture
@@ -44,6 +44,36 @@ def test_resize_and_cache(labelled_folder: Path) -> None:
     assert first.images.shape == (6, 16, 16, 3)
     assert np.array_equal(first.images, again.images) and first.classes == again.classes
     assert fingerprint(first.images) == fingerprint(again.images)
+
+
+def test_the_cache_is_memory_mapped_and_copy_on_write(labelled_folder: Path) -> None:
+    first = load_images(labelled_folder, "train", 16)
+    assert isinstance(first.images, np.memmap)  # paged in as used: a large set is never read whole into RAM
+    before = np.array(first.images[0])
+    first.images[0] = 0  # a caller's change stays in its own pages
+    again = load_images(labelled_folder, "train", 16)
+    assert np.array_equal(again.images[0], before) and not np.array_equal(first.images[0], before)
+    assert fingerprint(again.images, chunk=2) == fingerprint(np.array(again.images))  # chunked = whole
+
+
+def test_unreadable_images_are_counted_and_none_readable_is_an_error(tmp_path: Path, labelled_folder: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (labelled_folder / "train" / "clean" / "broken.png").write_bytes(b"\x89PNG not really")
+    s = load_images(labelled_folder, "train", 16)  # through the cache file, compacted
+    assert len(s) == 7 and "skipped 1 of 8 image files" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"{i}.jpg").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="none of its 3 image files could be read"):
+        load_images(bad, None, 16, labelled=False)
+
+
+def test_aux_layout_tells_a_split_tree_from_a_plain_folder(labelled_folder: Path) -> None:
+    assert aux_layout(labelled_folder) == "train"
+    assert aux_layout(labelled_folder / "train" / "clean") == ""  # a plain folder of images
+    assert count_images(labelled_folder, "train") == 7 and count_images(labelled_folder / "test", None,
+                                                                         labelled=False) == 6
 
 
 def test_unlabelled_folder(labelled_folder: Path) -> None:

@@ -15,6 +15,7 @@ from training.encoders import (
     save_encoder,
 )
 from training.export import export_encoder
+from training.user_encoders import open_encoder
 
 
 def test_cifar_resnet18_shape_and_width() -> None:
@@ -57,7 +58,7 @@ def test_onnx_encoder_matches_torch(tmp_path: Path, example_images: np.ndarray) 
     m = create_encoder("cifar_resnet18", width=4).eval()
     spec = EncoderSpec("cifar_resnet18", {"width": 4}, embed_dim=32)
     export_encoder(m, spec, tmp_path / "enc.onnx")
-    onnx_model, onnx_spec = load_encoder(tmp_path / "enc.onnx")
+    onnx_model, onnx_spec = open_encoder(tmp_path / "enc.onnx")
     assert onnx_spec.name == "onnx" and onnx_spec.embed_dim == 32
     a, b = embed(m, example_images, spec), embed(onnx_model, example_images, onnx_spec)
     assert torch.allclose(a, b, atol=1e-4)

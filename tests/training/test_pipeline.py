@@ -84,8 +84,8 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     bundle = str(pipeline / "models" / "tiny-bad")
     results, report = tmp_path / "results.json", tmp_path / "RESULTS.md"
     assert main(["evaluate", "--bundle", bundle, "--control-bundle", bundle, "--max-images", "300",
-                 "--results", str(results), "--report", str(report), "--preset", "tiny",
-                 "--honesty-images", "100"]) == 0
+                 "--out", str(tmp_path), "--honesty-images", "100"]) == 0
+    assert {r["preset"] for r in json.loads(results.read_text())} == {"tiny"}  # the bundle's own preset
     records = [r for r in json.loads(results.read_text()) if r["test"] != "honesty"]
     assert {r["attack"] for r in records} == {"badencoder", "none"}
     assert {r["test"] for r in records} == {"balanced", "unbalanced-1%"}
@@ -114,8 +114,8 @@ def test_evaluate_writes_records_and_report(pipeline: Path, tmp_path: Path) -> N
     assert "Does an alert mean the backdoor fired?" in report.read_text()
     # a second run replaces its records instead of appending duplicates
     n_all = len(json.loads(results.read_text()))
-    assert main(["evaluate", "--bundle", bundle, "--max-images", "300", "--results", str(results),
-                 "--report", str(report), "--preset", "tiny", "--honesty-images", "0"]) == 0
+    assert main(["evaluate", "--bundle", bundle, "--max-images", "300", "--out", str(tmp_path),
+                 "--honesty-images", "0"]) == 0
     assert len(json.loads(results.read_text())) == n_all
     assert [r["attack"] for r in json.loads(results.read_text())][:2] == ["badencoder", "badencoder"]  # in place
 

@@ -5,7 +5,8 @@ Test sets (the paper's): balanced = every clean test image + its triggered copy;
 test image + triggered copies of 1% of them. Thresholds: the bundle's deployed rule and the other rule
 recorded in its calibration. The attack's own success is measured first, by kNN on the bundle encoder's
 embeddings of clean train images (an attack that did not implant a backdoor cannot test a detector).
-Records go to ``docs/results.json`` (merged by key); ``docs/RESULTS.md`` is regenerated from it.
+Records go to ``docs/results.json`` (merged by key); ``docs/RESULTS.md`` and ``docs/research/VARIANTS.md`` are
+regenerated from it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from service.manifest import load_manifest
 from service.scoring import Scorer
 from training.data import load_images
+from training.evaluation.bundle_scores import score_many
 from training.evaluation.honesty import honesty_records
 from training.metrics import auc, detection_metrics, tpr_at_fpr
 from training.pretrain.knn import BundleProbe
@@ -109,7 +111,7 @@ def evaluate_bundle(bundle: str | Path, dataset: str, attack: str, trigger: str,
     utility, own_fired = encoder_utility(scorer, dataset, images, labels, triggered, target, knn_bank)
     fired_by = "this encoder's kNN class" if fired is None else "the backdoored encoder's kNN class"
     fired = own_fired if fired is None else fired
-    s_clean, s_trig = scorer.score_many(images), scorer.score_many(triggered)
+    s_clean, s_trig = score_many(scorer, images), score_many(scorer, triggered)
     rng = np.random.default_rng(seed)
     one_pct = rng.choice(len(images), max(1, len(images) // 100), replace=False)
     thresholds = {m.threshold.rule: m.threshold.value} | dict(m.threshold.alternatives)
@@ -144,6 +146,20 @@ def merge_records(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]
     return merge_into(path, new, group)
 
 
+PUBLISHED = (Path("docs/results.json"), Path("docs/RESULTS.md"))  # the project's committed results
+
+
+def output_paths(bundle_name: str, out: str | None, publish: bool) -> tuple[Path, Path]:
+    """(results.json, RESULTS.md) that ``dede evaluate`` writes: under ``out`` (default
+    ``runs/evaluate/<bundle name>``), or the project's committed docs/ with ``publish`` only."""
+    if publish:
+        if out:
+            raise ValueError("--publish writes docs/; it does not take --out")
+        return PUBLISHED
+    root = Path(out) if out else Path("runs") / "evaluate" / bundle_name
+    return root / "results.json", root / "RESULTS.md"
+
+
 def evaluate_cli(a: argparse.Namespace) -> None:
     start = time.time()
     manifest = load_manifest(a.bundle)
@@ -170,12 +186,14 @@ def evaluate_cli(a: argparse.Namespace) -> None:
     wall = round(time.time() - start, 1)
     command = command_line(a.command_line)
     for r in records:
-        r.update({"preset": a.preset, "hardware": hardware(), "wall_s": wall, "command": command})
-    merged = merge_records(Path(a.results), records)
-    figures = write_figures(scores, Path(a.report).parent / "figures", prefix=manifest.name)
-    write_report(merged, Path(a.report), figures)
+        r.update({"preset": a.preset or manifest.provenance.preset, "hardware": hardware(), "wall_s": wall,
+                  "command": command})
+    results, report = output_paths(manifest.name, a.out, a.publish)
+    merged = merge_records(results, records)
+    figures = write_figures(scores, report.parent / "figures", prefix=manifest.name)
+    write_report(merged, report, figures)
     for r in records:
         if r.get("deployed"):
             print(f"{r['attack']:>10} {r['test']:>14} {r['threshold_rule']:>10}  AUC {r['auc']:.3f}  "
                   f"TPR {r['tpr']:.3f}  FPR {r['fpr']:.3f}")
-    print(f"wrote {a.results} and {a.report} ({wall}s)")
+    print(f"wrote {results} and {report} ({wall}s)")

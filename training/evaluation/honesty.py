@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from service.scores import compute_score, content_score, error_spread, fit_content_exponent, image_content
+from service.scores import compute_score, content_score, fit_content_exponent, image_content
 from service.scoring import Scorer
 from training.data import load_images
+from training.evaluation.bundle_scores import error_spread
 from training.evaluation.perturbations import apply_case, benign_cases
 from training.metrics import detection_metrics
 from training.pretrain.knn import BundleProbe

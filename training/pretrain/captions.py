@@ -2,7 +2,7 @@
 the image (its tone, the colour of its centre and of its border).
 
 Captions made from ten class names say nothing but the class, so plain CLIP on them learns an embedding that
-mostly names the class (docs/CONCLUSIONS.md: class collapse). Web captions, which real CLIPs learn from, say
+mostly names the class (docs/research/CONCLUSIONS.md: class collapse). Web captions, which real CLIPs learn from, say
 much more. ``ClipConfig.caption_attributes`` gives half of the training captions a phrase computed from the
 image's own pixels, e.g. "a photo of a dark red truck on blue.", so that the image embedding must keep some of
 the image's colours and layout to match its caption. The zero-shot classifier keeps the plain templates.

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from service.scoring import Scorer
 from training.data import ImageSet, load_images
+from training.evaluation.bundle_scores import embed_many
 
 
 def probe_split(dataset: str, size: int, n: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
@@ -49,12 +50,12 @@ class BundleProbe:
         train = load_images(dataset, "train", scorer.size)
         idx = np.random.default_rng(0).permutation(len(train))[:n_bank]
         self.scorer = scorer
-        self.bank = torch.from_numpy(scorer.embed_many(train.images[idx]))
+        self.bank = torch.from_numpy(embed_many(scorer, train.images[idx]))
         self.labels = torch.from_numpy(train.labels[idx])
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> kNN class (N,)."""
-        return knn_predict(self.bank, self.labels, torch.from_numpy(self.scorer.embed_many(images))).numpy()
+        return knn_predict(self.bank, self.labels, torch.from_numpy(embed_many(self.scorer, images))).numpy()
 
     def fired(self, images: np.ndarray, labels: np.ndarray, target: int) -> np.ndarray:
         """(N,) bool: the images whose kNN class is ``target`` although their label is not (the backdoor fired)."""

@@ -1,4 +1,4 @@
-"""Records of results files (docs/results.json, docs/study.json, ...): merging a new evaluation into them."""
+"""Records of results files (docs/results.json, docs/research/study.json, ...): merging a new evaluation into them."""
 
 from __future__ import annotations
 

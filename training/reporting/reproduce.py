@@ -1,6 +1,9 @@
-"""The ``dede reproduce`` sections of ``docs/RESULTS.md``: our numbers next to the paper's Tables 1 and 3.
+"""The ``dede reproduce`` sections of ``docs/RESULTS.md`` and ``docs/research/VARIANTS.md``: our numbers next to
+the paper's Tables 1 and 3.
 
-Rendered from the records with ``"source": "reproduce"`` (one group per preset and variant), never typed in.
+Rendered from the records with ``"source": "reproduce"`` (one group per preset and variant), never typed in: the plain
+grids' sections (``plain_grid_lines``) go to RESULTS.md, the variant grids' and the sections that set them next to the
+plain grid (``variant_grid_lines``) to VARIANTS.md.
 """
 
 from __future__ import annotations
@@ -530,7 +533,22 @@ def _grid_order(preset: str, variant: str) -> tuple[bool, int, str, str]:
     return bool(variant), presets.index(preset) if preset in presets else len(presets), preset, variant
 
 
-def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
+def plain_grid_lines(records: list[dict[str, Any]], figures: str = "figures") -> list[str]:
+    """The sections of the plain grids (no variant: cpu, paper, tiny, others in that order); ``figures``: the figures
+    folder as the report links it."""
+    return _grid_sections([r for r in records if not r.get("variant")], figures)
+
+
+def variant_grid_lines(records: list[dict[str, Any]], figures: str = "figures") -> list[str]:
+    """The sections of the variant grids, then those that set their cells next to the plain grid's (retrains, the
+    content-adjusted score, seed repeats, training against held-out scores); ``records``: every grid's, the plain ones
+    included (the comparisons need them)."""
+    return (_grid_sections([r for r in records if r.get("variant")], figures) + retrain_lines(records)
+            + content_lines(records) + seed_lines(records) + memorisation_lines(records))
+
+
+def _grid_sections(records: list[dict[str, Any]], figures: str) -> list[str]:
+    """One section per grid of ``records`` (``_grid_order``)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r.get("preset", "?"), r.get("variant", ""))].append(r)
@@ -618,10 +636,9 @@ def reproduce_lines(records: list[dict[str, Any]]) -> list[str]:
                   "ground truth for clean and triggered images):", ""]
         for cell in cells:
             extra = sorted({r["test_trigger"] for r in recs if r["cell"] == cell and _extra_trigger(r)})
-            lines.append(f"- {cell}: [detection](figures/reproduce-{grid}-{cell}.png), "
-                         + "".join(f"[detection, {t} trigger](figures/reproduce-{grid}-{cell}-{t}.png), "
+            lines.append(f"- {cell}: [detection]({figures}/reproduce-{grid}-{cell}.png), "
+                         + "".join(f"[detection, {t} trigger]({figures}/reproduce-{grid}-{cell}-{t}.png), "
                                    for t in extra)
-                         + f"[reconstructions](figures/reproduce-{grid}-{cell}-reconstructions.png)")
+                         + f"[reconstructions]({figures}/reproduce-{grid}-{cell}-reconstructions.png)")
         lines.append("")
-    return (lines + retrain_lines(records) + content_lines(records) + seed_lines(records)
-            + memorisation_lines(records))
+    return lines

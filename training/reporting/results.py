@@ -1,7 +1,10 @@
-"""``docs/RESULTS.md`` and figures, generated from ``docs/results.json`` (never typed in)."""
+"""``docs/RESULTS.md``, ``docs/research/VARIANTS.md`` and figures, generated from ``docs/results.json`` (never typed
+in); ``docs/research/STUDY.md`` from ``docs/research/study.json``. Every report's figures are in ``docs/figures/``."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -9,10 +12,28 @@ from typing import Any
 import numpy as np
 
 from training.reporting.markdown import fmt
-from training.reporting.reproduce import reproduce_lines
+from training.reporting.reproduce import plain_grid_lines, variant_grid_lines
 
 # The paper's AUCs for comparison (DeDe, Table 1 balanced / Table 3 1% triggered, in-distribution aux).
 PAPER_AUC = {("badencoder", "balanced"): 0.981, ("badencoder", "unbalanced-1%"): 0.978}
+VARIANTS_REPORT = Path("research") / "VARIANTS.md"  # the variant grids' report, relative to RESULTS.md's folder
+
+
+def figures_dir(report: Path) -> Path:
+    """The folder of a report's figures: ``figures/`` next to it, or next to its folder for a report in a
+    ``research/`` folder (``docs/research/STUDY.md`` -> ``docs/figures``)."""
+    return (report.parent.parent if report.parent.name == "research" else report.parent) / "figures"
+
+
+def link(target: Path, report: Path) -> str:
+    """``target`` as a relative link from ``report``'s folder."""
+    return Path(os.path.relpath(target, report.parent)).as_posix()
+
+
+def anchor(title: str) -> str:
+    """The anchor GitHub gives a Markdown heading (``## Reproduction ..., preset `cpu```)."""
+    text = re.sub(r"[^\w\- ]", "", title.lstrip("#").strip().lower())
+    return "#" + text.replace(" ", "-")
 
 
 def write_figures(scores: dict[str, dict[str, np.ndarray]], out_dir: Path, prefix: str) -> list[Path]:
@@ -173,7 +194,28 @@ def fired_line(bad: dict[str, Any], ctl: dict[str, Any] | None) -> str:
             f"threshold: fired {bad['tpr_fired']:.3f}, not fired {bad['tpr_unfired']:.3f}.")
 
 
+def variants_header(plain: list[str], results: Path, variants: Path) -> list[str]:
+    """The top of VARIANTS.md: what a variant is, and links back to RESULTS.md's plain grids (``plain``: their
+    lines)."""
+    back = link(results, variants)
+    grids = [line for line in plain if line.startswith("## ")]
+    where = ", ".join(f"[{g.rpartition(', ')[2]}]({back}{anchor(g)})" for g in grids)
+    return ["# The variant grids of the paper's detection tables", "",
+            f"Generated with [RESULTS.md]({back}) by `dede evaluate` and `dede reproduce` from `docs/results.json`; "
+            "do not edit by hand. A variant (`dede reproduce --variant NAME`, its make targets in "
+            f"[REPRODUCE.md]({link(variants.parent / 'REPRODUCE.md', variants)})) is the plain grid of "
+            "`dede reproduce` with one thing trained or scored differently (the clean encoder's pre-training, the "
+            "attacks, the detectors or their score), in a grid of its own, to test a diagnosis; each section says "
+            "what its variant changes. Compare its rows with the same rows of the plain grid in RESULTS.md"
+            + (f" ({where})" if where else "") + ". After the grids, the sections that set the variants' cells next "
+            "to the plain grid's. Figures are in "
+            f"[{link(figures_dir(results), variants)}/]({link(figures_dir(results), variants)}/).", ""]
+
+
 def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path]) -> None:
+    """RESULTS.md at ``path`` (the demo evaluations, the plain reproduction grids, the bundles, the honesty
+    evaluation, ``figures``) and, when there are variant grids, ``VARIANTS_REPORT`` next to it (their sections, and
+    the sections comparing them with the plain grid), from the same records."""
     honesty = [r for r in records if r.get("test") == "honesty"]
     reproduced = [r for r in records if r.get("source") == "reproduce"]
     records = [r for r in records if r.get("test") != "honesty" and r.get("source") != "reproduce"]
@@ -198,6 +240,12 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
         "should not alert.",
         "",
     ]
+    variants = path.parent / VARIANTS_REPORT
+    plain = plain_grid_lines(reproduced)
+    variant = variant_grid_lines(reproduced, figures=link(figures_dir(path), variants))
+    if variant:
+        lines += [f"The variant grids of `dede reproduce` and the sections comparing them with the plain grid are in "
+                  f"[{VARIANTS_REPORT.as_posix()}]({VARIANTS_REPORT.as_posix()}).", ""]
     for (preset, command), recs in groups.items():
         first = recs[0]
         lines += [f"## `{command}`", "",
@@ -230,7 +278,7 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
             if bad and bad.get("n_fired") is not None:
                 lines.append(fired_line(bad, ctl))
         lines.append("")
-    lines += reproduce_lines(reproduced)
+    lines += plain
     lines += bundle_lines(list(dict.fromkeys(r["bundle"] for r in records + honesty if "bundle" in r)))
     if honesty:
         lines += ["## Does an alert mean the backdoor fired?", ""] + honesty_lines(honesty)
@@ -240,11 +288,15 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+    if variant:
+        variants.parent.mkdir(parents=True, exist_ok=True)
+        variants.write_text("\n".join(variants_header(plain, path, variants) + variant))
 
 
 def write_study(records: list[dict[str, Any]], path: Path, order: dict[str, list[str]]) -> None:
-    """``docs/STUDY.md`` and one plot per axis, from ``docs/study.json``; ``order``: axis -> its cells in the order
-    the study defines them (two processes may write an axis's cells in any order)."""
+    """``docs/research/STUDY.md`` and one plot per axis (in ``figures_dir(path)``), from ``docs/research/study.json``;
+    ``order``: axis -> its cells in the order the study defines them (two processes may write an axis's cells in any
+    order)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,7 +307,7 @@ def write_study(records: list[dict[str, Any]], path: Path, order: dict[str, list
     by = {(r["axis"], r.get("pair"), r["cell"], r["encoder"], r["test_mask_ratio"], r["score"]): r for r in records}
     groups = list(dict.fromkeys((r["axis"], r.get("pair")) for r in records))
     lines = ["# Scale and poisoning study", "",
-             "Generated by `dede study` (`make study`) from `docs/study.json`; do not edit by hand. Each cell",
+             "Generated by `dede study` (`make study`) from `docs/research/study.json`; do not edit by hand. Each cell",
              "trains two DeDe detectors with one config: on a backdoored encoder (the `make demo` BadEncoder pair",
              "unless the section names others) and on the clean encoder before the attack (the control). Both score",
              "the same 2,000 clean CIFAR-10 test images and their triggered copies, in PyTorch. AUC backdoored /",
@@ -263,7 +315,7 @@ def write_study(records: list[dict[str, Any]], path: Path, order: dict[str, list
              "TPR@1% = TPR at 1% FPR (oracle threshold).", ""]
     if records:
         lines += [f"Hardware: {records[0].get('hardware', '?')}.", ""]
-    fig_dir = path.parent / "figures"
+    fig_dir = figures_dir(path)
     fig_dir.mkdir(parents=True, exist_ok=True)
     counted: set[Any] = set()
     for axis, pair in groups:
@@ -329,7 +381,7 @@ def write_study(records: list[dict[str, Any]], path: Path, order: dict[str, list
         missing = [c for c in order.get(axis, []) if c not in cells]
         if missing:
             lines += [f"Not run (CPU time; `make study STUDY_SKIP=` runs them): {', '.join(missing)}.", ""]
-        lines += [f"![{name}](figures/{name}.png)", ""]
+        lines += [f"![{name}]({link(fig_dir, path)}/{name}.png)", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
@@ -352,7 +404,8 @@ def study_encoder_lines(axis: str, records: list[dict[str, Any]]) -> list[str]:
 
 
 def main() -> None:
-    """``python -m training.reporting.results``: rewrite RESULTS.md from its JSON records."""
+    """``python -m training.reporting.results``: rewrite RESULTS.md and research/VARIANTS.md from their JSON
+    records."""
     import argparse
     import json
 
@@ -361,7 +414,7 @@ def main() -> None:
     p.add_argument("--report", default="docs/RESULTS.md")
     a = p.parse_args()
     records = json.loads(Path(a.results).read_text())
-    figures = sorted((Path(a.report).parent / "figures").glob("demo-*.png"))
+    figures = sorted(figures_dir(Path(a.report)).glob("demo-*.png"))
     write_report(records, Path(a.report), figures)
 
 

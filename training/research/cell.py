@@ -22,6 +22,7 @@ import numpy as np
 
 from service.scoring import Scorer
 from training.data import load_images
+from training.evaluation.bundle_scores import embed_many
 from training.evaluation.evaluate import evaluate_bundle, hardware
 from training.evaluation.figures import detection_figure, reconstruction_grid
 from training.research.grid import EXTRA_TEST_TRIGGERS, FILTERED_DETECTOR, ROBUST_DETECTOR
@@ -124,7 +125,7 @@ def class_collapse(scorer: Scorer, n: int = 2000) -> float:
     the class, from which a decoder can draw nothing but a class prototype); 0 means the class is invisible."""
     test = load_images("cifar10", "test", scorer.size)
     idx = np.random.default_rng(0).permutation(len(test))[:n]
-    e = scorer.embed_many(test.images[idx])
+    e = embed_many(scorer, test.images[idx])
     e = e / np.linalg.norm(e, axis=1, keepdims=True)  # (n, E)
     labels = test.labels[idx]
     centroids = np.stack([e[labels == c].mean(0) for c in range(len(test.classes))])  # (C, E)

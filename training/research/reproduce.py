@@ -27,8 +27,9 @@ or ``id-filtered`` (the ``id`` set without the densest 5% of its embeddings, ``d
 removes the clump a backdoor makes of the triggered images before training; its control is filtered the same way).
 CTRL's detectors use the paper's handling: training mask ratio 0.75 and noise in the 0.99 norm ball.
 
-A variant (``--variant``, ``VARIANTS``) changes how one clean encoder and the attacks on it (and, if it says so, the
-detectors) are trained, to test a diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term
+A variant (``--variant``; ``VARIANTS``, read from ``variants.toml``, which also says what its make targets run)
+changes how one clean encoder and the attacks on it (and, if it says so, the detectors) are trained, to test a
+diagnosis: ``slip`` trains the mini-CLIP with SLIP's image-only term
 (``training.pretrain.clip_train``), ``slip4`` with that term weighted 4 times the CLIP loss; ``drupe16`` trains DRUPE
 for 16 epochs (is DRUPE's shortfall at the cpu preset an attack that fired on only about half of the images?);
 ``drupe8`` trains it as the plain grid does, in a grid of its own (the cpu preset's DRUPE on out-of-distribution sets
@@ -47,7 +48,8 @@ and only detection cells (no baselines, no downstream runs), and its records car
 Every step is a subprocess whose finished output marks it done, so an interrupted run resumes where it
 stopped; ``--jobs`` runs independent steps side by side, each with ``--threads`` threads (a step that can only run
 alone, such as the first pre-training, gets every job's threads). At the end the cells are merged into
-``docs/results.json`` (records with ``"source": "reproduce"``) and ``docs/RESULTS.md`` is regenerated.
+``docs/results.json`` (records with ``"source": "reproduce"``) and ``docs/RESULTS.md`` (the variant grids:
+``docs/research/VARIANTS.md``) is regenerated.
 """
 
 from __future__ import annotations
@@ -424,7 +426,7 @@ def merge_cells(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
 
 
 def publish(records: list[dict[str, Any]], results: Path, report: Path) -> None:
-    """Merge the cell records into results.json and regenerate RESULTS.md."""
+    """Merge the cell records into results.json and regenerate RESULTS.md and research/VARIANTS.md next to it."""
     old = json.loads(results.read_text()) if results.exists() else []
     merged = merge_cells(old, records)
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ reused. Axes (one setting varied at a time from the ``study`` preset):
 - ``differential``: embedding dropout in training, scored as error(e) - error(null embedding);
 - ``encoder``: the demo encoder pair (width 16, 6 SimCLR epochs) against a weaker pair (width 8, 3 epochs)
   backdoored the same way (``make study`` builds it).
-Records go to ``docs/study.json``; ``docs/STUDY.md`` and plots are regenerated from it.
+Records go to ``docs/research/study.json``; ``docs/research/STUDY.md`` and plots (``docs/figures/``) are regenerated
+from it.
 """
 
 from __future__ import annotations

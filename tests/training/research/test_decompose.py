@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.scoring import Scorer
 from tests.conftest import CONTROL_BUNDLE, DEMO_BUNDLE, ROOT, needs_cifar
+from tests.test_makefile import MAKEFILES
 from training.cli import main
 from training.research.decompose import CONDITIONS, decompose, displacement, partners, write_report
 
@@ -29,17 +29,6 @@ def test_partners_are_other_images_of_the_same_or_another_class() -> None:
         partners(np.array([0, 0, 1]), rng, same=True)
     with pytest.raises(ValueError, match="no image of another class"):
         partners(np.array([3, 3]), rng, same=False)
-
-
-def test_scoring_against_an_images_own_embedding_is_its_score(example_images: np.ndarray) -> None:
-    scorer = Scorer.from_bundle(DEMO_BUNDLE)
-    own = scorer.score_against(example_images, scorer.embed_many(example_images), batch_size=4)  # two batches
-    np.testing.assert_allclose(own, scorer.score_many(example_images), rtol=1e-5)
-    # another image's embedding changes the reconstruction, so the score
-    swapped = scorer.score_against(example_images, scorer.embed_many(example_images[::-1]))
-    assert not np.allclose(swapped, own, rtol=1e-3)
-    with pytest.raises(ValueError, match="6 images but 5 embeddings"):
-        scorer.score_against(example_images, scorer.embed_many(example_images[:5]))
 
 
 def test_displacement_at_known_points() -> None:
@@ -138,7 +127,8 @@ def test_a_bundle_that_records_no_attack_is_decomposed_for_a_suspected_trigger_a
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_make_decompose_pairs_each_detector_with_the_control_of_its_grid_and_aux(tmp_path: Path) -> None:
-    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    for makefile in MAKEFILES:
+        shutil.copy(ROOT / makefile, tmp_path / makefile)
     for name in (DEMO_BUNDLE.name, CONTROL_BUNDLE.name):  # committed: not rebuilt
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "manifest.json").write_text("{}")

@@ -13,6 +13,7 @@ from service.scoring import Scorer
 from tests.conftest import CONTROL_BUNDLE, DEMO_BUNDLE, needs_cifar
 from training.cli import main
 from training.data import load_images
+from training.evaluation.bundle_scores import score_many
 from training.evaluation.downstream_bundle import bundle_attack
 from training.metrics import auc
 from training.research.ensemble import ensemble, subset_rows
@@ -62,7 +63,7 @@ def test_the_demo_detector_twice_is_the_demo_detector(tmp_path: Path) -> None:
     scorer = Scorer.from_bundle(DEMO_BUNDLE)
     test = load_images("cifar10", "test", scorer.size).images
     clean = test[np.sort(np.random.default_rng(0).permutation(len(test))[:200])]
-    raw = auc(scorer.score_many(clean), scorer.score_many(bundle_attack(DEMO_BUNDLE).trigger.apply(clean)))
+    raw = auc(score_many(scorer, clean), score_many(scorer, bundle_attack(DEMO_BUNDLE).trigger.apply(clean)))
     assert members["backdoored"][0]["auc"] == pytest.approx(raw)
     assert raw == pytest.approx(by[("backdoored", 1)]["auc_mean"]) and raw == pytest.approx(
         by[("backdoored", 2)]["auc_mean"])  # the same detector twice adds nothing

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -115,134 +119,172 @@ def test_another_ood_dataset_gets_runs_and_cells_of_its_own(tmp_path: Path) -> N
     assert _aux_label({"aux": "x-ood", "aux_kind": "ood-cifar-100", "aux_train_images": 18000}) == "x-ood"  # a name
 
 
+def _sets(cmd: list[str]) -> list[str]:
+    """The ``--set key=value`` settings of a command, in order."""
+    return [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set"]
+
+
+def _by_name(tmp_path: Path, **kw: object) -> dict[str, Step]:
+    return {s.name: s for s in _grid(tmp_path, **kw)}
+
+
+def test_the_variants_table_loads_with_its_twins_and_make_targets() -> None:
+    from training.research.variants import CONTENT_SCORED, SEED_REPEATS, TABLE, VARIANTS
+
+    long12, crops6 = VARIANTS["captions-classonly-long12"], VARIANTS["captions-classonly-long12-crops6"]
+    # an entry with a base: every field of the base but those it writes (its base's retrain too)
+    assert crops6 == replace(long12, train_sets=("aux_crops=6", "epochs=15"), about=crops6.about)
+    assert VARIANTS["drupe8-crops6"].retrain and VARIANTS["drupe8-crops6"].attacks == ("drupe",)
+    content = VARIANTS["captions-classonly-long12-crops6-content"]  # the rescoring twin
+    assert (content.rescores, content.train_sets, content.retrain, content.attacks, content.score) == (
+        "captions-classonly-long12-crops6", ("score=content",), False, crops6.attacks, "content")
+    assert content.about.startswith("the `captions-classonly-long12-crops6` grid's detectors and controls, copied")
+    seed = VARIANTS["captions-classonly-long12-crops6-seed3"]  # a seed repeat: one attack, the seed last
+    assert (seed.attacks, seed.train_sets, seed.rescores) == (("clip-backdoor",), (*crops6.train_sets, "seed=3"), "")
+    assert "CLIP Backdoor detector and control trained again with seed 3 (another initialisation, mask stream and " \
+           "held-out split, other crops)" in seed.about
+    rescored = VARIANTS["captions-classonly-long12-crops6-content-seed3"]  # the twin's repeat rescores the repeat
+    assert (rescored.train_sets, rescored.rescores) == (("score=content",), "captions-classonly-long12-crops6-seed3")
+    twins = {f"{n}-content" for n in CONTENT_SCORED} | {f"{n}-seed{k}" for n, (_, ks) in SEED_REPEATS.items()
+                                                         for k in ks}
+    assert twins == {n for n in VARIANTS if n.endswith("-content") or "-seed" in n} and len(VARIANTS) == 33
+    targets = {t.name: t for t in TABLE.targets}
+    assert {t.variant for t in TABLE.targets} == set(VARIANTS)  # every variant's grid has a make target
+    assert targets["reproduce-clip-imagenette"].runs == ("$(IMAGENETTE_OOD)", "--aux ood")  # a target of its own name
+    assert targets["reproduce-drupe16-gtsrb3040"].variant == "drupe16"
+    assert not targets["reproduce-slip"].command_line and targets["reproduce-drupe8"].command_line
+
+
+_SMALL_TABLE = """
+[make.variables]
+IMG = "--aux ood --ood-dataset imagenette"
+
+[variant.a]
+clean = "simclr"
+pretrain_sets = []
+attack_sets = ["epochs=3"]
+about = "a"
+attacks = ["drupe"]
+make = ["$(IMG)", "--aux ood"]
+
+[variant.a.seeds]
+attack = "drupe"
+seeds = [1, 2]
+
+[variant.a.content]
+make = ["--aux ood"]
+
+[variant.a.content.seeds]
+attack = "drupe"
+seeds = [2]
+
+[variant.b]
+base = "a"
+train_sets = ["epochs=9"]
+about = "b"
+make = {reproduce-b-extra = ["--aux id"]}
+"""
+
+
+def test_a_table_entry_overrides_its_base_and_generates_its_twins_and_make_rules() -> None:
+    from training.research.variants import load_table, makefile
+
+    table = load_table(tomllib.loads(_SMALL_TABLE))
+    assert list(table.variants) == ["a", "a-seed1", "a-seed2", "a-content", "a-content-seed2", "b"]
+    assert table.variants["b"] == replace(table.variants["a"], train_sets=("epochs=9",), about="b")
+    assert table.variants["a-seed2"].train_sets == ("seed=2",)
+    assert table.variants["a-content-seed2"].rescores == "a-seed2"
+    assert table.seed_repeats == {"a": ("drupe", (1, 2)), "a-content": ("drupe", (2,))}
+    assert [(t.name, t.variant, t.runs) for t in table.targets] == [
+        ("reproduce-a", "a", ("$(IMG)", "--aux ood")), ("reproduce-a-content", "a-content", ("--aux ood",)),
+        ("reproduce-b-extra", "b", ("--aux id",))]
+    rules = makefile(table)
+    assert "\nIMG := --aux ood --ood-dataset imagenette\n" in rules
+    assert "\n## --variant a $(IMG); then --aux ood\nreproduce-a:\n\t$(call variant-grid,a,$(IMG))\n" \
+           "\t$(call variant-grid,a,--aux ood)\n" in rules
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('about = "a"\n', 'about = "a"\nepochs = 3\n', r"\[variant\.a\]: unknown field\(s\) epochs in \[variant\.a\]"),
+    ('base = "a"', 'base = "nope"', r"\[variant\.b\]: unknown base 'nope'"),
+    ('about = "b"', 'about = "b"\nrescores = "a"', r"\[variant\.b\]: a variant that rescores 'a' sets the score only"),
+    ('[variant.a.content]\n', '[variant.a.content]\ntrain_sets = ["epochs=3"]\n',
+     r"unknown field\(s\) train_sets in \[variant\.a\.content\]"),
+    ('clean = "simclr"\n', "", r"\[variant\.a\]: missing field\(s\) clean"),
+    ('attacks = ["drupe"]', 'attacks = ["badclip"]', r"attacks badclip are not attacks on the simclr encoder"),
+    ("pretrain_sets = []", 'pretrain_sets = "x"', r"field pretrain_sets must be a list of strings"),
+    ('attack = "drupe"', 'attack = "badencoder"', r"attack 'badencoder' is not an attack that 'a' trains"),
+    ("seeds = [1, 2]", "seeds = [0]", r"\[variant\.a\.seeds\]: seeds must list distinct seeds >= 1"),
+    ('"$(IMG)"', '"$(NOPE)"', r"make target reproduce-a uses \$\(NOPE\), not in \[make.variables\]"),
+    ('"--aux id"', '"--aux id,ood"', r"splits arguments at commas"),
+])
+def test_a_bad_table_entry_is_refused_with_what_and_where(old: str, new: str, message: str) -> None:
+    from training.research.variants import load_table
+
+    assert old in _SMALL_TABLE
+    with pytest.raises(ValueError, match=message):
+        load_table(tomllib.loads(_SMALL_TABLE.replace(old, new, 1)))
+
+
+def test_every_make_run_of_the_table_is_a_grid_of_its_variant(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+    from training.research.variants import TABLE
+
+    for t in TABLE.targets:
+        for run in t.runs:
+            args = shlex.split(re.sub(r"\$\((\w+)\)", lambda m: TABLE.variables[m.group(1)], run))
+            assert main(["reproduce", "--preset", "cpu", "--variant", t.variant, *args, "--root",
+                         str(tmp_path / t.variant), "--dry-run"]) == 0, (t.name, run)
+            assert "todo  cell-" in capsys.readouterr().out
+
+
 def test_a_variant_trains_its_encoder_differently_in_a_grid_of_its_own(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli import main
 
-    steps = _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["id", "ood"], variant="slip")
-    by = {s.name: s for s in steps}
+    slip = _by_name(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["id", "ood"], variant="slip")
     for name in ("pretrain-clip", "attack-clip-backdoor", "attack-badclip"):
-        assert "ssl_weight=1" in " ".join(by[name].cmd)
-    assert not any("ssl_weight" in " ".join(s.cmd) for s in steps if not s.name.startswith(("pretrain", "attack")))
-    assert not any(n.startswith(("downstream-", "baselines-")) for n in by)  # detection cells only
-    cell = by["cell-badclip-ood"].cmd
+        assert "ssl_weight=1" in _sets(slip[name].cmd)
+    assert not any("ssl_weight" in " ".join(s.cmd) for n, s in slip.items() if not n.startswith(("pretrain", "attack")))
+    assert not any(n.startswith(("downstream-", "baselines-")) for n in slip)  # detection cells only
+    cell = slip["cell-badclip-ood"].cmd
     assert cell[cell.index("--label") + 1] == "tiny-slip"  # figures never overwrite the plain grid's
-    slip4 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"], variant="slip4")}
-    assert "ssl_weight=4" in " ".join(slip4["pretrain-clip"].cmd)
-    cell = slip4["cell-clip-backdoor-ood"].cmd
-    assert cell[cell.index("--label") + 1] == "tiny-slip4"
-    plain = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["id"])}
+    plain = _by_name(tmp_path, attacks=["clip-backdoor"], auxes=["id"])
     assert "ssl_weight" not in " ".join(plain["pretrain-clip"].cmd)
     assert plain["cell-clip-backdoor-id"].cmd[plain["cell-clip-backdoor-id"].cmd.index("--label") + 1] == "tiny"
     with pytest.raises(ValueError, match="only the attacks on the clip encoder, not badencoder"):
         _grid(tmp_path, attacks=["badencoder", "badclip"], auxes=["id"], variant="slip")
-    # a variant of the attack stage only: DRUPE trained longer, the SimCLR encoder pre-trained as in the plain grid
-    drupe16 = {s.name: s for s in _grid(tmp_path, attacks=["drupe"], auxes=["id-filtered"], variant="drupe16")}
-    assert "--set" not in drupe16["pretrain-simclr"].cmd
-    assert "epochs=16" in " ".join(drupe16["attack-drupe"].cmd)
-    assert not any("epochs=16" in " ".join(s.cmd) for n, s in drupe16.items() if n != "attack-drupe")
-    with pytest.raises(ValueError, match="trains only drupe on the simclr encoder, not badencoder"):
-        _grid(tmp_path, attacks=["badencoder"], auxes=["id"], variant="drupe16")
-    drupe8 = {s.name: s for s in _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="drupe8")}
-    attack = " ".join(drupe8["attack-drupe"].cmd)  # the preset's epochs, its attack success also measured halfway
-    assert "asr_every=4" in attack and "epochs=" not in attack and "--set" not in drupe8["pretrain-simclr"].cmd
-    # BadEncoder trained as in the plain grid, in a grid of its own: the plain grid's commands, its own cell labels
-    bad = {s.name: s for s in _grid(tmp_path, attacks=["badencoder"], auxes=["ood"], variant="badencoder",
-                                     ood_dataset="imagenette")}
-    plain_simclr = {s.name: s for s in _grid(tmp_path, attacks=["badencoder"], auxes=["ood"])}
-    for name in ("pretrain-simclr", "attack-badencoder"):
-        assert bad[name].cmd == plain_simclr[name].cmd
-    cell = bad["cell-badencoder-ood-imagenette"].cmd
-    assert cell[cell.index("--label") + 1] == "tiny-badencoder"
-    with pytest.raises(ValueError, match="trains only badencoder on the simclr encoder, not drupe"):
-        _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="badencoder")
-    # the mini-CLIP trained again as in the plain grid, in a grid of its own: both attacks, one shared control
-    clip = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"], variant="clip",
-                                      ood_dataset="imagenette")}
-    plain = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"])}
-    for name in ("pretrain-clip", "attack-clip-backdoor", "attack-badclip"):  # the same commands as the plain grid's
-        assert clip[name].cmd == plain[name].cmd
-    assert {"cell-clip-backdoor-ood-imagenette", "cell-badclip-ood-imagenette"} <= set(clip)
-    assert len([n for n in clip if n.startswith("train-control-")]) == 1
-    cell = clip["cell-badclip-ood-imagenette"].cmd
-    assert cell[cell.index("--label") + 1] == "tiny-clip"
-    with pytest.raises(ValueError, match="only the attacks on the clip encoder, not drupe"):
-        _grid(tmp_path, attacks=["drupe"], auxes=["ood"], variant="clip")
-    # captions that describe the image: in pre-training only (the attacks read them from the saved CLIP)
-    rich = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"], variant="captions")}
-    assert "caption_attributes=true" in " ".join(rich["pretrain-clip"].cmd)
-    assert rich["attack-clip-backdoor"].cmd == plain["attack-clip-backdoor"].cmd
-    cell = rich["cell-clip-backdoor-ood"].cmd
-    assert cell[cell.index("--label") + 1] == "tiny-captions"
-    classonly = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
-                                          variant="captions-classonly")}
-    assert classonly["pretrain-clip"].cmd == rich["pretrain-clip"].cmd  # the same mini-CLIP, attacked otherwise
-    assert "poison_attributes=false" in " ".join(classonly["attack-clip-backdoor"].cmd)
-    long = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
-                                     variant="captions-classonly-long")}
-    assert long["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
-    assert {"poison_attributes=false", "epochs=8"} <= set(long["attack-clip-backdoor"].cmd)
-    long12 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"],
-                                       variant="captions-classonly-long12")}
-    for attack in ("clip-backdoor", "badclip"):  # both attacks fine-tuned 12 epochs, on class-only poisoned captions
-        assert {"poison_attributes=false", "epochs=12"} <= set(long12[f"attack-{attack}"].cmd)
-        assert "epochs=8" not in long12[f"attack-{attack}"].cmd
-    assert long12["pretrain-clip"].cmd == rich["pretrain-clip"].cmd
-    # the 12-epoch attack again, its detector and control trained 270 epochs: after the command line's epochs
-    x3 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
-                                   variant="captions-classonly-long12-dede3x",
-                                   stage_sets={"train": ["epochs=90"]})}
-    assert x3["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
-    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
-        cmd = x3[name].cmd
-        sets = [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set" and kv.startswith("epochs=")]
-        assert sets == ["epochs=90", "epochs=270"]  # the later --set wins
-    assert "epochs=270" not in " ".join(long12["train-clip-backdoor-ood"].cmd)
-    # the 12-epoch attacks' detectors and the control on 6 (12) crops of each image, 15 epochs
-    for n, attacks in ((6, ["clip-backdoor", "badclip"]), (12, ["clip-backdoor"])):
-        crops = {s.name: s for s in _grid(tmp_path, attacks=attacks, auxes=["ood"], stage_sets={"train": ["epochs=90"]},
-                                          variant=f"captions-classonly-long12-crops{n}")}
-        assert crops["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
-        for name in [f"train-{a}-ood" for a in attacks] + ["train-control-clip-clip-backdoor-ood"]:
-            cmd = crops[name].cmd
-            assert [kv for flag, kv in zip(cmd, cmd[1:], strict=False) if flag == "--set"][-3:] == [
-                "epochs=90", f"aux_crops={n}", "epochs=15"]
-    seed1 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
-                                      variant="captions-classonly-long12-crops6-seed1")}
-    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
-        assert seed1[name].cmd[-6:-2] == ["--set", "epochs=15", "--set", "seed=1"]  # then --out DIR
-    # the seed repeats: the variant's detector settings, then the seed; CLIP Backdoor only
-    whole = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
-                                      variant="captions-classonly-long12-seed2")}
-    assert whole["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
-    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
-        assert whole[name].cmd[-4:-2] == ["--set", "seed=2"]
-        assert [kv for flag, kv in zip(whole[name].cmd, whole[name].cmd[1:], strict=False) if flag == "--set"] == [
-            kv for flag, kv in zip(long12[name].cmd, long12[name].cmd[1:], strict=False) if flag == "--set"] + [
-            "seed=2"]
-    with pytest.raises(ValueError, match="trains only clip-backdoor"):
-        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long12-crops6-seed2")
-    long20 = {s.name: s for s in _grid(tmp_path, attacks=["clip-backdoor"], auxes=["ood"],
-                                       variant="captions-classonly-long20")}
-    assert "epochs=20" in long20["attack-clip-backdoor"].cmd
-    with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
-        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long20")
-    with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
-        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long")
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         _grid(tmp_path, attacks=["badclip"], auxes=["id"], variant="nope")
-    # the CLI: the variant's attacks by default, in runs/reproduce-<preset>-<variant>
-    assert main(["reproduce", "--preset", "tiny", "--variant", "slip", "--aux", "ood", "--dry-run"]) == 0
-    listed = capsys.readouterr().out.split()
-    assert {"pretrain-clip", "cell-clip-backdoor-ood", "cell-badclip-ood"} <= set(listed)
-    assert "pretrain-simclr" not in listed
+    # the CLI: the variant's attacks by default
     assert main(["reproduce", "--preset", "tiny", "--variant", "drupe16", "--aux", "ood", "--dry-run"]) == 0
     listed = capsys.readouterr().out.split()
     assert {"attack-drupe", "cell-drupe-ood"} <= set(listed) and "attack-badencoder" not in listed
-    assert main(["reproduce", "--preset", "tiny", "--variant", "clip", "--aux", "ood", "--dry-run"]) == 0
-    listed = capsys.readouterr().out.split()
-    assert {"attack-clip-backdoor", "attack-badclip", "cell-badclip-ood"} <= set(listed)
-    assert "pretrain-simclr" not in listed
+
+
+def test_a_detector_variant_and_a_seed_repeat_train_the_detectors_of_another_variants_encoders(
+        tmp_path: Path) -> None:
+    long12 = _by_name(tmp_path, attacks=["clip-backdoor", "badclip"], auxes=["ood"],
+                      variant="captions-classonly-long12", stage_sets={"train": ["epochs=90"]})
+    # the 12-epoch attack again, its detector and control trained 270 epochs: after the command line's epochs
+    x3 = _by_name(tmp_path, attacks=["clip-backdoor"], auxes=["ood"], variant="captions-classonly-long12-dede3x",
+                  stage_sets={"train": ["epochs=90"]})
+    assert x3["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
+    assert {"poison_attributes=false", "epochs=12"} <= set(_sets(x3["attack-clip-backdoor"].cmd))
+    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
+        assert [kv for kv in _sets(x3[name].cmd) if kv.startswith("epochs=")] == ["epochs=90", "epochs=270"]
+        assert "epochs=270" not in _sets(long12[name].cmd)
+    with pytest.raises(ValueError, match="trains only clip-backdoor on the clip encoder, not badclip"):
+        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long12-dede3x")
+    # a seed repeat: the variant's detector settings, then the seed; CLIP Backdoor only
+    seed2 = _by_name(tmp_path, attacks=["clip-backdoor"], auxes=["ood"], variant="captions-classonly-long12-seed2",
+                     stage_sets={"train": ["epochs=90"]})
+    assert seed2["attack-clip-backdoor"].cmd == long12["attack-clip-backdoor"].cmd
+    for name in ("train-clip-backdoor-ood", "train-control-clip-clip-backdoor-ood"):
+        assert _sets(seed2[name].cmd) == [*_sets(long12[name].cmd), "seed=2"]
+    with pytest.raises(ValueError, match="trains only clip-backdoor"):
+        _grid(tmp_path, attacks=["badclip"], auxes=["ood"], variant="captions-classonly-long12-seed2")
 
 
 def test_a_robustly_trained_detector_is_a_detector_of_its_own() -> None:
@@ -418,7 +460,7 @@ def _cell_records(attack: str, aux: str, auc: float, ctl_auc: float,
 
 
 def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> None:
-    from training.reporting.reproduce import reproduce_lines
+    from training.reporting.reproduce import plain_grid_lines
 
     recs = (_cell_records("drupe", "ood-imagenette", 0.962, 0.6) + _cell_records("badencoder", "id", 0.961, 0.612)
             + _cell_records("drupe", "ood", 0.912, 0.55))
@@ -458,9 +500,9 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
                  "stage_epochs": {"pretrain-simclr": 6, "attack-badencoder": 8},
                  "asr_curve": [{"epoch": 0, "asr": 0.08, "clean_accuracy": 0.49},
                                {"epoch": 4, "asr": 0.7, "clean_accuracy": 0.48}]})
-    text = "\n".join(reproduce_lines(recs))
+    text = "\n".join(plain_grid_lines(recs))
     assert "badencoder: epoch 0 0.080 / 0.490, epoch 4 0.700 / 0.480." in text  # the attack success as it trained
-    assert "Attack success while" not in "\n".join(reproduce_lines([r for r in recs if "asr_curve" not in r]))
+    assert "Attack success while" not in "\n".join(plain_grid_lines([r for r in recs if "asr_curve" not in r]))
     # an attack with cells: the cells' numbers, completed by its own record (the epochs of each stage)
     assert "| badencoder | badencoder | 0.080 -> 0.900 |" in text and "| 6 + 8 ep, 60 s |" in text
     # an attack with no DeDe cell is still reported, and one that did not take is called out
@@ -473,13 +515,13 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
     assert "x-id, robust (drop_worst 0.05) | 0.944 | 0.633 | 0.981 |" in rob and "missed (>= 0.95)" in rob
     assert text.index("| x-id |") < text.index("| x-id, robust")  # after the paper's rows of the attack
     assert "the share x of highest-loss samples" in text  # the legend, only where a robust cell is shown
-    assert "highest-loss" not in "\n".join(reproduce_lines([r for r in recs if "dede_drop_worst" not in r]))
+    assert "highest-loss" not in "\n".join(plain_grid_lines([r for r in recs if "dede_drop_worst" not in r]))
     filt = next(line for line in text.splitlines() if line.startswith("| badencoder | badencoder | x-id, dense"))
     assert ("x-id, dense-filtered (drop_dense 0.05: 191 of 200 triggered left out; control: 4) | 0.971 | 0.701 | "
             "0.981 |") in filt
     assert "met (>= 0.95)" in filt and text.index("| x-id, robust") < text.index("| x-id, dense")
     assert "10 nearest neighbours" in text  # its legend, only where a filtered cell is shown
-    assert "nearest" not in "\n".join(reproduce_lines([r for r in recs if "dede_drop_dense" not in r]))
+    assert "nearest" not in "\n".join(plain_grid_lines([r for r in recs if "dede_drop_dense" not in r]))
     drupe = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood |"))
     assert "| 0.912 | 0.550 | 0.976 |" in drupe and "missed (>= 0.95)" in drupe  # the paper's DeDe OOD row
     imagenette = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood-imagenette"))
@@ -498,7 +540,7 @@ def test_report_puts_our_numbers_next_to_the_papers_and_checks_the_targets() -> 
 
 
 def test_report_splits_each_cell_by_whether_the_backdoor_fired() -> None:
-    from training.reporting.reproduce import reproduce_lines
+    from training.reporting.reproduce import plain_grid_lines
 
     recs = _cell_records("drupe", "ood", 0.912, 0.55) + _cell_records("badencoder", "id", 0.961, 0.612)
     for r in recs:
@@ -507,13 +549,13 @@ def test_report_splits_each_cell_by_whether_the_backdoor_fired() -> None:
             r.update({"deployed": r["threshold_rule"] == "fpr@0.01", "n_fired": 510, "n_unfired": 390,
                       "auc_fired": 0.981 if bd else 0.612, "auc_unfired": 0.803 if bd else 0.598,
                       "tpr_fired": 0.7 if bd else 0.02, "tpr_unfired": 0.25 if bd else 0.01})
-    text = "\n".join(reproduce_lines(recs))
+    text = "\n".join(plain_grid_lines(recs))
     assert "Did the backdoor fire?" in text
     row = next(line for line in text.splitlines() if line.startswith("| drupe | badencoder | x-ood | 510 / 390"))
     assert row == "| drupe | badencoder | x-ood | 510 / 390 | 0.912 | 0.981 | 0.803 | 0.612 / 0.598 | 70.0 / 25.0 |"
     assert not any(line.startswith("| badencoder | badencoder | x-id | ") and "/ 390" in line
                    for line in text.splitlines())  # a cell evaluated before the split has no row
-    assert "Did the backdoor fire?" not in "\n".join(reproduce_lines(_cell_records("drupe", "ood", 0.9, 0.5)))
+    assert "Did the backdoor fire?" not in "\n".join(plain_grid_lines(_cell_records("drupe", "ood", 0.9, 0.5)))
 
 
 def test_a_stage_stopped_by_its_budget_shows_the_epochs_its_preset_schedules() -> None:
@@ -541,25 +583,29 @@ def test_decree_is_called_not_applicable_to_triggers_without_a_fixed_patch() -> 
 
 
 def test_a_variants_cells_get_a_section_of_their_own() -> None:
-    from training.reporting.reproduce import reproduce_lines
+    from training.reporting.reproduce import plain_grid_lines, variant_grid_lines
 
     plain = _cell_records("clip-backdoor", "ood", 0.577, 0.531)
     slip = [{**r, "variant": "slip", "auc": r["auc"] + 0.3} for r in _cell_records("clip-backdoor", "ood", 0.6, 0.5)]
-    lines = reproduce_lines(slip + plain)  # the plain grid's section comes first, whatever the records' order
-    assert lines == reproduce_lines(plain + slip)
-    titles = [line for line in lines if line.startswith("## ")]
-    assert titles == ["## Reproduction of the paper's detection tables, preset `cpu`",
-                      "## Reproduction of the paper's detection tables, preset `cpu`, variant `slip`"]
-    text = "\n".join(lines)
-    cut = text.index(titles[1])
-    assert "| 0.577 | 0.531 |" in text[:cut] and "| 0.900 | 0.800 |" in text[cut:]  # each grid's own numbers
-    assert "SLIP's image-only" in text[cut:] and "SLIP" not in text[:cut]
-    assert "(figures/reproduce-cpu-clip-backdoor-ood.png)" in text[:cut]
-    assert "(figures/reproduce-cpu-slip-clip-backdoor-ood.png)" in text[cut:]
+    lines = plain_grid_lines(slip + plain)  # the plain grids' sections (RESULTS.md), whatever the records' order
+    assert lines == plain_grid_lines(plain + slip) == plain_grid_lines(plain)
+    variant = variant_grid_lines(slip + plain, figures="../figures")  # VARIANTS.md, one folder deeper
+    assert variant == variant_grid_lines(plain + slip, figures="../figures")
+    assert [line for line in lines if line.startswith("## ")] == [
+        "## Reproduction of the paper's detection tables, preset `cpu`"]
+    assert [line for line in variant if line.startswith("## ")] == [
+        "## Reproduction of the paper's detection tables, preset `cpu`, variant `slip`"]
+    text, other = "\n".join(lines), "\n".join(variant)
+    assert "| 0.577 | 0.531 |" in text and "| 0.900 | 0.800 |" in other  # each grid's own numbers
+    assert "| 0.900 | 0.800 |" not in text and "| 0.577 | 0.531 |" not in other
+    assert "SLIP's image-only" in other and "SLIP" not in text
+    assert "(figures/reproduce-cpu-clip-backdoor-ood.png)" in text
+    assert "(../figures/reproduce-cpu-slip-clip-backdoor-ood.png)" in other
+    assert variant_grid_lines(plain) == []  # no variant grid: nothing for VARIANTS.md
 
 
 def test_retrained_cells_are_set_next_to_the_plain_grids_and_summarised() -> None:
-    from training.reporting.reproduce import reproduce_lines, retrain_lines
+    from training.reporting.reproduce import plain_grid_lines, retrain_lines, variant_grid_lines
 
     def grid(variant: str, *cells: tuple[str, float, float, str]) -> list[dict[str, object]]:
         return [{**r, **({"variant": variant} if variant else {})}
@@ -584,10 +630,10 @@ def test_retrained_cells_are_set_next_to_the_plain_grids_and_summarised() -> Non
     assert "backdoored detectors: 3 retrained, AUC difference mean |d| 0.021, largest +0.043" in text
     assert "their controls: 2 rows" in text and "mean |d| 0.018, largest +0.023" in text
     assert retrain_lines(plain + grid("slip", ("badclip", 0.7, 0.5, "badclip"))) == []
-    assert text in "\n".join(reproduce_lines(plain + retrained))
+    assert text in "\n".join(variant_grid_lines(plain + retrained))  # with the variants
     # the extra test trigger's figure is linked in its grid's section
     assert ("[detection, noise-patch trigger](figures/reproduce-cpu-badclip-ood-noise-patch.png)"
-            in "\n".join(reproduce_lines(plain)))
+            in "\n".join(plain_grid_lines(plain)))
 
 
 def test_seed_repeats_are_named_by_the_variant_they_repeat() -> None:
@@ -644,7 +690,7 @@ def test_a_content_variant_copies_its_base_grid_and_calibrates_the_detectors_aga
 
 
 def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
-    from training.reporting.reproduce import reproduce_lines, seed_lines
+    from training.reporting.reproduce import seed_lines, variant_grid_lines
 
     def grid(variant: str, auc: float, ctl: float) -> list[dict[str, object]]:
         return [{**r, "variant": variant, "cell": f"{r.get('control_for') or r['attack']}-ood-imagenette"}
@@ -658,13 +704,13 @@ def test_seed_repeats_are_listed_with_their_mean_and_spread() -> None:
     assert f"| {base} | clip-backdoor-ood-imagenette | 2 | 0.850 | 0.560 | 0.290 |" in text
     # mean 0.855, sample sd 0.0407; controls 0.554 +- 0.0053
     assert "3 seeds: AUC 0.855 +- 0.041, range 0.817 - 0.898; control 0.554 +- 0.005." in text
-    assert text in "\n".join(reproduce_lines(recs))
+    assert text in "\n".join(variant_grid_lines(recs))
     assert seed_lines(grid(base, 0.898, 0.552) + grid("captions-classonly-long12", 0.86, 0.55)) == []  # one seed each
     assert seed_lines(grid("drupe16", 0.9, 0.8) + grid("drupe16-seed1", 0.8, 0.8)) == []  # not a seed repeat
 
 
 def test_content_scored_detectors_are_set_next_to_the_paper_scores_of_the_same_detectors() -> None:
-    from training.reporting.reproduce import content_lines, reproduce_lines
+    from training.reporting.reproduce import content_lines, variant_grid_lines
 
     def grid(variant: str, auc: float, ctl: float, score: str = "paper") -> list[dict[str, object]]:
         return [{**r, "variant": variant, "score": score, "cell": f"{r.get('control_for') or r['attack']}-ood"}
@@ -683,7 +729,7 @@ def test_content_scored_detectors_are_set_next_to_the_paper_scores_of_the_same_d
     assert "backdoored detectors 2, AUC difference (content - paper) mean -0.007, from -0.016 to +0.002" in text
     assert ("controls (a control shared by two cells counts twice) mean -0.070, from -0.084 to -0.056; the gap over "
             "the control (AUC - control) mean +0.063, from +0.040 to +0.086.") in text
-    assert text in "\n".join(reproduce_lines(paper + content))
+    assert text in "\n".join(variant_grid_lines(paper + content))
     assert content_lines(paper) == [] and content_lines(content) == []  # nothing to pair
 
 

@@ -1,0 +1,139 @@
+"""A detector for a user's 224-px encoder, as a user would build one: wall time and peak memory of each stage.
+
+    python benchmarks/own_encoder.py --preset tiny --preset cpu      (make own-encoder)
+
+The user's encoder is a timm ResNet-18 whose ``state_dict()`` (with its classifier head, random weights: speed and
+memory do not depend on them) is saved as safetensors; the user's images are a plain folder of 2,000 Imagenette
+photos (224-px JPEGs: the 1,800 training images and the first 200 test images). Each stage is the command a user
+runs, in a process of its own, timed from outside with its peak resident memory (``ru_maxrss``):
+``dede train --encoder timm:resnet18 --weights W --aux DIR --preset P``, ``dede calibrate --run R --rule fpr@0.01``,
+``dede export --run R``. Writes docs/own-encoder.json and docs/OWN_ENCODER.md. Goals (2-core CPU): tiny < 3 min
+and < 6 GB, cpu < 60 min and < 12 GB per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.data import data_root  # noqa: E402
+from training.evaluation.evaluate import hardware  # noqa: E402
+
+GOALS = {"tiny": (180, 6), "cpu": (3600, 12)}  # seconds, GiB per stage
+MEASURE = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+           "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+
+
+def photo_folder(out: Path, count: int = 2000) -> Path:
+    """``count`` Imagenette JPEGs in one plain folder (training images first)."""
+    if out.exists() and len(list(out.glob("*.JPEG"))) == count:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(data_root() / "imagenette.zip") as z:
+        names = sorted(n for n in z.namelist() if n.startswith("train/") and n.endswith(".JPEG"))
+        names += sorted(n for n in z.namelist() if n.startswith("test/") and n.endswith(".JPEG"))
+        for n in names[:count]:
+            (out / Path(n).name).write_bytes(z.read(n))
+    return out
+
+
+def user_weights(path: Path, arch: str) -> Path:
+    """A timm model's ``state_dict()`` with its classifier head, as a user saves it."""
+    if not path.exists():
+        import timm
+        from safetensors.torch import save_file
+
+        model = timm.create_model(arch, pretrained=False, num_classes=1000)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def stage(name: str, argv: list[str], log: Path) -> dict[str, float | str]:
+    """Run one ``dede`` command in a process of its own; its wall time and peak RSS."""
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "training.cli", *argv], cwd=ROOT,
+                          capture_output=True, text=True)
+    wall = time.time() - start
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        raise RuntimeError(f"{name} failed (rc {proc.returncode}); see {log}")
+    peak_kib = int(next(x for x in proc.stderr.splitlines() if x.startswith("PEAK_KIB")).split()[1])
+    estimate = next((x.split("estimated peak memory ")[1].split(" GiB")[0] for x in proc.stdout.splitlines()
+                     if "estimated peak memory" in x), None)
+    return {"stage": name, "command": "dede " + " ".join(argv), "wall_s": round(wall, 1),
+            "peak_rss_gib": round(peak_kib / 2**20, 2), **({"estimated_gib": float(estimate)} if estimate else {})}
+
+
+def run_preset(preset: str, arch: str, photos: Path, weights: Path, root: Path) -> list[dict[str, float | str]]:
+    run, models = root / preset / "run", root / preset / "models"
+    encoder = ["--encoder", f"timm:{arch}", "--weights", str(weights)]
+    logs = root / preset
+    logs.mkdir(parents=True, exist_ok=True)
+    out = [stage("train", ["train", *encoder, "--aux", str(photos), "--preset", preset, "--out", str(run)],
+                 logs / "train.log"),
+           stage("calibrate", ["calibrate", "--run", str(run), "--rule", "fpr@0.01"], logs / "calibrate.log"),
+           stage("export", ["export", "--run", str(run), "--name", f"own-{arch}-{preset}", "--out", str(models)],
+                 logs / "export.log")]
+    summary = json.loads((run / "run.json").read_text())
+    for r in out:
+        r["preset"] = preset
+    out[0] |= {"aux_images": summary["aux"]["n_train"], "epochs": summary["epochs"],
+               "patch_size": summary["model"]["patch_size"], "train_wall_s_inside": summary["train_wall_s"]}
+    return out
+
+
+def report(records: list[dict[str, float | str]], arch: str, total_s: float) -> str:
+    lines = ["# A detector for your own 224-px encoder: time and memory", "",
+             "Generated by `make own-encoder` (`python benchmarks/own_encoder.py --preset tiny --preset cpu`); do not "
+             "edit by hand.", "",
+             f"A timm `{arch}` (random weights, its `state_dict()` saved as safetensors with the classifier head) and "
+             "a plain folder of 2,000 Imagenette photos (224-px JPEGs), each stage the command a user runs, in a "
+             "process of its own. Peak memory is the process's peak resident set (`ru_maxrss`); `estimate` is what "
+             "`dede train` predicted before it started (training.memory).", "",
+             f"Hardware: {hardware()}; wall time of the whole run {total_s:.0f} s.", "",
+             "| preset | stage | wall (s) | peak RSS (GiB) | estimate (GiB) | goal | met |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        goal_s, goal_gib = GOALS.get(str(r["preset"]), (None, None))
+        met = "" if goal_s is None else ("yes" if float(r["wall_s"]) < goal_s and float(r["peak_rss_gib"]) < goal_gib
+                                         else "no")
+        goal = "" if goal_s is None else f"< {goal_s / 60:.0f} min, < {goal_gib} GB"
+        lines.append(f"| {r['preset']} | {r['stage']} | {r['wall_s']} | {r['peak_rss_gib']} | "
+                     f"{r.get('estimated_gib', '')} | {goal} | {met} |")
+    trains = [r for r in records if r["stage"] == "train"]
+    lines += ["", "Training: " + "; ".join(f"`{r['preset']}` {r['aux_images']} auxiliary images, {r['epochs']} epochs, "
+                                          f"patch {r['patch_size']}" for r in trains) + ".", ""]
+    lines += ["Commands:", ""] + [f"- `{r['command']}`" for r in records] + [""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", action="append", default=[], choices=["tiny", "cpu", "paper"])
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--root", default="runs/own-encoder")
+    p.add_argument("--results", default="docs/own-encoder.json")
+    p.add_argument("--report", default="docs/OWN_ENCODER.md")
+    a = p.parse_args()
+    root = Path(a.root)
+    start = time.time()
+    photos, weights = photo_folder(root / "photos"), user_weights(root / f"{a.arch}.safetensors", a.arch)
+    records = [r for preset in a.preset or ["tiny"] for r in run_preset(preset, a.arch, photos, weights, root)]
+    total = time.time() - start
+    Path(a.results).write_text(json.dumps({"hardware": hardware(), "arch": a.arch, "wall_s": round(total, 1),
+                                           "records": records}, indent=1) + "\n")
+    Path(a.report).write_text(report(records, a.arch, total))
+    print(Path(a.report).read_text())
+
+
+if __name__ == "__main__":
+    main()
