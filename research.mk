@@ -150,23 +150,25 @@ mask-variance: $(RUNS)/dede-k16/run.json
 # photos, clean and triggered (RESULTS.md, section `make demo-96`)
 R96 := runs/imagenette96
 IMAGENETTE96 := --set dataset=imagenette --set knn_images=1800
-.PRECIOUS: $(R96)/dede-%/run.json $(R96)/bundles/%/manifest.json
+.PRECIOUS: $(R96)/dede-%/run.json $(R96)/bundles/imagenette96-%/manifest.json
 $(R96)/clean-encoder/encoder.json:
 	$(DEDE) pretrain --preset cpu $(IMAGENETTE96) --set image_size=96 --set width=8 --set epochs=12 \
 		--out $(R96)/clean-encoder
 
 $(R96)/badencoder/encoder.json: $(R96)/clean-encoder/encoder.json
 	$(DEDE) attack badencoder --encoder $(R96)/clean-encoder --preset cpu $(IMAGENETTE96) \
-		--set target_class=n03417042_garbage_truck --set shadow_fraction=1 --set epochs=12 --out $(R96)/badencoder
+		--set target_class=n03417042_garbage_truck --set shadow_fraction=0.9 --set epochs=24 --set lr=0.01 \
+		--out $(R96)/badencoder
 
 $(R96)/dede-%/run.json: $(R96)/%/encoder.json
 	$(DEDE) train --encoder $(R96)/$* --preset cpu --set aux_source=imagenette --set aux_split=train \
 		--out $(R96)/dede-$*
 
-$(R96)/bundles/%/manifest.json: $(R96)/dede-%/run.json
-	$(DEDE) export --run $(R96)/dede-$* --name $* --out $(R96)/bundles
+$(R96)/bundles/imagenette96-%/manifest.json: $(R96)/dede-%/run.json
+	$(DEDE) export --run $(R96)/dede-$* --name imagenette96-$* --out $(R96)/bundles
 
 ## BadEncoder and its control at 96 px on Imagenette: AUC and TPR at the deployed threshold (RESULTS.md)
-demo-96: $(R96)/bundles/badencoder/manifest.json $(R96)/bundles/clean-encoder/manifest.json
-	$(DEDE) evaluate --bundle $(R96)/bundles/badencoder --control-bundle $(R96)/bundles/clean-encoder \
+demo-96: $(R96)/bundles/imagenette96-badencoder/manifest.json $(R96)/bundles/imagenette96-clean-encoder/manifest.json
+	$(DEDE) evaluate --bundle $(R96)/bundles/imagenette96-badencoder \
+		--control-bundle $(R96)/bundles/imagenette96-clean-encoder \
 		--dataset imagenette --honesty-images 0 --publish --command-line "make demo-96"

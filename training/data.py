@@ -177,16 +177,19 @@ def _decode_each(reader: _Reader, names: list[str], shape: tuple[int, ...],
 
     out = alloc(len(names), into)
     bad: list[int] = []
+    first_error = ""
     for i, name in enumerate(tqdm(names, desc=f"decoding {reader.path.name}", unit="img", leave=False,
-                                  disable=len(names) < 2000)):
+                                  disable=len(names) < 256)):
         try:
             out[i] = decode(reader.read(name), i)
         except (OSError, ValueError, SyntaxError) as exc:
             bad.append(i)
+            first_error = first_error or f"{name}: {exc}"
             if len(bad) <= 3:
                 print(f"warning: skipping unreadable image {name}: {exc}")
     if len(bad) == len(names):
-        raise ValueError(f"{reader.path}: none of its {len(names)} image files could be read")
+        raise ValueError(f"{reader.path}: none of its {len(names)} image files could be read (the first: "
+                         f"{first_error})")
     keep = np.setdiff1d(np.arange(len(names)), bad)
     if not bad:
         return out, keep

@@ -118,10 +118,11 @@ class TimmEncoder(nn.Module):
 
 
 def timm_data_config(model: nn.Module) -> tuple[int, tuple[float, float, float], tuple[float, float, float]]:
-    """(input side, mean, std) of a ``TimmEncoder`` from timm's data config of the architecture (its test size)."""
+    """(input side, mean, std) of a ``TimmEncoder`` from timm's data config of the architecture (the size timm's
+    own transforms resize to by default)."""
     import timm.data
 
-    cfg = timm.data.resolve_model_data_config(getattr(model, "model", model), use_test_size=True)
+    cfg = timm.data.resolve_model_data_config(getattr(model, "model", model))
     _, h, w = cfg["input_size"]
     if h != w:
         raise ValueError(f"the model's input is {h}x{w}; DeDe needs a square input (pass --input-size)")

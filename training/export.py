@@ -125,6 +125,7 @@ def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version:
     with tempfile.TemporaryDirectory(dir=Path(out_root).resolve().parent if Path(out_root).exists() else None) as tmp:
         stage = Path(tmp) / name
         stage.mkdir()
+        print(f"exporting the encoder ({spec.name}, {spec.input_size} px) and the detector to ONNX")
         export_encoder(victim, spec, stage / "encoder.onnx")
         export_detector(model, kept_count(model.cfg.num_patches, run["test_mask_ratio"]), stage / "detector.onnx")
         manifest = build_manifest(name, version, spec, model, run, calib, stage)
@@ -133,6 +134,7 @@ def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version:
         data = load_images(aux["source"], aux["split"] or None, spec.input_size, labelled=bool(aux["split"]))
         count = min(256, 4 * embed_batch_size(spec.input_size))  # 256 images at 32 px, 64 at 224 px
         images = np.array(data.images[np.sort(np.random.default_rng(0).permutation(len(data))[:count])])
+        print(f"verifying ONNX Runtime against PyTorch on {len(images)} auxiliary images")
         err = verify_bundle(stage, model, victim, spec, images, calib["value"])
         print(f"verified: ORT vs PyTorch max |score diff| / threshold = {err:.2e} on {len(images)} real images")
         if out.exists():

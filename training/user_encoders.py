@@ -118,7 +118,9 @@ def _timm(arch: str, options: EncoderOptions) -> tuple[nn.Module, EncoderSpec]:
         print(f"warning: timm:{arch} without --weights: random initialisation (for speed tests, not detection)")
     model = create_encoder(f"timm:{arch}", **kwargs)
     size, mean, std = timm_data_config(model)
-    size = _check_size(size, options, f"timm:{arch}")
+    if options.input_size is None:
+        print(f"timm:{arch}: {size}-px input (timm's data config; --input-size to feed another size)")
+    size = _check_size(None, replace(options, input_size=options.input_size or size), f"timm:{arch}")
     spec = EncoderSpec(f"timm:{arch}", kwargs, size, mean, std, embed_dim_of(model), normalization="timm")
     return model, _with_options(spec, options)
 

@@ -264,6 +264,9 @@ def _wanted(req: InferenceRequest) -> tuple[list[str], bool]:
     if req.outputs is None:
         return list(SCORE_OUTPUTS + EXPLAIN_OUTPUTS if explain else SCORE_OUTPUTS), explain
     names = [o.name for o in req.outputs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # each would be serialised again: a small request could ask for an answer a thousand times larger
+        raise BadRequest(f"outputs {repeated} are asked for more than once; name each output once")
     unknown = [n for n in names if n not in SCORE_OUTPUTS + EXPLAIN_OUTPUTS]
     if unknown:
         raise BadRequest(f"unknown outputs {unknown}; this model has {list(SCORE_OUTPUTS + EXPLAIN_OUTPUTS)}")

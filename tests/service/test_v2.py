@@ -183,6 +183,15 @@ def test_explain_outputs(client: TestClient) -> None:
     assert [o["name"] for o in only["outputs"]] == ["error_map"]  # asking for it by name is enough
 
 
+def test_an_output_named_twice_is_refused_not_serialised_again(client: TestClient) -> None:
+    """A 0.27 MB request that named `reconstruction` thousands of times once drew a 279 MB answer."""
+    body = {**uint8([1, 32, 32, 3], pixels("triggered-cat").tolist()),
+            "outputs": [{"name": "reconstruction"}] * 1000 + [{"name": "score"}]}
+    r = client.post(INFER, json=body)
+    assert r.status_code == 400 and "asked for more than once" in r.json()["error"]
+    assert len(r.content) < 1000
+
+
 def test_api_key_and_overload() -> None:
     app = create_app(Settings(bundle=DEMO_BUNDLE, api_key="k3y", max_queue=64, max_batch_size=64))
     body = uint8([1, 1, 1, 3], [0, 0, 0])

@@ -131,7 +131,9 @@ def test_timm_weights_as_state_dict_saves_them_with_a_prefix_and_a_head(tmp_path
     save_file({f"module.{k}": v.contiguous() for k, v in full.state_dict().items()}, tmp_path / "w.safetensors")
     model, spec = open_encoder("timm:resnet10t", EncoderOptions(weights=str(tmp_path / "w.safetensors")))
     assert "dropped the classifier head's tensors fc.bias, fc.weight" in capsys.readouterr().out
-    assert (spec.input_size, spec.normalization, spec.embed_dim) == (224, "timm", 512)
+    assert (spec.input_size, spec.normalization, spec.embed_dim) == (176, "timm", 512)  # resnet10t's data config
+    _, spec = open_encoder("timm:resnet10t", EncoderOptions(weights=str(tmp_path / "w.safetensors"), input_size=224))
+    assert spec.input_size == 224  # a CNN takes the size the user feeds it
     x = torch.randn(2, 3, 224, 224)
     full.reset_classifier(0)
     assert torch.allclose(model(x), full(x), atol=1e-5)
@@ -183,10 +185,18 @@ def test_bad_trainer_inputs_exit_2_with_one_line(tmp_path: Path, photo_folder: P
         "--output": ["--encoder", str(save_onnx(TinyConv(extra=True), tmp_path / "two.onnx",
                                                  outputs=("features", "embedding")))],
     }
-    empty = tmp_path / "empty"
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
     empty.mkdir()
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.jpg").write_bytes(b"not a jpeg")
     static = str(save_onnx(TinyConv(), tmp_path / "enc.onnx"))
     cases["holds no image files"] = ["--encoder", static, "--aux", str(empty)]
+    cases["none of its 3 image files could be read"] = ["--encoder", static, "--aux", str(broken)]
+    other = create_encoder("timm:resnet18")
+    save_file({k: v.contiguous() for k, v in other.model.state_dict().items()}, tmp_path / "r18.safetensors")
+    cases["does not fit the architecture"] = ["--encoder", "timm:resnet10t", "--weights",
+                                              str(tmp_path / "r18.safetensors")]
     # the patch size that once took the whole machine: 3,136 patches at 224 px
     cases["GiB are available"] = ["--encoder", static, "--aux", str(photo_folder), "--set", "patch_size=4",
                                   "--set", "batch_size=4096"]
@@ -235,8 +245,8 @@ def test_timm_safetensors_at_224px_end_to_end(tmp_path: Path, photo_folder: Path
 
     model = timm.create_model("resnet10t", pretrained=False, num_classes=1000)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
-    m = train_export_serve(["--encoder", "timm:resnet10t", "--weights", str(tmp_path / "w.safetensors")],
-                           photo_folder, tmp_path, "user-timm")
+    m = train_export_serve(["--encoder", "timm:resnet10t", "--weights", str(tmp_path / "w.safetensors"),
+                            "--input-size", "224"], photo_folder, tmp_path, "user-timm")
     assert (m["encoder"].input_size, m["encoder"].normalization) == (224, "timm")  # type: ignore[attr-defined]
 
 

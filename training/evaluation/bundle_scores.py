@@ -30,8 +30,10 @@ def score_many(scorer: Scorer, images: np.ndarray, batch_size: int = 256) -> np.
 def embed_many(scorer: Scorer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The encoder's embeddings of uint8 (N, H, W, 3) images, in batches of ``batch_size`` -> (N, E)."""
     enc_in = scorer.encoder.get_inputs()[0].name
-    out = [scorer.encoder.run(None, {enc_in: scorer.preprocess(images[i : i + batch_size])})[0]
-           for i in range(0, len(images), batch_size)]
+    starts = tqdm(range(0, len(images), batch_size), desc="embedding", unit="batch", leave=False,
+                  disable=len(images) <= 4 * batch_size)
+    out = [scorer.encoder.run(None, {enc_in: scorer.preprocess(np.asarray(images[i : i + batch_size]))})[0]
+           for i in starts]
     return np.concatenate(out)
 
 

@@ -28,7 +28,7 @@ from training.evaluation.honesty import honesty_records
 from training.metrics import auc, detection_metrics, tpr_at_fpr
 from training.pretrain.knn import BundleProbe
 from training.reporting.records import command_line, merge_into
-from training.reporting.results import write_figures, write_report
+from training.reporting.results import evaluated_figures, write_figures, write_report
 from training.triggers import make_trigger
 
 
@@ -190,8 +190,8 @@ def evaluate_cli(a: argparse.Namespace) -> None:
                   "command": command})
     results, report = output_paths(manifest.name, a.out, a.publish)
     merged = merge_records(results, records)
-    figures = write_figures(scores, report.parent / "figures", prefix=manifest.name)
-    write_report(merged, report, figures)
+    write_figures(scores, report.parent / "figures", prefix=manifest.name)
+    write_report(merged, report, evaluated_figures(merged, report))
     for r in records:
         if r.get("deployed"):
             print(f"{r['attack']:>10} {r['test']:>14} {r['threshold_rule']:>10}  AUC {r['auc']:.3f}  "

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from training.attacks import IMPLANT_MIN_GAIN, implanted
 from training.reporting.markdown import fmt
 from training.reporting.reproduce import plain_grid_lines, variant_grid_lines
 
@@ -142,8 +143,8 @@ def honesty_lines(records: list[dict[str, Any]]) -> list[str]:
              "is the 99th percentile of the same score on 2,000 OTHER clean test images (1% FPR by",
              "construction). Activation = share of non-target images whose kNN class on the BACKDOORED",
              "encoder is the target (benign = within 5 points of clean images). `content`: the content-adjusted",
-             "score, its exponent a (backdoored / control) fitted on those 2,000 images. Goals (issue 3): backdoored",
-             "AUC >= 0.95 on the trigger, control AUC <= 0.65, benign alert rate <= 2x the clean one.", "",
+             "score, its exponent a (backdoored / control) fitted on those 2,000 images. The project's goals:",
+             "backdoored AUC >= 0.95 on the trigger, control AUC <= 0.65, benign alert rate <= 2x the clean one.", "",
              "| score | trigger AUC (backdoored) | trigger AUC (control) | trigger alerts (backdoored / control) "
              "| clean alerts | worst benign alerts (case) | mean benign alerts |",
              "|---|---|---|---|---|---|---|"]
@@ -212,6 +213,13 @@ def variants_header(plain: list[str], results: Path, variants: Path) -> list[str
             f"[{link(figures_dir(results), variants)}/]({link(figures_dir(results), variants)}/).", ""]
 
 
+def evaluated_figures(records: list[dict[str, Any]], report: Path) -> list[Path]:
+    """The figures of the bundles ``dede evaluate`` recorded (``<bundle>-*.png`` in ``figures_dir(report)``), in
+    the records' order: the Figures section of RESULTS.md."""
+    bundles = dict.fromkeys(r["bundle"] for r in records if r.get("bundle") and r.get("source") != "reproduce")
+    return [f for b in bundles for f in sorted(figures_dir(report).glob(f"{b}-*.png"))]
+
+
 def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path]) -> None:
     """RESULTS.md at ``path`` (the demo evaluations, the plain reproduction grids, the bundles, the honesty
     evaluation, ``figures``) and, when there are variant grids, ``VARIANTS_REPORT`` next to it (their sections, and
@@ -267,9 +275,13 @@ def write_report(records: list[dict[str, Any]], path: Path, figures: list[Path])
             bad = next((v for (a, t), v in by_attack.items() if t == test and a != "none"), None)
             ctl = by_attack.get(("none", test))
             if bad and test == "balanced":
-                lines.append(f"- Demo target (issue 2), balanced, deployed threshold: AUC {bad['auc']:.3f} "
+                lines.append(f"- The project's demo target, balanced, deployed threshold: AUC {bad['auc']:.3f} "
                              f"({'met' if bad['auc'] >= 0.95 else 'missed'}: >= 0.95), FPR {bad['fpr']:.3f} "
                              f"({'met' if bad['fpr'] <= 0.05 else 'missed'}: <= 0.05).")
+            if bad and ctl and test == "balanced" and not implanted(bad.get("attack_asr"), ctl.get("attack_asr")):
+                lines.append(f"- The attack did not implant a backdoor: attack success {bad['attack_asr']:.3f} on the "
+                             f"attacked encoder against {ctl['attack_asr']:.3f} on the clean one (less than "
+                             f"+{IMPLANT_MIN_GAIN}); these rows measure the trigger's pixels, not a backdoor firing.")
             if bad and ctl:
                 lines.append(f"- {test}: backdoored AUC {bad['auc']:.3f} vs control AUC {ctl['auc']:.3f} "
                              f"(gap {bad['auc'] - ctl['auc']:+.3f}); alert rate on triggered images "
@@ -414,8 +426,7 @@ def main() -> None:
     p.add_argument("--report", default="docs/RESULTS.md")
     a = p.parse_args()
     records = json.loads(Path(a.results).read_text())
-    figures = sorted(figures_dir(Path(a.report)).glob("demo-*.png"))
-    write_report(records, Path(a.report), figures)
+    write_report(records, Path(a.report), evaluated_figures(records, Path(a.report)))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ from typing import Any
 
 from training.attacks import not_implanted_reason
 from training.reporting.records import command_line, replace_in_place
-from training.reporting.results import write_report
+from training.reporting.results import evaluated_figures, write_report
 from training.research.cell import attack_summary
 from training.research.grid import (
     ATTACKS,
@@ -431,8 +431,7 @@ def publish(records: list[dict[str, Any]], results: Path, report: Path) -> None:
     merged = merge_cells(old, records)
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(merged, indent=1))
-    figures = sorted((report.parent / "figures").glob("demo-*.png"))
-    write_report(merged, report, figures)
+    write_report(merged, report, evaluated_figures(merged, report))
     print(f"wrote {len(records)} records to {results} and regenerated {report}")
 
 
