@@ -1,16 +1,12 @@
 """Algorithm 1: train DeDe's decoder on an auxiliary set for a frozen victim encoder, then calibrate.
 
-The victim never changes, and the official code uses no augmentation, so its embeddings of the auxiliary
-set are computed once and cached in memory. Auxiliary sets:
-- clean images the defender has (default: a subset of CIFAR-10 train, no trigger) - the end-user scenario;
-- in-distribution with ``poison_rate`` > 0: that share of the auxiliary images carries the trigger - the
-  paper's provider scenario (1%);
-- out-of-distribution: ``aux_source`` another dataset (e.g. ``gtsrb``, ``imagenette``, or a folder path),
-  resized to the encoder's input size, or (``aux_crops`` K > 0; not the paper's) K random crops of each image
-  (``data.load_crops``): more distinct images from a small set of large photos, still embedded once.
-A disjoint held-out split of the same source calibrates the target-FPR threshold. Against a poisoned auxiliary
-set: ``drop_dense`` leaves out the densest clump of its embeddings before training (``training.auxset``), and
-``drop_worst`` the highest-loss samples of each batch during training (``robust_mean``); neither is the paper's.
+The victim never changes, and the official code uses no augmentation, so its embeddings of the auxiliary set
+(``training.auxset``: clean, poisoned or out-of-distribution images, and the held-out split that calibrates the
+threshold) are computed once, into a memory-mapped file of the run directory. The detector's size follows the
+encoder's input (``config.input_size_layer``), and a config whose estimated peak memory does not fit is refused
+before anything is loaded (``training.memory``). Against a poisoned auxiliary set: ``drop_dense`` leaves out the
+densest clump of its embeddings before training (``training.auxset``), and ``drop_worst`` the highest-loss samples
+of each batch during training (``robust_mean``); neither is the paper's.
 """
 
 from __future__ import annotations
