@@ -16,7 +16,7 @@ HELP    = awk '/^\#\# /{d=substr($$0,4);next} /^[A-Za-z][-A-Za-z0-9_.]*:([^=]|$$
 	printf "  %-18s %s\n",t,d}} {d=""}'
 
 .DEFAULT_GOAL := help
-.PHONY: help demo examples evaluate serve bench soak own-encoder test lint
+.PHONY: help demo examples evaluate serve bench red-team soak own-encoder test lint
 .DELETE_ON_ERROR:
 # The training runs behind the committed bundles (models/) are git-ignored: in a fresh checkout they are missing,
 # and `make evaluate`, `examples` or `bench` must use the committed bundles instead of training them again.
@@ -67,6 +67,10 @@ serve:
 ## throughput and latency, one worker and two side by side (docs/PERFORMANCE.md)
 bench:
 	$(PY) benchmarks/bench_service.py --bundle $(BAD) --runs $(RUNS)/dede-badencoder --compare-workers 2
+
+## hostile uploads, slow clients and oversized requests against a live service on loopback (docs/SECURITY.md)
+red-team:
+	$(PY) -m benchmarks.red_team --markdown
 
 ## a 2-minute soak of the service (docs/soak.json)
 soak:

@@ -1,4 +1,5 @@
-"""App factory: ``uvicorn service.app:create_app --factory`` (or ``dede serve``).
+"""App factory: ``dede serve``, or ``uvicorn service.app:create_app --factory --http
+service.protocol:GuardedHttpProtocol`` (without ``--http`` the connection limits of ``service.protocol`` are off).
 
 The bundle is loaded and warmed up once at start-up; a bundle that fails validation stops the start with
 a ``BundleError`` naming the problem. No endpoint loads, fetches or replaces a model."""
@@ -14,12 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service.batching import Batcher, DirectRunner, Runner
+from service.decoding import ByteBudget, Decoder
 from service.deps import Scoring
 from service.errors import BundleError, DedeError
 from service.explain import Explainer
-from service.imaging import Image
+from service.imaging import Image, set_text_limit
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, ObservedScorer, worker_stopped
 from service.routers import health, metrics, score, v2
@@ -31,7 +34,7 @@ log = logging.getLogger("dede.service")
 
 def load_scorer(settings: Settings) -> Scorer:
     scorer = Scorer.from_bundle(settings.bundle, settings.provider_list, settings.intra_op_threads,
-                                settings.mask_draws)
+                                settings.mask_draws, manifest_sha256=settings.bundle_sha256)
     if scorer.on_gpu and settings.gpu_fixed_batch:
         scorer.fixed_batch = settings.max_batch_size
     if settings.require_gpu and not scorer.on_gpu:
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _log_to_stderr()
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    set_text_limit(settings.max_text_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,13 +90,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner.start()
         app.state.runner, app.state.scorer = runner, scorer
         explainer = Explainer(scorer, timeout_s=settings.request_timeout_s)
-        app.state.scoring = Scoring(settings, scorer, runner, metrics, explainer)
+        decoder = Decoder(settings, scorer.size)
+        app.state.scoring = Scoring(settings, scorer, runner, metrics, explainer, decoder)
         app.state.ready = True
         log.info("loaded bundle %s v%s on %s, warmed up at batch sizes %s", m.name, m.version, scorer.provider,
                  scorer.warmed_up)
         yield
         app.state.ready = False  # /readyz fails first, so a load balancer stops sending
         await runner.stop()  # in-flight requests finish
+        decoder.close()
         worker_stopped()
 
     app = FastAPI(title="DeDe backdoor alarm", version="0.1.0", lifespan=lifespan)
@@ -120,10 +126,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request.app.state.metrics.errors.labels(code).inc()
         return _error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the client went away (or timed out: service.protocol) before its body was in; the answer goes nowhere
+        request.app.state.metrics.errors.labels("client_disconnect").inc()
+        client = f"{request.client.host}:{request.client.port} - " if request.client else ""
+        log.warning("%sclient disconnected before the request body was complete: %s %s", client, request.method,
+                    request.url.path)
+        return _error_response(request, 400, "client_disconnect", "the client disconnected during the request")
+
     # the scoring routes first: FastAPI matches included routers in order, with a per-router cost
     app.include_router(score.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    uploads = ByteBudget(settings.upload_budget_bytes, "the upload budget (DEDE_UPLOAD_BUDGET_BYTES)")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, budget=uploads,
+                       timeout_s=settings.request_timeout_s)
     return app

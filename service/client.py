@@ -15,7 +15,7 @@ import asyncio
 import io
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import httpx
@@ -32,6 +32,10 @@ class Verdict:
     threshold: float
     model: str
     model_version: str
+    view: str = "stored"  # the view the score belongs to (see service.pipeline)
+
+
+_VERDICT_FIELDS = frozenset(f.name for f in fields(Verdict))
 
 
 class DedeError(RuntimeError):
@@ -64,7 +68,7 @@ def _parse(response: httpx.Response) -> list[Verdict]:
         except (ValueError, KeyError):
             raise DedeError(response.status_code, "http_error", response.text[:200]) from None
     body = response.json()
-    return [Verdict(**r) for r in body.get("results", [body])]
+    return [Verdict(**{k: v for k, v in r.items() if k in _VERDICT_FIELDS}) for r in body.get("results", [body])]
 
 
 def _retry_wait(attempt: int, retries: int, response: httpx.Response | None, backoff: float) -> float | None:
@@ -73,7 +77,7 @@ def _retry_wait(attempt: int, retries: int, response: httpx.Response | None, bac
     if attempt == retries or (response is not None and response.status_code != 503):
         return None
     retry_after = response.headers.get("retry-after") if response is not None else None
-    base = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
+    base = float(retry_after) if retry_after and retry_after.isascii() and retry_after.isdigit() else 0.0
     return max(base, backoff * 2**attempt)
 
 

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
 from service.batching import Runner
+from service.decoding import Decoder
 from service.errors import BadRequest, NotReady, Unauthorized
 from service.explain import Explainer
 from service.metrics import Metrics
@@ -44,6 +45,7 @@ class Scoring:
     runner: Runner
     metrics: Metrics
     explainer: Explainer
+    decoder: Decoder
 
 
 NOT_LOADED = "the model is not loaded yet"

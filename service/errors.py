@@ -32,6 +32,13 @@ class ImageTooLarge(BadImage):
     code = "image_too_large"
 
 
+class ImageTooComplex(BadImage):
+    """Well-formed but too costly to decode: too many JPEG scans, too much PNG text, a decode past its time."""
+
+    status_code = 422
+    code = "image_too_complex"
+
+
 class PayloadTooLarge(BadRequest):
     status_code = 413
     code = "payload_too_large"

@@ -3,10 +3,14 @@
     guard = Guard(DedeClient(url), classifier, on_alert="drop")   # or "flag" / "raise"
     out = guard(images)          # GuardedBatch(predictions, flags)
 
-``classifier`` is any callable from a list of images to a list of predictions (e.g. a torchvision model
-behind its transform). On alert: ``drop`` keeps flagged images away from the classifier (their prediction
-is None), ``flag`` classifies everything and returns the flags beside the predictions, ``raise`` raises
-``BackdoorDetected`` before classifying anything.
+``classifier`` is any callable from a list of uint8 RGB arrays (H, W, 3) to a list of predictions (e.g. a
+torchvision model behind its transform). The guard decodes each input the way the classifier's own loader would
+(``exif``: apply the EXIF orientation or not; ``alpha``: transparency composited on ``black`` or ``white``, or
+``drop``ped: PIL's ``convert("RGB")``; the defaults are torchvision's default loader's), sends those pixels
+losslessly, and passes the classifier exactly the pixels that were scored: an EXIF tag or an alpha channel cannot
+show the classifier an image the detector never saw. On alert: ``drop`` keeps flagged images away from the
+classifier (their prediction is None), ``flag`` classifies everything and returns the flags beside the
+predictions, ``raise`` raises ``BackdoorDetected`` before classifying anything.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+from PIL import Image, ImageOps
+
 from service.client import DedeClient, ImageLike, Verdict
+from service.imaging import BACKGROUNDS, open_image, orientation, to_rgb
 
 Policy = Literal["drop", "flag", "raise"]
 
@@ -33,15 +41,35 @@ class GuardedBatch:
     verdicts: list[Verdict]
 
 
+def as_seen(image: ImageLike, exif: bool = False, alpha: str = "drop") -> np.ndarray:
+    """Encoded bytes, a PIL image or an array -> uint8 (H, W, 3), as a loader with this convention shows it."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if isinstance(image, bytes | bytearray):
+        img = open_image(bytes(image))
+    elif isinstance(image, np.ndarray):
+        img = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    else:
+        img = image
+    img.load()
+    if exif and orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    return np.asarray(to_rgb(img, BACKGROUNDS[alpha]), dtype=np.uint8)
+
+
 class Guard:
-    def __init__(self, client: DedeClient, classifier: Callable[[list[ImageLike]], Sequence[Any]],
-                 on_alert: Policy = "drop") -> None:
+    def __init__(self, client: DedeClient, classifier: Callable[[list[np.ndarray]], Sequence[Any]],
+                 on_alert: Policy = "drop", exif: bool = False, alpha: str = "drop") -> None:
         if on_alert not in ("drop", "flag", "raise"):
             raise ValueError(f"on_alert must be 'drop', 'flag' or 'raise', not {on_alert!r}")
+        if alpha not in BACKGROUNDS:
+            raise ValueError(f"alpha must be one of {sorted(BACKGROUNDS)}, not {alpha!r}")
         self.client, self.classifier, self.on_alert = client, classifier, on_alert
+        self.exif, self.alpha = exif, alpha
 
-    def __call__(self, images: Sequence[ImageLike]) -> GuardedBatch:
-        verdicts = self.client.score_batch(list(images))
+    def __call__(self, inputs: Sequence[ImageLike]) -> GuardedBatch:
+        images = [as_seen(x, self.exif, self.alpha) for x in inputs]  # the pixels scored and classified
+        verdicts = self.client.score_batch(images)
         flags = [v.backdoor for v in verdicts]
         if self.on_alert == "raise" and any(flags):
             raise BackdoorDetected([i for i, f in enumerate(flags) if f], verdicts)

@@ -3,14 +3,39 @@
 A bundle is a folder ``models/<name>/`` holding ``manifest.json``, ``encoder.onnx`` and ``detector.onnx``.
 ``load_manifest`` validates the JSON against ``Manifest`` and checks every file's sha256: a bundle with a
 missing file or a wrong hash is refused with a ``BundleError`` that says which file and why.
+
+The hashes only vouch for the files; the manifest's own values are checked too, so that an edited manifest
+cannot quietly switch the alarm off:
+
+- the threshold (and each recorded alternative) must lie in the range its rule allows given the recorded
+  calibration statistics (``threshold_range``): ``paper-1.5x`` is 1.5 x the auxiliary images' mean score;
+  ``fpr@q`` is the (1 - q) quantile of the held-out scores, so it lies between the recorded quantiles of the
+  levels below and above 1 - q and within the bounds the held-out count, mean and std put on any such quantile
+  (Samuelson's and Cantelli's inequalities);
+- the encoder's mean must be finite and within [-10, 10], its std finite and within (1e-3, 10]; calibration
+  statistics must be finite;
+- no ONNX model may use external data: ONNX Runtime would read those files, which no hash covers, from paths
+  the model names. Every tensor the model holds (initializers, sparse initializers, Constant attributes,
+  subgraphs, functions, training info) is read from the protobuf wire format, without the ``onnx`` package
+  (not a service dependency), and one with ``data_location = EXTERNAL`` or ``external_data`` entries refuses the
+  bundle. So the only files ONNX Runtime reads are the two hashed ones. (``dede export`` never writes external
+  data.)
+- with ``expected_sha256`` (``DEDE_BUNDLE_SHA256``), manifest.json itself must have that sha256: the pin that
+  covers everything else, since the manifest holds the other files' hashes.
+
+These checks catch a careless or naive edit; only the pinned digest stops someone who can rewrite the whole
+manifest consistently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,6 +44,11 @@ from service.scores import SCORE_PATTERN
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+RTOL = 1e-4  # slack of the threshold checks, relative to the statistics' scale (float32 rounding)
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NormMean = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False)]  # on pixels scaled to [0, 1]
+NormStd = Annotated[float, Field(gt=1e-3, le=10, allow_inf_nan=False)]  # near 0: every score is inf
 
 
 class _Strict(BaseModel):
@@ -29,8 +59,8 @@ class EncoderInfo(_Strict):
     file: str = "encoder.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     input_size: int = Field(gt=0, le=4096)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[NormMean, NormMean, NormMean]
+    std: tuple[NormStd, NormStd, NormStd]
     embed_dim: int = Field(gt=0)
     architecture: str
     # where mean/std came from (cifar10, imagenet, timm, processor, open_clip, custom); absent in older bundles
@@ -60,9 +90,9 @@ class DetectorInfo(_Strict):
 
 class ScoreStats(_Strict):
     count: int = Field(ge=0)
-    mean: float
-    std: float
-    quantiles: dict[str, float]
+    mean: Finite
+    std: float = Field(ge=0, allow_inf_nan=False)  # population std (ddof 0), as training.calibrate.stats records
+    quantiles: dict[str, Finite]  # level ("0.99") -> quantile
 
 
 class ContentFit(_Strict):
@@ -73,15 +103,81 @@ class ContentFit(_Strict):
     images: int = Field(gt=0)  # auxiliary training images it was fitted on
 
 
+RULE_PATTERN = r"^(paper-1\.5x|fpr@0?\.\d+)$"
+
+
+def _level(key: str) -> float | None:
+    """A quantile key ("0.99") as its level, None unless a number in [0, 1]."""
+    try:
+        level = float(key)
+    except ValueError:
+        return None
+    return level if 0 <= level <= 1 else None
+
+
+def threshold_range(rule: str, aux_train: ScoreStats, holdout: ScoreStats) -> tuple[float, float]:
+    """The values a threshold calibrated by ``rule`` (``training.calibrate.threshold_for``) can take, given the
+    recorded statistics of the scores it was computed from, widened by ``RTOL`` for rounding.
+
+    ``paper-1.5x``: 1.5 x ``aux_train.mean``. ``fpr@q``: the (1 - q) quantile ``v`` of the n held-out scores
+    (numpy's linear interpolation), which
+
+    - lies between the recorded quantiles of the levels below and above 1 - q (quantiles grow with the level);
+    - lies within mean +- std * sqrt(n - 1), where every score lies (Samuelson's inequality, population std);
+    - has more than (n - 1) q / n of the scores at or above it and more than (n - 1)(1 - q) / n at or below it,
+      so by Cantelli's inequality v <= mean + std * sqrt(1 / share_above - 1) and
+      v >= mean - std * sqrt(1 / share_below - 1).
+
+    No held-out scores recorded: the empty range."""
+    if rule == "paper-1.5x":
+        centre = 1.5 * aux_train.mean
+        return centre - RTOL * abs(centre), centre + RTOL * abs(centre)
+    p = 1 - float(rule.removeprefix("fpr@"))
+    n, mean, std = holdout.count, holdout.mean, holdout.std
+    if n < 1:
+        return math.inf, -math.inf
+    lo, hi = mean - std * math.sqrt(n - 1), mean + std * math.sqrt(n - 1)
+    above, below = (n - 1) * (1 - p) / n, (n - 1) * p / n
+    if above > 0:
+        hi = min(hi, mean + std * math.sqrt(1 / above - 1))
+    if below > 0:
+        lo = max(lo, mean - std * math.sqrt(1 / below - 1))
+    for key, value in holdout.quantiles.items():
+        level = _level(key)
+        if level is not None and level < p - 1e-9:
+            lo = max(lo, value)
+        elif level is not None and level > p + 1e-9:
+            hi = min(hi, value)
+    slack = RTOL * (abs(mean) + std)
+    return lo - slack, hi + slack
+
+
 class ThresholdInfo(_Strict):
-    value: float = Field(gt=0)
-    rule: str = Field(pattern=r"^(paper-1\.5x|fpr@0?\.\d+)$")
+    value: float = Field(gt=0, allow_inf_nan=False)
+    rule: str = Field(pattern=RULE_PATTERN)
     mask_ratio: float = Field(ge=0, le=1)
     score: str | None = Field(None, pattern=SCORE_PATTERN)  # the score calibrated (absent in older bundles)
     content_fit: ContentFit | None = None
-    alternatives: dict[str, float] = {}
+    alternatives: dict[str, Finite] = {}
     aux_train: ScoreStats
     holdout: ScoreStats
+
+    @model_validator(mode="after")
+    def _within_calibration(self) -> ThresholdInfo:
+        """The threshold and every alternative of a known rule must be what their rule gives (``threshold_range``):
+        a threshold edited far up (the alarm off) or down (every image an alert) is refused."""
+        values = [("threshold.value", self.rule, self.value)] + [
+            (f"threshold.alternatives[{rule!r}]", rule, value) for rule, value in self.alternatives.items()
+            if re.fullmatch(RULE_PATTERN, rule)]
+        for name, rule, value in values:
+            lo, hi = threshold_range(rule, self.aux_train, self.holdout)
+            if not lo <= value <= hi:
+                basis = (f"1.5 x the auxiliary mean score {self.aux_train.mean:g}" if rule == "paper-1.5x" else
+                         f"the held-out scores' statistics (count {self.holdout.count}, mean {self.holdout.mean:g}, "
+                         f"std {self.holdout.std:g}, quantiles {self.holdout.quantiles})")
+                raise ValueError(f"{name} {value:g} is outside [{lo:g}, {hi:g}], the range rule {rule} allows given "
+                                 f"{basis}: refusing an edited or inconsistent manifest")
+        return self
 
 
 class Provenance(_Strict):
@@ -132,8 +228,111 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
-    """Read and validate ``<bundle_dir>/manifest.json``; with ``verify`` check every file's sha256."""
+# ONNX protobuf messages that can hold tensors: message -> {field number: message of that field}
+# (onnx.proto: ModelProto, TrainingInfoProto, FunctionProto, GraphProto, NodeProto, AttributeProto,
+# SparseTensorProto); a TensorProto names external data in fields 13 (external_data) and 14 (data_location).
+_TENSOR = "TensorProto"
+_HOLDS: dict[str, dict[int, str]] = {
+    "ModelProto": {7: "GraphProto", 20: "TrainingInfoProto", 25: "FunctionProto"},
+    "TrainingInfoProto": {1: "GraphProto", 2: "GraphProto"},
+    "FunctionProto": {7: "NodeProto", 11: "AttributeProto"},
+    "GraphProto": {1: "NodeProto", 5: _TENSOR, 15: "SparseTensorProto"},
+    "NodeProto": {5: "AttributeProto"},
+    "AttributeProto": {5: _TENSOR, 6: "GraphProto", 10: _TENSOR, 11: "GraphProto", 22: "SparseTensorProto",
+                       23: "SparseTensorProto"},
+    "SparseTensorProto": {1: _TENSOR, 2: _TENSOR},
+}
+
+
+def _varint(data: bytes | mmap.mmap, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def external_tensor(data: bytes | mmap.mmap) -> str | None:
+    """The name of the first tensor in the serialized ONNX model ``data`` whose data lies in an external file
+    (or ``"<unnamed>"``), else None. Reads the protobuf wire format along ``_HOLDS``; other fields are skipped
+    by their length. Raises ``ValueError`` for bytes that are not a well-formed protobuf message."""
+    stack = [("ModelProto", 0, len(data))]
+    while stack:
+        kind, pos, end = stack.pop()
+        holds, name, external = _HOLDS.get(kind, {}), "<unnamed>", False
+        groups = 0  # inside a (deprecated) group: an unknown field to skip, as protobuf parsers do
+        while pos < end:
+            key, pos = _varint(data, pos, end)
+            field, wire = key >> 3, key & 7
+            own = groups == 0 and kind == _TENSOR
+            if wire == 0:
+                value, pos = _varint(data, pos, end)
+                external |= own and field == 14 and value != 0
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            elif wire == 2:
+                size, pos = _varint(data, pos, end)
+                if pos + size > end:
+                    raise ValueError("a field runs past the end of its message")
+                if own and field == 8:
+                    name = bytes(data[pos : pos + size]).decode("utf-8", "replace")
+                external |= own and field == 13
+                if groups == 0 and field in holds:
+                    stack.append((holds[field], pos, pos + size))
+                pos += size
+            elif wire == 3:
+                groups += 1
+            elif wire == 4 and groups:
+                groups -= 1
+            else:
+                raise ValueError(f"unexpected wire type {wire}")
+        if pos > end or groups:
+            raise ValueError("a field runs past the end of its message")
+        if external:
+            return name
+    return None
+
+
+def _verify_model(file: Path, expected_sha256: str) -> None:
+    """``file``'s sha256 is ``expected_sha256`` and it uses no external data (module doc), read once."""
+    with file.open("rb") as f:
+        size = file.stat().st_size
+        data: bytes | mmap.mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected_sha256:
+                raise BundleError(f"{file} has sha256 {actual}, the manifest says {expected_sha256}: refusing "
+                                  "a modified or corrupted bundle")
+            try:
+                tensor = external_tensor(data)
+            except ValueError as exc:
+                raise BundleError(f"{file} is not a valid ONNX model ({exc})") from exc
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
+    if tensor is not None:
+        raise BundleError(f"{file}: tensor {tensor!r} keeps its data in an external file, which no hash in the "
+                          "manifest covers: refusing a bundle whose models use external data")
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error on one line: ``location: message; ...``, without the offending input."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where and not message.startswith(where) else message)
+    return "; ".join(parts)
+
+
+def load_manifest(bundle_dir: str | Path, verify: bool = True, expected_sha256: str | None = None) -> Manifest:
+    """Read and validate ``<bundle_dir>/manifest.json``; with ``verify`` check every file's sha256 and that no
+    model uses external data; with ``expected_sha256`` check manifest.json's own sha256 (the deployment's pin)."""
     bundle = Path(bundle_dir)
     path = bundle / MANIFEST
     if not bundle.is_dir():
@@ -141,11 +340,17 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise BundleError(f"bundle {bundle} has no {MANIFEST}")
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path} could not be read: {exc}") from exc
+    if expected_sha256 is not None:
+        check_manifest_digest(path, expected_sha256, hashlib.sha256(raw).hexdigest())
+    try:
+        manifest = Manifest.model_validate(json.loads(raw.decode("utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from exc
     except ValidationError as exc:
-        raise BundleError(f"{path} does not match the bundle schema: {exc}") from exc
+        raise BundleError(f"{path} does not match the bundle schema: {validation_message(exc)}") from exc
     if verify:
         for info in (manifest.encoder, manifest.detector):
             file = bundle / info.file
@@ -153,8 +358,21 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
                 raise BundleError(f"{path}: file {info.file!r} must be a plain name inside the bundle")
             if not file.is_file():
                 raise BundleError(f"bundle {bundle} is missing {info.file}")
-            actual = sha256_file(file)
-            if actual != info.sha256:
-                raise BundleError(f"{file} has sha256 {actual}, the manifest says {info.sha256}: refusing "
-                                  "a modified or corrupted bundle")
+            try:
+                _verify_model(file, info.sha256)
+            except OSError as exc:
+                raise BundleError(f"{file} could not be read: {exc}") from exc
     return manifest
+
+
+def check_manifest_digest(path: Path, expected_sha256: str, actual: str | None = None) -> None:
+    """Refuse ``path`` (a manifest.json) unless its sha256 (``actual``, else computed) is ``expected_sha256``."""
+    if actual is None and not path.is_file():
+        raise BundleError(f"{path} does not exist, so it cannot have the sha256 DEDE_BUNDLE_SHA256 pins")
+    try:
+        actual = actual or sha256_file(path)
+    except OSError as exc:
+        raise BundleError(f"{path} could not be read: {exc}") from exc
+    if actual != expected_sha256.lower():
+        raise BundleError(f"{path} has sha256 {actual}, but DEDE_BUNDLE_SHA256 pins {expected_sha256.lower()}: "
+                          "refusing a manifest other than the deployed one")

@@ -1,64 +1,45 @@
 """The scoring path shared by ``POST /score``, ``POST /score/batch`` and the V2 ``infer`` endpoint:
-decode -> queue for the model (batcher) -> flag -> metrics -> optional explanation.
+decode (``service.decoding``: its own threads and memory budget) -> every view of each image through the batcher
+-> each upload's verdict from its views -> optional explanation -> metrics.
 
-Small images are decoded on the event loop: for a CIFAR-sized PNG, handing the work to a thread and back
-cost more CPU than the decoding itself (measured with py-spy under ``make bench`` load). The header is read
-first, so the decision rests on the pixel count, never on the upload's size: a small file that declares
-many pixels (a decompression bomb) is still decoded in a worker thread, after the pixel-limit check.
+An upload is flagged when any of its views is (``imaging.load_views``: the EXIF orientation applied or not,
+transparency flattened on black or white or dropped, as ``DEDE_EXIF`` and ``DEDE_ALPHA`` say), and its score and
+``view`` are those of its highest-scoring view. Metrics count an upload once, after its answer is ready: an
+explanation refused with 503 and retried does not count the image twice.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 
+from service.decoding import Views
 from service.deps import Scoring
-from service.errors import BadImage
-from service.imaging import Image, load_rgb, open_image, resize_rgb
+from service.imaging import Image, resize_rgb
 from service.schemas import Explanation, ScoreResponse
-from service.scoring import ScoreResult
-
-INLINE_DECODE_PIXELS = 128 * 128  # images at most this large are decoded on the event loop
 
 
-def _named(exc: BadImage, i: int, name: str, many: bool) -> BadImage:
-    if many:
-        exc.message = f"image {i} ({name}): {exc.message}"
-    return exc
+@dataclass(frozen=True)
+class Verdicts:
+    """One entry per upload: the highest-scoring view's score, name and pixels (B, size, size, 3)."""
+
+    scores: list[float]
+    flags: list[bool]
+    views: list[str]
+    pixels: np.ndarray
+    threshold: float
 
 
-def _decode_images(images: list[tuple[int, str, Image.Image]], size: int, many: bool) -> list[np.ndarray]:
-    out = []
-    for i, name, img in images:
-        try:
-            out.append(load_rgb(img, size))
-        except BadImage as exc:
-            raise _named(exc, i, name, many) from None
-    return out
+async def decode_uploads(ctx: Scoring, uploads: list[tuple[str, bytes]]) -> list[Views]:
+    """Encoded files -> each one's views; a ``BadImage`` names the file when there are several."""
+    return await ctx.decoder.decode(uploads)
 
 
-async def decode_uploads(ctx: Scoring, uploads: list[tuple[str, bytes]]) -> np.ndarray:
-    """Encoded files -> uint8 (B, size, size, 3); a ``BadImage`` names the file when there are several."""
-    size, many = ctx.scorer.size, len(uploads) > 1
-    opened: list[tuple[int, str, Image.Image]] = []
-    try:
-        for i, (name, data) in enumerate(uploads):
-            try:
-                opened.append((i, name, open_image(data, ctx.settings.max_image_pixels)))
-            except BadImage as exc:
-                raise _named(exc, i, name, many) from None
-        small = [o for o in opened if o[2].width * o[2].height <= INLINE_DECODE_PIXELS]
-        large = [o for o in opened if o[2].width * o[2].height > INLINE_DECODE_PIXELS]
-        arrays = dict(zip([o[0] for o in small], _decode_images(small, size, many), strict=True))
-        if large:
-            decoded = await run_in_threadpool(_decode_images, large, size, many)
-            arrays.update(zip([o[0] for o in large], decoded, strict=True))
-    finally:
-        for _, _, img in opened:
-            img.close()
-    return np.stack([arrays[i] for i in range(len(uploads))])
+def pixel_views(pixels: np.ndarray) -> list[Views]:
+    """Pixels sent as pixels (V2 ``image``) have one view: as sent."""
+    return [[("stored", p)] for p in pixels]
 
 
 def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -68,27 +49,41 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.stack([resize_rgb(Image.fromarray(p, "RGB"), size) for p in pixels])
 
 
-async def score_images(ctx: Scoring, images: np.ndarray, decode_s: float) -> ScoreResult:
-    """Decoded images through the runner (batcher, bounded queue, timeout); counts and histograms."""
-    m, metrics = ctx.scorer.manifest, ctx.metrics
-    metrics.queue_depth.inc(len(images))
+async def score_views(ctx: Scoring, views: list[Views]) -> Verdicts:
+    """Every view through the runner (batcher, bounded queue, timeout) in one submission; each upload's verdict."""
+    flat = np.stack([v for upload in views for _, v in upload])
+    ctx.metrics.queue_depth.inc(len(flat))
     try:
-        result = await ctx.runner.submit(images)
+        result = await ctx.runner.submit(flat)
     finally:
-        metrics.queue_depth.dec(len(images))
-    metrics.observe_images(m.name, result.scores.tolist(), result.flags.tolist(), result.threshold, decode_s)
-    return result
+        ctx.metrics.queue_depth.dec(len(flat))
+    scores, names, best, start = [], [], [], 0
+    for upload in views:
+        k = start + int(np.argmax(result.scores[start:start + len(upload)]))
+        scores.append(float(result.scores[k]))
+        names.append(upload[k - start][0])
+        best.append(k)
+        start += len(upload)
+    return Verdicts(scores, [s > result.threshold for s in scores], names, flat[best], result.threshold)
+
+
+def observe(ctx: Scoring, verdicts: Verdicts, decode_s: float) -> None:
+    """Counts, alerts, score ratios and decode time of an answered request."""
+    ctx.metrics.observe_images(ctx.scorer.manifest.name, verdicts.scores, verdicts.flags, verdicts.threshold,
+                               decode_s)
 
 
 async def score_uploads(ctx: Scoring, uploads: list[tuple[str, bytes]],
                         explain: bool) -> list[ScoreResponse]:
-    """The /score path: decode, score, and (``explain``) an explanation per image."""
+    """The /score path: decode, score, and (``explain``) an explanation of each upload's reported view."""
     t0 = time.perf_counter()
-    images = await decode_uploads(ctx, uploads)
-    result = await score_images(ctx, images, time.perf_counter() - t0)
+    views = await decode_uploads(ctx, uploads)
+    decode_s = time.perf_counter() - t0
+    v = await score_views(ctx, views)
     explanations: list[Explanation | None] = (
-        list(await ctx.explainer.explain(images)) if explain else [None] * len(images))
+        list(await ctx.explainer.explain(v.pixels)) if explain else [None] * len(uploads))
+    observe(ctx, v, decode_s)
     m = ctx.scorer.manifest
-    return [ScoreResponse(backdoor=f, score=s, threshold=result.threshold, model=m.name, model_version=m.version,
-                          explanation=e)
-            for s, f, e in zip(result.scores.tolist(), result.flags.tolist(), explanations, strict=True)]
+    return [ScoreResponse(backdoor=f, score=s, threshold=v.threshold, view=name, model=m.name,
+                          model_version=m.version, explanation=e)
+            for s, f, name, e in zip(v.scores, v.flags, v.views, explanations, strict=True)]

@@ -19,6 +19,8 @@ from types import FrameType
 
 import uvicorn
 
+from service.protocol import GuardedHttpProtocol
+
 APP = "service.app:create_app"
 
 
@@ -36,7 +38,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def _worker(host: str, port: int) -> None:
     sock = listening_socket(host, port)
-    uvicorn.Server(uvicorn.Config(APP, factory=True)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(APP, factory=True, http=GuardedHttpProtocol)).run(sockets=[sock])
 
 
 def serve(host: str, port: int, workers: int, poll_s: float = 0.5) -> None:

@@ -21,6 +21,9 @@ class ScoreResponse(BaseModel):
     backdoor: bool
     score: float
     threshold: float
+    view: str = Field("stored", description="the view the score belongs to, the highest-scoring one: 'stored', or "
+                      "what was done to the image as a downstream loader would (exif=applied|ignored, "
+                      "alpha=black|white|dropped)")
     model: str
     model_version: str
     explanation: Explanation | None = Field(None, description="only with ?explain=true")

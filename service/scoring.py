@@ -71,7 +71,37 @@ def _session(path: Path, providers: tuple[str, ...], threads: int) -> ort.Infere
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt models
-        raise BundleError(f"{path} could not be loaded by ONNX Runtime: {exc}") from exc
+        raise BundleError(f"{path} could not be loaded by ONNX Runtime: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (ONNX Runtime's span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# An input or output the bundle contract wants: name (None: any), element type, dims (None: any size).
+IOSpec = tuple[str | None, str, tuple[int | None, ...]]
+FLOAT, INT64 = "tensor(float)", "tensor(int64)"
+
+
+def check_io(path: Path, kind: str, args: list[ort.NodeArg], expected: list[IOSpec]) -> None:
+    """Refuse a model whose inputs or outputs (``kind``) are not ``expected``: their number, names, types, ranks and
+    fixed sizes. A dimension the model leaves symbolic fits any size; a shape it leaves unknown ([]) fits any."""
+    def show(name: str | None, dtype: str, dims: list[object] | tuple[object, ...]) -> str:
+        return f"{name or '<any name>'} {dtype} [{', '.join('*' if d is None else str(d) for d in dims)}]"
+
+    want = ", ".join(show(*e) for e in expected)
+    if len(args) != len(expected):
+        raise BundleError(f"{path} has {len(args)} {kind}s ({', '.join(a.name for a in args)}), the bundle contract "
+                          f"wants {len(expected)}: {want} (swapped or foreign model?)")
+    for arg, (name, dtype, dims) in zip(args, expected, strict=True):
+        shape = arg.shape or []
+        fits = (name is None or arg.name == name) and arg.type == dtype and (not shape or (
+            len(shape) == len(dims) and all(d is None or not isinstance(a, int) or a == d
+                                            for a, d in zip(shape, dims, strict=True))))
+        if not fits:
+            raise BundleError(f"{path}: {kind} {show(arg.name, arg.type, shape)} does not fit the bundle contract's "
+                              f"{show(name, dtype, dims)}; the contract's {kind}s: {want} (swapped or foreign model?)")
 
 
 class Scorer:
@@ -81,6 +111,7 @@ class Scorer:
         bundle = Path(bundle_dir)
         self.encoder = _session(bundle / manifest.encoder.file, providers, threads)
         self.detector = _session(bundle / manifest.detector.file, providers, threads)
+        self._check_models(bundle)
         self.threshold = float(manifest.threshold.value)
         self.size = manifest.encoder.input_size
         self._enc_in = self.encoder.get_inputs()[0].name
@@ -99,8 +130,28 @@ class Scorer:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, providers: tuple[str, ...] = DEFAULT_PROVIDERS,
-                    threads: int = 0, mask_draws: int = 1, fixed_batch: int = 0) -> Scorer:
-        return cls(load_manifest(bundle_dir), bundle_dir, providers, threads, mask_draws, fixed_batch)
+                    threads: int = 0, mask_draws: int = 1, fixed_batch: int = 0,
+                    manifest_sha256: str | None = None) -> Scorer:
+        """The bundle's scorer (``manifest_sha256``: manifest.json must have this sha256, ``DEDE_BUNDLE_SHA256``).
+        Every way the bundle fails to load is a one-line ``BundleError``; ``warm_up`` (the service's start, and
+        ``dede scan``'s) turns models that load but fail to run into one too."""
+        return cls(load_manifest(bundle_dir, expected_sha256=manifest_sha256), bundle_dir, providers, threads,
+                   mask_draws, fixed_batch)
+
+    def _check_models(self, bundle: Path) -> None:
+        """The sessions' inputs and outputs are the bundle contract's (training.export), sized as the manifest
+        says: a swapped, foreign or mismatched model is refused here, not by a failing first request."""
+        m = self.manifest
+        s, e, k, n = m.encoder.input_size, m.encoder.embed_dim, m.detector.kept_patches, m.detector.num_patches
+        image: IOSpec = ("image", FLOAT, (None, 3, s, s))
+        enc, det = bundle / m.encoder.file, bundle / m.detector.file
+        check_io(enc, "input", self.encoder.get_inputs(), [(None, FLOAT, (None, 3, s, s))])
+        check_io(enc, "output", self.encoder.get_outputs(), [(None, FLOAT, (None, e))])
+        check_io(det, "input", self.detector.get_inputs(),
+                 [image, ("embedding", FLOAT, (None, e)), ("keep", INT64, (None, k))])
+        check_io(det, "output", self.detector.get_outputs(),
+                 [("score", FLOAT, (None,)), ("reconstruction", FLOAT, (None, 3, s, s)),
+                  ("patch_error", FLOAT, (None, n))])
 
     @property
     def provider(self) -> str:
@@ -175,7 +226,12 @@ class Scorer:
         """Runs the batch size ``score`` runs (``fixed_batch``, else 1), so that start-up, not the first requests,
         pays for the sessions' first run. -> the sizes run."""
         size = self.fixed_batch or 1
-        self.score(np.zeros((size, self.size, self.size, 3), dtype=np.uint8))
+        try:
+            result = self.score(np.zeros((size, self.size, self.size, 3), dtype=np.uint8))
+        except Exception as exc:  # ONNX Runtime's own types: a model that loads but does not run as the bundle says
+            raise BundleError(f"the bundle's models failed a trial run of {size} image(s): {_one_line(exc)}") from exc
+        if result.scores.shape != (size,):
+            raise BundleError(f"the bundle's models gave {result.scores.shape} scores for {size} image(s)")
         self.warmed_up = [size]
         return self.warmed_up
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -38,15 +39,16 @@ def wait_for(url: str, seconds: float = 60, proc: subprocess.Popen[bytes] | None
 
 
 @contextmanager
-def dede_process(*args: str, bundle: Path = DEMO_BUNDLE,
-                 env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def dede_process(*args: str, bundle: Path = DEMO_BUNDLE, env: dict[str, str] | None = None,
+                 stderr: int | IO[bytes] = subprocess.DEVNULL) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``dede serve`` on a free loopback port, ready; yields the process and its base URL, and stops it
-    (SIGTERM) afterwards."""
+    (SIGTERM) afterwards. Its stderr (uvicorn's and the service's log) goes to ``stderr``: discarded unless
+    given a file."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle),
                              "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
                             env=env if env is not None else dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url + "/readyz", proc=proc)

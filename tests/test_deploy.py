@@ -122,10 +122,14 @@ def test_images_install_pinned_runtime_dependencies() -> None:
 # The advisories the floors in pyproject.toml are set past (fixed-in versions as published in the advisories).
 ADVISORY_FLOORS = {
     # CVE-2024-24762 (0.0.7), CVE-2024-53981 (0.0.18), CVE-2026-24486 (0.0.22), CVE-2026-40347 (0.0.26),
-    # CVE-2026-42561 (0.0.27), CVE-2026-53538 (0.0.30)
-    "python-multipart": "0.0.30",
-    # CVE-2024-47874 (0.40.0), CVE-2025-54121 (0.47.2), CVE-2025-62727 (0.49.1), CVE-2026-48710 (1.0.1)
-    "starlette": "1.0.1",
+    # CVE-2026-42561 (0.0.27), CVE-2026-53538 (0.0.30), the multipart parsing fix published in 0.0.31 (id not
+    # recorded here)
+    "python-multipart": "0.0.31",
+    # CVE-2024-47874 (0.40.0), CVE-2025-54121 (0.47.2), CVE-2025-62727 (0.49.1), CVE-2026-48710 (1.0.1), the
+    # fixes published up to 1.3.1 (ids not recorded here)
+    "starlette": "1.3.1",
+    # CVE-2025-43859 / GHSA-vqfr-h8mv-ghfj (0.16.0): malformed chunked-encoding bodies accepted (request smuggling)
+    "h11": "0.16.0",
     # CVE-2025-48379 (11.3.0), CVE-2026-42309 (12.2.0), CVE-2026-59205 (12.3.0), the October 2026 decoder
     # advisories (e.g. CVE-2026-112403, JPEG decoding; 13.0.0)
     "pillow": "13.0.0",

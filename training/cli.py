@@ -152,9 +152,26 @@ def cmd_serve(a: argparse.Namespace) -> None:
     import os
 
     import uvicorn
+    from pydantic import ValidationError
+
+    from service.scoring import Scorer
+    from service.settings import Settings
 
     if a.bundle:
         os.environ["DEDE_BUNDLE"] = a.bundle
+    # The settings and the bundle are checked here, before any server starts, so that a mistake is one line on
+    # stderr (main) instead of a traceback from each worker. The bundle is loaded once on the CPU, then let go.
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = f"DEDE_{str(err['loc'][0]).upper()}" if err["loc"] else ""
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(message if name in message else f"{name}: {message}")
+        raise ValueError(f"invalid settings: {'; '.join(problems)}") from None
+    Scorer.from_bundle(settings.bundle, ("CPUExecutionProvider",), mask_draws=settings.mask_draws,
+                       manifest_sha256=settings.bundle_sha256).warm_up()
     if a.workers > 1:  # prometheus_client multiprocess mode: each worker writes its values to files
         import shutil
         import tempfile
@@ -163,12 +180,14 @@ def cmd_serve(a: argparse.Namespace) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # no stale values from an earlier run
         os.makedirs(metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from service.protocol import GuardedHttpProtocol
     from service.reuseport import APP, serve
 
     if a.reuse_port and a.workers > 1:
         serve(a.host, a.port, a.workers)
         return
-    uvicorn.run(APP, factory=True, host=a.host, port=a.port, workers=a.workers)
+    # GuardedHttpProtocol: httptools with a header cap, header/body timeouts and a connection limit
+    uvicorn.run(APP, factory=True, host=a.host, port=a.port, workers=a.workers, http=GuardedHttpProtocol)
 
 
 PRODUCT, RESEARCH = "product commands", "research commands (the paper's attacks, grid and studies)"

@@ -21,6 +21,7 @@ def scan(bundle: str, source: str, output: str = "-", batch_size: int = 256) -> 
     if not path.exists():
         raise FileNotFoundError(f"{source} does not exist")
     scorer = Scorer.from_bundle(bundle)
+    scorer.warm_up()  # a bundle whose models do not run is a BundleError here, before any CSV line
     reader = _Reader(path)
     names = reader.names()
     out = sys.stdout if output == "-" else open(output, "w", newline="")  # noqa: SIM115

@@ -12,11 +12,12 @@ input, either
 Either input can instead travel as binary data after the JSON (the binary tensor data extension of
 Triton/KServe: header ``Inference-Header-Content-Length``, input parameter ``binary_data_size``; BYTES
 elements each preceded by a 4-byte little-endian length). Outputs are always JSON: ``score`` FP32 [N],
-``backdoor`` BOOL [N], ``threshold`` FP32 [1]; with the request parameter ``explain`` true (or when one
-of them is requested by name) also ``reconstruction`` and ``error_map`` (BYTES [N], base64 PNG) and
-``patch_errors`` (FP32 [N, patches]). Errors are ``{"error": <message>}``: 400 for a wrong datatype, shape
-or data, 404 for another model name or version, and the limits, API key and overload answers of
-``/score`` (413, 401, 503 + Retry-After), since infer goes through the same decoding and the same batcher.
+``backdoor`` BOOL [N], ``threshold`` FP32 [1], ``view`` BYTES [N] (the view each score belongs to: see
+``service.pipeline``); with the request parameter ``explain`` true (or when one of them is requested by name)
+also ``reconstruction`` and ``error_map`` (BYTES [N], base64 PNG) and ``patch_errors`` (FP32 [N, patches]).
+Errors are ``{"error": <message>}``: 400 for a wrong datatype, shape or data, 404 for another model name or
+version, and the limits, API key and overload answers of ``/score`` (413, 401, 422, 503 + Retry-After), since
+infer goes through the same decoding and the same batcher.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import ScoringDep, loaded, require_loaded
 from service.errors import BadRequest, ImageTooLarge, ModelNotFound
-from service.pipeline import decode_uploads, resize_pixels, score_images
+from service.pipeline import decode_uploads, observe, pixel_views, resize_pixels, score_views
 from service.schemas_v2 import (
     InferenceRequest,
     InferenceResponse,
@@ -58,7 +59,7 @@ from service.settings import Settings
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
 PIXELS, FILES = "image", "image_bytes"
-SCORE_OUTPUTS = ("score", "backdoor", "threshold")
+SCORE_OUTPUTS = ("score", "backdoor", "threshold", "view")
 EXPLAIN_OUTPUTS = ("reconstruction", "error_map", "patch_errors")
 HEADER_LENGTH = "inference-header-content-length"
 INLINE_BODY_BYTES = 256 * 1024  # larger bodies are parsed in a worker thread
@@ -116,6 +117,7 @@ def _metadata(scorer: Scorer) -> ModelMetadata:
         outputs=[TensorMetadata(name="score", datatype="FP32", shape=[-1]),
                  TensorMetadata(name="backdoor", datatype="BOOL", shape=[-1]),
                  TensorMetadata(name="threshold", datatype="FP32", shape=[1]),
+                 TensorMetadata(name="view", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="reconstruction", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="error_map", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="patch_errors", datatype="FP32", shape=[-1, n])])
@@ -148,7 +150,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """The JSON part and the binary part (binary tensor data extension)."""
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise BadRequest(f"Inference-Header-Content-Length {header_length!r} does not fit the body "
                          f"of {len(body)} bytes")
     n = int(header_length)
@@ -298,16 +300,18 @@ async def _infer(request: Request, ctx: ScoringDep, scorer: Scorer) -> Response:
     # parsing a large JSON tensor (and resizing its pixels) takes long enough to stall the event loop
     req, names, explain, data = (_prepare(*args) if len(body) <= INLINE_BODY_BYTES
                                  else await run_in_threadpool(_prepare, *args))
-    images = data if isinstance(data, np.ndarray) else await decode_uploads(ctx, data)
-    result = await score_images(ctx, images, time.perf_counter() - t0)
-    n = len(images)
+    views = pixel_views(data) if isinstance(data, np.ndarray) else await decode_uploads(ctx, data)
+    decode_s = time.perf_counter() - t0
+    v = await score_views(ctx, views)
+    n = len(views)
     out: dict[str, ResponseOutput] = {
-        "score": ResponseOutput(name="score", datatype="FP32", shape=[n], data=result.scores.tolist()),
-        "backdoor": ResponseOutput(name="backdoor", datatype="BOOL", shape=[n], data=result.flags.tolist()),
-        "threshold": ResponseOutput(name="threshold", datatype="FP32", shape=[1], data=[result.threshold]),
+        "score": ResponseOutput(name="score", datatype="FP32", shape=[n], data=v.scores),
+        "backdoor": ResponseOutput(name="backdoor", datatype="BOOL", shape=[n], data=v.flags),
+        "threshold": ResponseOutput(name="threshold", datatype="FP32", shape=[1], data=[v.threshold]),
+        "view": ResponseOutput(name="view", datatype="BYTES", shape=[n], data=v.views),
     }
     if explain:
-        ex = await ctx.explainer.explain(images)
+        ex = await ctx.explainer.explain(v.pixels)
         out["reconstruction"] = ResponseOutput(name="reconstruction", datatype="BYTES", shape=[n],
                                                data=[e.reconstruction_png for e in ex])
         out["error_map"] = ResponseOutput(name="error_map", datatype="BYTES", shape=[n],
@@ -315,6 +319,7 @@ async def _infer(request: Request, ctx: ScoringDep, scorer: Scorer) -> Response:
         out["patch_errors"] = ResponseOutput(name="patch_errors", datatype="FP32",
                                              shape=[n, len(ex[0].patch_errors)],
                                              data=[v for e in ex for v in e.patch_errors])
+    observe(ctx, v, decode_s)
     m = scorer.manifest
     answer = InferenceResponse(model_name=m.name, model_version=m.version, id=req.id,
                                outputs=[out[name] for name in names])

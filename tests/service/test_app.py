@@ -14,7 +14,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import DEMO_BUNDLE, EXAMPLES
+from tests.conftest import DEMO_BUNDLE, EXAMPLES, ROOT
+from tests.service.conftest import demo_client
 
 
 def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -59,7 +60,8 @@ def test_score_multipart_and_raw_body_agree(client: TestClient, example: bytes) 
     b = client.post("/score", content=example, headers={"content-type": "image/png"})
     assert a.status_code == b.status_code == 200
     ja, jb = a.json(), b.json()
-    assert set(ja) == {"backdoor", "score", "threshold", "model", "model_version"}
+    assert set(ja) == {"backdoor", "score", "threshold", "view", "model", "model_version"}
+    assert ja["view"] == "stored"
     assert ja["score"] == pytest.approx(jb["score"])
     assert ja["backdoor"] == (ja["score"] > ja["threshold"])
 
@@ -205,3 +207,17 @@ def test_readme_demo_claims(client: TestClient) -> None:
     with TestClient(create_app(Settings(bundle=CONTROL_BUNDLE))) as control:
         assert not any(control.post("/score", content=f.read_bytes()).json()["backdoor"]
                        for f in EXAMPLES.glob("*.png"))
+
+
+def test_an_explanation_refused_and_retried_counts_its_alert_once() -> None:
+    trig = (ROOT / "examples" / "triggered-cat.png").read_bytes()
+    with demo_client() as c:
+        explainer = c.app.state.scoring.explainer  # type: ignore[attr-defined]
+        alerts = metric(c, "dede_backdoor_alerts_total", model="demo-cifar10-badencoder")
+        explainer._waiting = explainer.max_waiting  # every explanation slot taken: 503
+        assert c.post("/score?explain=true", content=trig).status_code == 503
+        explainer._waiting = 0
+        r = c.post("/score?explain=true", content=trig)  # the client's retry
+        assert r.status_code == 200 and r.json()["backdoor"] is True
+        assert metric(c, "dede_backdoor_alerts_total", model="demo-cifar10-badencoder") == alerts + 1
+

@@ -13,7 +13,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.client import AsyncDedeClient, DedeClient, DedeError
-from service.guard import BackdoorDetected, Guard
+from service.guard import BackdoorDetected, Guard, as_seen
 from service.settings import Settings
 from tests.conftest import DEMO_BUNDLE, EXAMPLES
 
@@ -84,9 +84,9 @@ def test_async_client(app_client: TestClient) -> None:
 def test_guard_policies(dede: DedeClient, policy: str) -> None:
     seen: list[int] = []
 
-    def classifier(images: list[bytes]) -> list[int]:
+    def classifier(images: list[np.ndarray]) -> list[int]:
         seen.append(len(images))
-        return [len(img) for img in images]
+        return [int(img.astype(np.int64).sum()) for img in images]
 
     images = [example("clean-cat"), example("triggered-cat"), example("clean-ship")]
     guard = Guard(dede, classifier, on_alert=policy)  # type: ignore[arg-type]
@@ -100,7 +100,7 @@ def test_guard_policies(dede: DedeClient, policy: str) -> None:
     if policy == "drop":
         assert out.predictions[1] is None and seen == [2]
     else:
-        assert out.predictions[1] == len(images[1]) and seen == [3]
-    assert out.predictions[0] == len(images[0])
+        assert out.predictions[1] == int(as_seen(images[1]).astype(np.int64).sum()) and seen == [3]
+    assert out.predictions[0] == int(as_seen(images[0]).astype(np.int64).sum())
     with pytest.raises(ValueError):
         Guard(dede, classifier, on_alert="ignore")  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ from tests.service.test_app import huge_header_png
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with demo_client(max_upload_bytes=3_000_000, max_image_pixels=30_000_000) as c:
+    with demo_client(max_upload_bytes=3_000_000, max_image_pixels=30_000_000,
+                     decode_budget_bytes=30_000_000 * 20) as c:
         yield c
 
 

@@ -89,6 +89,10 @@ def test_corrupted_onnx_with_matching_hash_is_refused(bundle: Path) -> None:
 
     (bundle / "detector.onnx").write_bytes(b"not an onnx model")
     edit(bundle, lambda d: d["detector"].update(sha256=sha256_file(bundle / "detector.onnx")))
+    with pytest.raises(BundleError, match="not a valid ONNX model"):  # not even protobuf: refused before ORT
+        Scorer.from_bundle(bundle)
+    (bundle / "detector.onnx").write_bytes(b"")  # well-formed protobuf (empty), but no model
+    edit(bundle, lambda d: d["detector"].update(sha256=sha256_file(bundle / "detector.onnx")))
     with pytest.raises(BundleError, match="ONNX Runtime"):
         Scorer.from_bundle(bundle)
 
@@ -114,8 +118,10 @@ def test_the_service_scores_with_the_content_score_its_manifest_names(bundle: Pa
     from tests.conftest import EXAMPLES
 
     plain = Scorer.from_bundle(bundle)
+    held_out = {"count": 2000, "mean": 20.0, "std": 8.0, "quantiles": {"0.5": 19.0, "0.99": 40.0}}
     edit(bundle, lambda d: (d["detector"].update(score="content@0.5"),
-                            d["threshold"].update(score="content@0.5", value=40.0,
+                            d["threshold"].update(score="content@0.5", value=40.0, holdout=held_out,
+                                                  alternatives={"fpr@0.01": 40.0},
                                                   content_fit={"exponent": 0.5, "r": 0.8, "images": 100})))
     image = sorted(EXAMPLES.glob("*.png"))[0]
     out = plain.run(plain_images := np.asarray(Image.open(image).convert("RGB"))[None])

@@ -175,7 +175,7 @@ def test_body_limits_and_broken_binary(client: TestClient) -> None:
 def test_explain_outputs(client: TestClient) -> None:
     body = {**uint8([1, 32, 32, 3], pixels("triggered-cat").tolist()), "parameters": {"explain": True}}
     out = outputs(client.post(INFER, json=body).json())
-    assert set(out) == {"score", "backdoor", "threshold", "reconstruction", "error_map", "patch_errors"}
+    assert set(out) == {"score", "backdoor", "threshold", "view", "reconstruction", "error_map", "patch_errors"}
     assert out["reconstruction"]["datatype"] == "BYTES" and out["patch_errors"]["shape"] == [1, 64]
     assert sum(out["patch_errors"]["data"]) == pytest.approx(out["score"]["data"][0], rel=1e-4)
     only = client.post(INFER, json={**uint8([1, 32, 32, 3], pixels("triggered-cat").tolist()),
@@ -204,3 +204,27 @@ def test_api_key_and_overload() -> None:
         r = c.post(INFER, json=body, headers={"x-api-key": "k3y"})
         assert r.status_code == 503 and r.headers["retry-after"] and isinstance(r.json()["error"], str)
         c.app.state.runner._queued_images = 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("length", ["²", "¹0", "-1", " 5", "1e3", "0x10", ""])
+def test_a_header_length_that_is_not_ascii_digits_is_a_v2_400(client: TestClient, length: str) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: that once answered 500."""
+    header = {"Inference-Header-Content-Length": length.encode("latin-1")}
+    r = client.post(INFER, content=b'{"inputs": []}', headers=header)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+
+
+def test_no_malformed_infer_request_gets_a_5xx(client: TestClient) -> None:
+    """Random cuts and byte flips of valid requests, JSON and binary: each answer is a 4xx in the V2 shape."""
+    rng = np.random.default_rng(0)
+    valid = [json.dumps(uint8([1, 4, 4, 3], [7] * 48)).encode(),
+             json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                     "data": [base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()]}]}).encode()]
+    for i in range(150):
+        body = bytearray(valid[i % 2])
+        for _ in range(int(rng.integers(1, 4))):
+            body[int(rng.integers(0, len(body)))] = int(rng.integers(0, 256))
+        body = body[: int(rng.integers(1, len(body) + 1))] if i % 3 == 0 else body
+        headers = {"Inference-Header-Content-Length": str(int(rng.integers(0, len(body) + 5)))} if i % 5 == 0 else {}
+        r = client.post(INFER, content=bytes(body), headers=headers)
+        assert 400 <= r.status_code < 500 and isinstance(r.json()["error"], str), (i, r.status_code, r.text)

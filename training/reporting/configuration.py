@@ -149,9 +149,9 @@ def render() -> str:
         "",
         "## The service: environment variables",
         "",
-        "`dede serve` and `uvicorn service.app:create_app --factory` read one pydantic-settings class, "
-        "`service.settings.Settings`. Booleans take `true` / `false` (also `1` / `0`, `yes` / `no`, `on` / `off`). "
-        "A value outside its bounds stops the start.",
+        "`dede serve` and `uvicorn service.app:create_app --factory --http service.protocol:GuardedHttpProtocol` "
+        "read one pydantic-settings class, `service.settings.Settings`. Booleans take `true` / `false` (also "
+        "`1` / `0`, `yes` / `no`, `on` / `off`). A value outside its bounds stops the start.",
         "",
         *table(["variable", "type", "default", "bounds", "what"], settings_rows()),
         "",
