@@ -24,6 +24,7 @@ from service.errors import BundleError, DedeError
 from service.explain import Explainer
 from service.imaging import Image, set_text_limit
 from service.limits import BodySizeLimit
+from service.manifest import Manifest
 from service.metrics import Metrics, ObservedScorer, worker_stopped
 from service.routers import health, metrics, score, v2
 from service.scoring import Scorer, ScoreResult
@@ -42,6 +43,15 @@ def load_scorer(settings: Settings) -> Scorer:
                           "(CUDA libraries missing or onnxruntime-gpu not installed)")
     scorer.warm_up()
     return scorer
+
+
+def _levels(m: Manifest) -> tuple[float | None, float | None, int]:
+    """The alert and incident FPRs (None where the rule is not ``fpr@q``) and the calibration count, for metrics."""
+    def q(rule: str | None) -> float | None:
+        return float(rule.removeprefix("fpr@")) if rule and rule.startswith("fpr@") else None
+
+    incident = m.threshold.incident
+    return q(m.threshold.rule), q(incident.rule if incident else None), m.calibration.count if m.calibration else 0
 
 
 def make_runner(settings: Settings, fn: Callable[[np.ndarray], ScoreResult]) -> Runner:
@@ -85,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scorer = load_scorer(settings)
         m = scorer.manifest
         metrics: Metrics = app.state.metrics
-        metrics.model_loaded(m.name, m.version, scorer.provider)
+        metrics.model_loaded(m.name, m.version, scorer.provider, *_levels(m))
         runner = make_runner(settings, ObservedScorer(scorer, metrics))
         runner.start()
         app.state.runner, app.state.scorer = runner, scorer

@@ -33,6 +33,9 @@ class Verdict:
     model: str
     model_version: str
     view: str = "stored"  # the view the score belongs to (see service.pipeline)
+    p_value: float | None = None  # conformal p-value (None: a bundle without calibration scores)
+    incident: bool = False  # past the incident threshold
+    reason: str | None = None  # "degenerate": a flat or empty image, never an alert
 
 
 _VERDICT_FIELDS = frozenset(f.name for f in fields(Verdict))

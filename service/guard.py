@@ -10,7 +10,9 @@ torchvision model behind its transform). The guard decodes each input the way th
 losslessly, and passes the classifier exactly the pixels that were scored: an EXIF tag or an alpha channel cannot
 show the classifier an image the detector never saw. On alert: ``drop`` keeps flagged images away from the
 classifier (their prediction is None), ``flag`` classifies everything and returns the flags beside the
-predictions, ``raise`` raises ``BackdoorDetected`` before classifying anything.
+predictions, ``raise`` raises ``BackdoorDetected`` before classifying anything. ``p_cutoff`` flags on the
+p-value instead of the bundle's alert threshold: the guard's own operating point (for example a stricter 1e-4 to
+act only on incidents, or a looser 0.01 to route doubtful inputs to review), FPR <= p_cutoff on clean traffic.
 """
 
 from __future__ import annotations
@@ -59,18 +61,27 @@ def as_seen(image: ImageLike, exif: bool = False, alpha: str = "drop") -> np.nda
 
 class Guard:
     def __init__(self, client: DedeClient, classifier: Callable[[list[np.ndarray]], Sequence[Any]],
-                 on_alert: Policy = "drop", exif: bool = False, alpha: str = "drop") -> None:
+                 on_alert: Policy = "drop", exif: bool = False, alpha: str = "drop",
+                 p_cutoff: float | None = None) -> None:
         if on_alert not in ("drop", "flag", "raise"):
             raise ValueError(f"on_alert must be 'drop', 'flag' or 'raise', not {on_alert!r}")
         if alpha not in BACKGROUNDS:
             raise ValueError(f"alpha must be one of {sorted(BACKGROUNDS)}, not {alpha!r}")
         self.client, self.classifier, self.on_alert = client, classifier, on_alert
-        self.exif, self.alpha = exif, alpha
+        if p_cutoff is not None and not 0 < p_cutoff < 1:
+            raise ValueError(f"p_cutoff must be in (0, 1), not {p_cutoff!r}")
+        self.exif, self.alpha, self.p_cutoff = exif, alpha, p_cutoff
+
+    def flagged(self, v: Verdict) -> bool:
+        """The service's alert, or with ``p_cutoff``: p-value <= the cut-off (a degenerate image never is)."""
+        if self.p_cutoff is None or v.p_value is None:
+            return v.backdoor
+        return v.reason != "degenerate" and v.p_value <= self.p_cutoff
 
     def __call__(self, inputs: Sequence[ImageLike]) -> GuardedBatch:
         images = [as_seen(x, self.exif, self.alpha) for x in inputs]  # the pixels scored and classified
         verdicts = self.client.score_batch(images)
-        flags = [v.backdoor for v in verdicts]
+        flags = [self.flagged(v) for v in verdicts]
         if self.on_alert == "raise" and any(flags):
             raise BackdoorDetected([i for i, f in enumerate(flags) if f], verdicts)
         keep = [i for i, f in enumerate(flags) if not (f and self.on_alert == "drop")]

@@ -7,8 +7,11 @@ missing file or a wrong hash is refused with a ``BundleError`` that says which f
 The hashes only vouch for the files; the manifest's own values are checked too, so that an edited manifest
 cannot quietly switch the alarm off:
 
-- the threshold (and each recorded alternative) must lie in the range its rule allows given the recorded
-  calibration statistics (``threshold_range``): ``paper-1.5x`` is 1.5 x the auxiliary images' mean score;
+- with calibration scores (``calibration.f32``, hashed): every ``fpr@q`` threshold, the alert's and the
+  incident's, must be exactly the conformal threshold of those scores (``load_calibration``);
+- without them (older bundles), the threshold (and each recorded alternative) must lie in the range its rule
+  allows given the recorded calibration statistics (``threshold_range``): ``paper-1.5x`` is 1.5 x the auxiliary
+  images' mean score;
   ``fpr@q`` is the (1 - q) quantile of the held-out scores, so it lies between the recorded quantiles of the
   levels below and above 1 - q and within the bounds the held-out count, mean and std put on any such quantile
   (Samuelson's and Cantelli's inequalities);
@@ -37,8 +40,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.calibration import CALIBRATION_FILE, read_calibration, threshold_at
 from service.errors import BundleError
 from service.scores import SCORE_PATTERN
 
@@ -152,6 +157,21 @@ def threshold_range(rule: str, aux_train: ScoreStats, holdout: ScoreStats) -> tu
     return lo - slack, hi + slack
 
 
+class LevelInfo(_Strict):
+    """A second operating point beside the alert threshold: the incident threshold."""
+
+    rule: str = Field(pattern=r"^fpr@0?\.\d+$")
+    value: float = Field(gt=0, allow_inf_nan=False)
+
+
+class CalibrationInfo(_Strict):
+    """The held-out clean scores the p-values come from (``service.calibration``), in their own hashed file."""
+
+    file: str = CALIBRATION_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    count: int = Field(gt=0)
+
+
 class ThresholdInfo(_Strict):
     value: float = Field(gt=0, allow_inf_nan=False)
     rule: str = Field(pattern=RULE_PATTERN)
@@ -161,11 +181,19 @@ class ThresholdInfo(_Strict):
     alternatives: dict[str, Finite] = {}
     aux_train: ScoreStats
     holdout: ScoreStats
+    incident: LevelInfo | None = None  # absent in bundles made before operating points
 
     @model_validator(mode="after")
-    def _within_calibration(self) -> ThresholdInfo:
-        """The threshold and every alternative of a known rule must be what their rule gives (``threshold_range``):
-        a threshold edited far up (the alarm off) or down (every image an alert) is refused."""
+    def _incident_is_an_alert(self) -> ThresholdInfo:
+        if self.incident is not None and self.incident.value < self.value:
+            raise ValueError(f"threshold.incident.value {self.incident.value:g} is below the alert threshold "
+                             f"{self.value:g}: an incident must be at least an alert")
+        return self
+
+    def check_within_statistics(self) -> None:
+        """For a bundle without calibration scores: the threshold and every alternative of a known rule must be
+        what their rule gives (``threshold_range``): a threshold edited far up (the alarm off) or down (every
+        image an alert) is refused. (With calibration scores ``load_calibration`` checks them exactly.)"""
         values = [("threshold.value", self.rule, self.value)] + [
             (f"threshold.alternatives[{rule!r}]", rule, value) for rule, value in self.alternatives.items()
             if re.fullmatch(RULE_PATTERN, rule)]
@@ -177,7 +205,6 @@ class ThresholdInfo(_Strict):
                          f"std {self.holdout.std:g}, quantiles {self.holdout.quantiles})")
                 raise ValueError(f"{name} {value:g} is outside [{lo:g}, {hi:g}], the range rule {rule} allows given "
                                  f"{basis}: refusing an edited or inconsistent manifest")
-        return self
 
 
 class Provenance(_Strict):
@@ -204,6 +231,7 @@ class Manifest(_Strict):
     encoder: EncoderInfo
     detector: DetectorInfo
     threshold: ThresholdInfo
+    calibration: CalibrationInfo | None = None  # absent in bundles made before p-values: no p_value then
     provenance: Provenance
     evaluation: dict[str, Any] | None = None
 
@@ -214,6 +242,11 @@ class Manifest(_Strict):
             raise ValueError("detector patches do not tile the encoder's input size")
         if abs(self.threshold.mask_ratio - self.detector.test_mask_ratio) > 1e-9:
             raise ValueError("the threshold was calibrated at another mask ratio than the detector scores with")
+        if self.calibration is None:
+            self.threshold.check_within_statistics()
+        elif self.calibration.count != self.threshold.holdout.count:
+            raise ValueError(f"the calibration file holds {self.calibration.count} scores but the threshold was "
+                             f"calibrated on {self.threshold.holdout.count}")
         if self.threshold.score is not None and self.threshold.score != self.detector.score:
             raise ValueError(f"the threshold was calibrated for the score {self.threshold.score!r}, but the detector "
                              f"scores with {self.detector.score!r}")
@@ -363,6 +396,39 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True, expected_sha256: 
             except OSError as exc:
                 raise BundleError(f"{file} could not be read: {exc}") from exc
     return manifest
+
+
+def load_calibration(bundle_dir: str | Path, manifest: Manifest) -> np.ndarray | None:
+    """The bundle's held-out scores (ascending float32), hash-checked, and the manifest's fpr thresholds checked to
+    be exactly the conformal thresholds they imply; None for a bundle without them."""
+    info = manifest.calibration
+    if info is None:
+        return None
+    file = Path(bundle_dir) / info.file
+    if Path(info.file).name != info.file or not file.is_file():
+        raise BundleError(f"bundle {bundle_dir} is missing its calibration scores {info.file!r}")
+    if sha256_file(file) != info.sha256:
+        raise BundleError(f"{file} does not match its sha256 in the manifest (edited or corrupted)")
+    try:
+        scores = read_calibration(file, info.count)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{file}: {exc}") from exc
+    t = manifest.threshold
+    levels = [("threshold.value", t.rule, t.value)] + ([("threshold.incident.value", t.incident.rule,
+                                                         t.incident.value)] if t.incident else [])
+    for name, rule, value in levels:
+        if not rule.startswith("fpr@"):
+            continue
+        try:
+            expected = threshold_at(scores, float(rule.removeprefix("fpr@")))
+        except ValueError as exc:
+            raise BundleError(f"{name}: {exc}") from exc
+        if name == "threshold.incident.value":
+            expected = max(expected, t.value)  # an incident is at least an alert (training.calibrate)
+        if not math.isclose(value, expected, rel_tol=1e-6):
+            raise BundleError(f"{name} {value:g} is not the {rule} threshold of the bundle's calibration scores "
+                              f"({expected:g}): refusing an edited or inconsistent manifest")
+    return scores
 
 
 def check_manifest_digest(path: Path, expected_sha256: str, actual: str | None = None) -> None:

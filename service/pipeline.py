@@ -23,13 +23,25 @@ from service.schemas import Explanation, ScoreResponse
 
 @dataclass(frozen=True)
 class Verdicts:
-    """One entry per upload: the highest-scoring view's score, name and pixels (B, size, size, 3)."""
+    """One entry per upload: the highest-scoring view's score, p-value, name and pixels (B, size, size, 3); the
+    alert flag (p <= the alert FPR), the incident flag, and whether the upload is degenerate (never flagged)."""
 
     scores: list[float]
     flags: list[bool]
     views: list[str]
     pixels: np.ndarray
     threshold: float
+    p_values: list[float | None]
+    incidents: list[bool]
+    degenerate: list[bool]
+
+
+def is_degenerate(views: Views, max_std: float) -> bool:
+    """Every view of the upload is flat (each colour channel's standard deviation at most ``max_std`` on 0-255,
+    views (size, size, 3) uint8): an all-black,
+    all-white, single-colour or fully transparent image. Its reconstruction error says nothing about a backdoor
+    (a flat image is far from the natural images the decoder learnt), so it is answered ``degenerate``."""
+    return all(float(v.reshape(-1, 3).std(axis=0).max()) <= max_std for _, v in views)
 
 
 async def decode_uploads(ctx: Scoring, uploads: list[tuple[str, bytes]]) -> list[Views]:
@@ -64,13 +76,22 @@ async def score_views(ctx: Scoring, views: list[Views]) -> Verdicts:
         names.append(upload[k - start][0])
         best.append(k)
         start += len(upload)
-    return Verdicts(scores, [s > result.threshold for s in scores], names, flat[best], result.threshold)
+    flats = [is_degenerate(upload, ctx.settings.degenerate_std) for upload in views]
+    p = ctx.scorer.p_values(np.asarray(scores, dtype=np.float32))
+    incident_at = ctx.scorer.incident_threshold
+    return Verdicts(scores, [s > result.threshold and not d for s, d in zip(scores, flats, strict=True)], names,
+                    flat[best], result.threshold, [None] * len(scores) if p is None else p.tolist(),
+                    [incident_at is not None and s > incident_at and not d for s, d in zip(scores, flats, strict=True)],
+                    flats)
 
 
-def observe(ctx: Scoring, verdicts: Verdicts, decode_s: float) -> None:
-    """Counts, alerts, score ratios and decode time of an answered request."""
-    ctx.metrics.observe_images(ctx.scorer.manifest.name, verdicts.scores, verdicts.flags, verdicts.threshold,
-                               decode_s)
+def observe(ctx: Scoring, v: Verdicts, decode_s: float) -> None:
+    """Counts, alerts, incidents, score ratios, p-values and decode time of an answered request; degenerate uploads
+    are counted apart, not as scored images."""
+    kept = [i for i, d in enumerate(v.degenerate) if not d]
+    p_values = [p for i in kept if (p := v.p_values[i]) is not None]
+    ctx.metrics.observe_images(ctx.scorer.manifest.name, [v.scores[i] for i in kept], [v.flags[i] for i in kept],
+                               v.threshold, decode_s, p_values, sum(v.incidents), len(v.degenerate) - len(kept))
 
 
 async def score_uploads(ctx: Scoring, uploads: list[tuple[str, bytes]],
@@ -84,6 +105,7 @@ async def score_uploads(ctx: Scoring, uploads: list[tuple[str, bytes]],
         list(await ctx.explainer.explain(v.pixels)) if explain else [None] * len(uploads))
     observe(ctx, v, decode_s)
     m = ctx.scorer.manifest
-    return [ScoreResponse(backdoor=f, score=s, threshold=v.threshold, view=name, model=m.name,
-                          model_version=m.version, explanation=e)
-            for s, f, name, e in zip(v.scores, v.flags, v.views, explanations, strict=True)]
+    return [ScoreResponse(backdoor=v.flags[i], score=v.scores[i], p_value=v.p_values[i], incident=v.incidents[i],
+                          reason="degenerate" if v.degenerate[i] else None, threshold=v.threshold, view=v.views[i],
+                          model=m.name, model_version=m.version, explanation=explanations[i])
+            for i in range(len(uploads))]

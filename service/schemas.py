@@ -18,8 +18,15 @@ class Explanation(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    backdoor: bool
+    backdoor: bool = Field(description="the alert: p_value <= the alert FPR (score > threshold), never for a "
+                           "degenerate image")
     score: float
+    p_value: float | None = Field(None, description="conformal p-value: the share of held-out clean images that "
+                                  "score at least as high, (1 + count) / (1 + n); absent for bundles without "
+                                  "calibration scores")
+    incident: bool = Field(False, description="past the incident threshold (a stricter FPR than the alert's)")
+    reason: str | None = Field(None, description="'degenerate': a flat or empty image (all one colour, fully "
+                               "transparent), not scored as an alert")
     threshold: float
     view: str = Field("stored", description="the view the score belongs to, the highest-scoring one: 'stored', or "
                       "what was done to the image as a downstream loader would (exif=applied|ignored, "
@@ -65,6 +72,9 @@ class Info(BaseModel):
     score: str
     threshold: float
     threshold_rule: str
+    incident_threshold: float | None = None  # None: a bundle made before operating points
+    incident_rule: str | None = None
+    calibration_images: int | None = None  # held-out images behind the p-values; the smallest p is 1/(n+1)
     aux_dataset: str
     poison_rate: float
     drop_worst: float | None = None  # robust training's share of each batch left out; None: not recorded

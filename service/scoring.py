@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.calibration import p_values
 from service.errors import BundleError
 from service.imaging import normalize
-from service.manifest import Manifest, load_manifest
+from service.manifest import Manifest, load_calibration, load_manifest
 from service.scores import compute_score
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -113,6 +114,9 @@ class Scorer:
         self.detector = _session(bundle / manifest.detector.file, providers, threads)
         self._check_models(bundle)
         self.threshold = float(manifest.threshold.value)
+        incident = manifest.threshold.incident
+        self.incident_threshold = float(incident.value) if incident else None
+        self.calibration = load_calibration(bundle, manifest)  # (n,) ascending, or None: no p-values
         self.size = manifest.encoder.input_size
         self._enc_in = self.encoder.get_inputs()[0].name
         self._enc_out = self.encoder.get_outputs()[0].name
@@ -152,6 +156,10 @@ class Scorer:
         check_io(det, "output", self.detector.get_outputs(),
                  [("score", FLOAT, (None,)), ("reconstruction", FLOAT, (None, 3, s, s)),
                   ("patch_error", FLOAT, (None, n))])
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray | None:
+        """(B,) scores -> (B,) conformal p-values (``service.calibration``), None without calibration scores."""
+        return None if self.calibration is None else p_values(scores, self.calibration)
 
     @property
     def provider(self) -> str:

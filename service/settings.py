@@ -77,6 +77,9 @@ class Settings(BaseSettings):
                                                             "only the downstream's: composited on black or white, "
                                                             "or the colour channels with the alpha dropped "
                                                             "(PIL's convert('RGB'), torchvision's default loader)")
+    degenerate_std: float = Field(2.0, ge=0, description="an upload whose every view has a pixel standard "
+                                  "deviation at most this (0-255) is answered reason 'degenerate' and never "
+                                  "alerts: flat images score high for no backdoor reason")
     api_key: SecretStr | None = Field(None, description="when set, the scoring endpoints (/score, /score/batch, V2 "
                                       "infer) need the header X-API-Key with this value (compared in constant time)")
     bundle_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="when set, the sha256 that "

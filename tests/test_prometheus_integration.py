@@ -1,5 +1,7 @@
 """Debian's Prometheus scraping a running service: every PromQL expression of the Grafana dashboard and of
-the alert rules evaluates without error, and the alert counter equals the flags the service returned."""
+the recording and alert rules evaluates without error (Grafana's range variables filled in), the server itself
+evaluates every rule without error, the alert counter equals the flags the service returned, and those few flags
+file the DedeAlert ticket but do not page (fewer than the 10 flags DedeAlertRateAboveCalibrated needs)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,20 @@ pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed (.ci/run installs it)")
 
 
+# what Grafana puts in place of its variables before it sends a query
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+
+
+def grafana_to_promql(expr: str) -> str:
+    for var, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"a Grafana variable this test does not fill in: {expr}"
+    return expr
+
+
 def expressions() -> list[str]:
     dash = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "dede.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = [grafana_to_promql(t["expr"]) for p in dash["panels"] for t in p["targets"]]
     rules = yaml.safe_load((ROOT / "docker" / "prometheus" / "alerts.yml").read_text())
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     return exprs
@@ -78,15 +91,30 @@ def check_live_prometheus(api_url: str, prom_url: str, prom: subprocess.Popen[by
     assert float(query("sum(dede_backdoor_alerts_total)")[0]["value"][1]) == flags
     assert float(query('sum(dede_request_errors_total{reason="bad_image"})')[0]["value"][1]) == 3
     assert float(query('up{job="dede-api"}')[0]["value"][1]) == 1
-    for expr in expressions():
-        query(expr)  # evaluates without error
+    no_data = [expr for expr in expressions() if not query(expr)]  # each evaluates without error
+    if no_data:  # valid, but nothing to show yet (a metric the service does not export, a window not yet filled)
+        print("expressions without data:", *no_data, sep="\n  ")
     assert query("dede_model_info")[0]["metric"]["provider"] == "CPUExecutionProvider"
-    # the backdoor alert rule fires
+    # the server evaluates every recording and alert rule without error
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        rules = [r for g in httpx.get(prom_url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+                 for r in g["rules"]]
+        if rules and all(r["health"] != "unknown" for r in rules):
+            break
+        time.sleep(0.5)
+    assert {r["name"] for r in rules} >= {"DedeAlert", "DedeIncident", "DedeAlertRateAboveCalibrated",
+                                          "DedePValueDrift", "model:dede_backdoor_alerts:z"}
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    # a flag files the ticket; a handful of flags (fewer than 10: the three triggered examples, three times) never
+    # pages
     deadline = time.time() + 20
     while time.time() < deadline:
         alerts = httpx.get(prom_url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-        if any(a["labels"]["alertname"] == "DedeBackdoorActivation" for a in alerts):
+        if any(a["labels"]["alertname"] == "DedeAlert" for a in alerts):
             break
         time.sleep(0.5)
     else:
-        raise AssertionError("DedeBackdoorActivation did not fire")
+        raise AssertionError("DedeAlert did not fire")
+    if flags < 10:
+        assert not [a for a in alerts if a["labels"]["alertname"] == "DedeAlertRateAboveCalibrated"]

@@ -100,9 +100,12 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
     _research_encoders()
-    from training.calibrate import calibrate_run
+    from training.calibrate import calibrate_bundle, calibrate_run
 
-    print(json.dumps(calibrate_run(a.run, a.rule, a.score, a.encoder, _encoder_options(a))))
+    if a.bundle:
+        print(json.dumps(calibrate_bundle(a.bundle, a.rule, a.incident, a.holdout)))
+        return
+    print(json.dumps(calibrate_run(a.run, a.rule, a.score, a.encoder, _encoder_options(a), a.incident)))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -230,9 +233,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", help="a run directory (dede train): its calibration.json")
+    where.add_argument("--bundle", help="a bundle (dede export): its manifest, in place, from its calibration "
+                       "scores (or --holdout)")
     _encoder_args(p, required=False)
-    p.add_argument("--rule", default="fpr@0.01", help="'paper-1.5x' or 'fpr@<q>'")
+    p.add_argument("--rule", default="fpr@0.001", help="the alert threshold: 'fpr@<q>' (conformal: FPR <= q; "
+                   "needs >= 1/q held-out images) or 'paper-1.5x'")
+    p.add_argument("--incident", default="auto", help="the incident threshold: 'fpr@<q>', or 'auto' (fpr@0.0001, "
+                   "or the strictest q the held-out images allow)")
+    p.add_argument("--holdout", default=None, help="with --bundle: score these clean images through the bundle as "
+                   "its calibration scores: a dataset[:split], a folder, or 'auto' (the held-out split rebuilt from "
+                   "the bundle's provenance, checked by its fingerprint)")
     p.add_argument("--score", default=None, help="switch the score ('paper', 'trimmed@<k>', or 'content': the "
                    "content-adjusted score, its exponent fitted on the auxiliary images); rescores")
 

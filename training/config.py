@@ -59,8 +59,11 @@ class TrainConfig:
     batch_size: int = key(256, "training batch size")
     lr: float = key(1e-3, "Adam learning rate")
     weight_decay: float = key(1e-6, "Adam weight decay")
-    threshold_rule: str = key("fpr@0.01", "the deployed threshold: 'fpr@<q>' (the 1 - q quantile of held-out clean "
-                              "scores) or 'paper-1.5x'")
+    threshold_rule: str = key("fpr@0.001", "the alert threshold (the per-image flag): 'fpr@<q>' (the conformal "
+                              "threshold of the held-out clean scores: FPR <= q; needs holdout_images >= 1/q) or "
+                              "'paper-1.5x'")
+    incident_rule: str = key("auto", "the incident threshold: 'fpr@<q>', or 'auto' (fpr@0.0001, or the strictest "
+                             "q = 1/holdout_images the held-out split allows)")
     score: str = key("paper", "the score: 'paper', 'trimmed@<k>', 'content@<a>' or 'content' (exponent fitted); "
                      "see service.scores")
     drop_worst: float = key(0.0, "robust training: leave the highest-loss share of each batch out (after epoch 1)",
@@ -78,7 +81,7 @@ class TrainConfig:
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2, epochs=2,
-                 aux_images=512, holdout_images=256, calib_images=256, batch_size=128),
+                 aux_images=512, holdout_images=256, calib_images=256, batch_size=128, threshold_rule="fpr@0.01"),
     "cpu": dict(width=128, depth=6, heads=4, dec_width=128, dec_depth=2, dec_heads=4, epochs=15,
                 aux_images=20000),
     "paper": dict(),  # the official settings are the defaults

@@ -19,9 +19,11 @@ import onnx
 import torch
 from torch import nn
 
-from service.manifest import MANIFEST, Manifest, load_manifest, sha256_file
+from service.calibration import CALIBRATION_FILE, write_calibration
+from service.manifest import MANIFEST, CalibrationInfo, Manifest, load_manifest, sha256_file
 from service.scores import compute_score
 from service.scoring import Scorer
+from training.calibrate import calibration_record
 from training.config import EncoderOptions
 from training.data import load_images
 from training.dede import DeDe, DetectorGraph, kept_count
@@ -60,7 +62,7 @@ def export_detector(model: DeDe, keep: int, path: Path) -> None:
 
 
 def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run: dict[str, Any],
-                   calib: dict[str, Any], bundle: Path) -> Manifest:
+                   calib: dict[str, Any], bundle: Path, calibration: CalibrationInfo | None = None) -> Manifest:
     cfg = model.cfg
     victim = next((h for h in reversed(spec.history) if h.get("stage", "").startswith("attack")), None)
     victim_info: dict[str, Any] = {"attack": victim.get("attack"), "target_class": victim.get("target_class"),
@@ -84,6 +86,7 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                   "width": cfg.width, "depth": cfg.depth, "dec_width": cfg.dec_width,
                   "dec_depth": cfg.dec_depth, "score": run.get("score", "paper")},
         threshold=calib,
+        calibration=calibration,
         provenance={"aux_dataset": run["aux"]["name"], "aux_fingerprint": run["aux"]["fingerprint"],
                     "aux_images": run["aux"]["n_train"] - run["aux"].get("dense_filter", {}).get("dropped", 0),
                     "poison_rate": run["aux"]["poison_rate"],
@@ -93,6 +96,24 @@ def build_manifest(name: str, version: str, spec: EncoderSpec, model: DeDe, run:
                     "drop_worst": run.get("drop_worst"), "drop_dense": run.get("drop_dense"),
                     "victim": victim_info},
     )
+
+
+def conformal_calibration(run_dir: Path, calib: dict[str, Any], bundle: Path) -> tuple[dict[str, Any],
+                                                                                    CalibrationInfo | None]:
+    """The run's held-out scores as the bundle's calibration file (``service.calibration``), and its threshold
+    record recomputed from the stored scores, so that every ``fpr@q`` threshold is the conformal one of exactly the
+    scores shipped (runs calibrated before conformal thresholds get them here). No stored scores: as it was."""
+    scores_file = run_dir / "calibration_scores.npz"
+    if not scores_file.exists():
+        return calib, None
+    with np.load(scores_file, allow_pickle=False) as z:
+        aux, hold = z["aux"], z["holdout"]
+    incident = (calib.get("incident") or {}).get("rule", "auto")
+    record = calibration_record(calib["rule"], aux, hold, calib["mask_ratio"], calib.get("score") or "paper", incident)
+    record |= {k: calib[k] for k in ("content_fit",) if calib.get(k)}
+    write_calibration(hold, bundle / CALIBRATION_FILE)
+    return record, CalibrationInfo(file=CALIBRATION_FILE, sha256=sha256_file(bundle / CALIBRATION_FILE),
+                                   count=len(hold))
 
 
 @torch.no_grad()
@@ -128,7 +149,8 @@ def export_bundle(run_dir: str | Path, out_root: str | Path, name: str, version:
         print(f"exporting the encoder ({spec.name}, {spec.input_size} px) and the detector to ONNX")
         export_encoder(victim, spec, stage / "encoder.onnx")
         export_detector(model, kept_count(model.cfg.num_patches, run["test_mask_ratio"]), stage / "detector.onnx")
-        manifest = build_manifest(name, version, spec, model, run, calib, stage)
+        calib, calibration = conformal_calibration(Path(run_dir), calib, stage)
+        manifest = build_manifest(name, version, spec, model, run, calib, stage, calibration)
         (stage / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         aux = run["aux"]
         data = load_images(aux["source"], aux["split"] or None, spec.input_size, labelled=bool(aux["split"]))

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from service.calibration import images_needed
 from service.scores import check_score
 from training import distributed
 from training.auxset import aux_image_count, aux_name, build_aux_set, drop_dense_images, fill_with_noise
@@ -50,7 +51,11 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path, options: En
     whose estimated peak memory exceeds what the machine has (``training.memory``)."""
     options = options or EncoderOptions()
     check_score(cfg.score, fit=True)
-    parse_rule(cfg.threshold_rule)
+    kind, q = parse_rule(cfg.threshold_rule)
+    if kind == "fpr" and cfg.holdout_images < images_needed(q):
+        raise ValueError(f"threshold_rule {cfg.threshold_rule} needs at least {images_needed(q)} held-out images "
+                         f"(the smallest conformal p-value is 1/(n+1)); holdout_images is {cfg.holdout_images}: "
+                         f"raise it (--set holdout_images={images_needed(q)}) or use a larger q")
     for key, value in (("drop_worst", cfg.drop_worst), ("drop_dense", cfg.drop_dense)):
         if not 0 <= value < 1:
             raise ValueError(f"{key} must be in [0, 1), got {value}")
@@ -82,6 +87,11 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path, options: En
     workdir = out if env.world == 1 else None
     aux, all_emb = drop_dense_images(cfg, build_aux_set(cfg, spec.input_size, workdir), victim, spec, emb_device)
     train_images, holdout, aux_info = aux.train, aux.holdout, aux.info
+    if kind == "fpr" and len(holdout) < images_needed(q):  # refused before training, not after it
+        raise ValueError(f"threshold_rule {cfg.threshold_rule} needs at least {images_needed(q)} held-out images (the "
+                         f"smallest conformal p-value is 1/(n+1)); the auxiliary set holds out {len(holdout)} (a fifth "
+                         f"of it at most): use more images, or a q of at least {1 / max(len(holdout), 1):.2g}, or "
+                         "--set threshold_rule=paper-1.5x")
     shard = train_images[env.rank :: env.world]  # this rank's part of the auxiliary set
     if all_emb is None:
         print(f"caching victim embeddings of {len(shard)} auxiliary images (rank {env.rank}/{env.world})")
@@ -153,7 +163,8 @@ def train_dede(cfg: TrainConfig, encoder_path: str, out: str | Path, options: En
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "dede.safetensors")
     alpha_test = score_mask_ratio(cfg.mask_ratio)
     calib = calibrate(model, victim, spec, train_images[: cfg.calib_images], holdout, alpha_test,
-                      cfg.threshold_rule, device=device, seed=cfg.seed, out=out, score=cfg.score)
+                      cfg.threshold_rule, device=device, seed=cfg.seed, out=out, score=cfg.score,
+                      incident=cfg.incident_rule)
     run = {
         "encoder": encoder_ref(encoder_path),
         "encoder_options": options.recorded(),

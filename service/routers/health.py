@@ -28,7 +28,10 @@ async def info(scorer: ScorerDep) -> Info:
                 embed_dim=m.encoder.embed_dim, architecture=m.encoder.architecture,
                 patch_size=m.detector.patch_size, test_mask_ratio=m.detector.test_mask_ratio,
                 kept_patches=m.detector.kept_patches, score=m.detector.score, threshold=m.threshold.value,
-                threshold_rule=m.threshold.rule, aux_dataset=m.provenance.aux_dataset,
+                threshold_rule=m.threshold.rule,
+                incident_threshold=m.threshold.incident.value if m.threshold.incident else None,
+                incident_rule=m.threshold.incident.rule if m.threshold.incident else None,
+                calibration_images=m.calibration.count if m.calibration else None, aux_dataset=m.provenance.aux_dataset,
                 poison_rate=m.provenance.poison_rate, drop_worst=m.provenance.drop_worst,
                 drop_dense=m.provenance.drop_dense, preset=m.provenance.preset,
                 created=m.provenance.created, code_version=m.provenance.code_version)

@@ -13,11 +13,12 @@ Either input can instead travel as binary data after the JSON (the binary tensor
 Triton/KServe: header ``Inference-Header-Content-Length``, input parameter ``binary_data_size``; BYTES
 elements each preceded by a 4-byte little-endian length). Outputs are always JSON: ``score`` FP32 [N],
 ``backdoor`` BOOL [N], ``threshold`` FP32 [1], ``view`` BYTES [N] (the view each score belongs to: see
-``service.pipeline``); with the request parameter ``explain`` true (or when one of them is requested by name)
-also ``reconstruction`` and ``error_map`` (BYTES [N], base64 PNG) and ``patch_errors`` (FP32 [N, patches]).
-Errors are ``{"error": <message>}``: 400 for a wrong datatype, shape or data, 404 for another model name or
-version, and the limits, API key and overload answers of ``/score`` (413, 401, 422, 503 + Retry-After), since
-infer goes through the same decoding and the same batcher.
+``service.pipeline``), ``incident`` BOOL [N] and, for a bundle with calibration scores, ``p_value`` FP64 [N];
+with the request parameter ``explain`` true (or when one of them is requested by name) also ``reconstruction``
+and ``error_map`` (BYTES [N], base64 PNG) and ``patch_errors`` (FP32 [N, patches]). Errors are
+``{"error": <message>}``: 400 for a wrong datatype, shape or data, 404 for another model name or version, and
+the limits, API key and overload answers of ``/score`` (413, 401, 422, 503 + Retry-After), since infer goes
+through the same decoding and the same batcher.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from service.settings import Settings
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
 PIXELS, FILES = "image", "image_bytes"
-SCORE_OUTPUTS = ("score", "backdoor", "threshold", "view")
+SCORE_OUTPUTS = ("score", "backdoor", "threshold", "view", "p_value", "incident")
 EXPLAIN_OUTPUTS = ("reconstruction", "error_map", "patch_errors")
 HEADER_LENGTH = "inference-header-content-length"
 INLINE_BODY_BYTES = 256 * 1024  # larger bodies are parsed in a worker thread
@@ -118,6 +119,8 @@ def _metadata(scorer: Scorer) -> ModelMetadata:
                  TensorMetadata(name="backdoor", datatype="BOOL", shape=[-1]),
                  TensorMetadata(name="threshold", datatype="FP32", shape=[1]),
                  TensorMetadata(name="view", datatype="BYTES", shape=[-1]),
+                 TensorMetadata(name="p_value", datatype="FP64", shape=[-1]),
+                 TensorMetadata(name="incident", datatype="BOOL", shape=[-1]),
                  TensorMetadata(name="reconstruction", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="error_map", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="patch_errors", datatype="FP32", shape=[-1, n])])
@@ -309,7 +312,10 @@ async def _infer(request: Request, ctx: ScoringDep, scorer: Scorer) -> Response:
         "backdoor": ResponseOutput(name="backdoor", datatype="BOOL", shape=[n], data=v.flags),
         "threshold": ResponseOutput(name="threshold", datatype="FP32", shape=[1], data=[v.threshold]),
         "view": ResponseOutput(name="view", datatype="BYTES", shape=[n], data=v.views),
+        "incident": ResponseOutput(name="incident", datatype="BOOL", shape=[n], data=v.incidents),
     }
+    if all(p is not None for p in v.p_values):  # a bundle with calibration scores
+        out["p_value"] = ResponseOutput(name="p_value", datatype="FP64", shape=[n], data=v.p_values)
     if explain:
         ex = await ctx.explainer.explain(v.pixels)
         out["reconstruction"] = ResponseOutput(name="reconstruction", datatype="BYTES", shape=[n],
@@ -322,7 +328,7 @@ async def _infer(request: Request, ctx: ScoringDep, scorer: Scorer) -> Response:
     observe(ctx, v, decode_s)
     m = scorer.manifest
     answer = InferenceResponse(model_name=m.name, model_version=m.version, id=req.id,
-                               outputs=[out[name] for name in names])
+                               outputs=[out[name] for name in names if name in out])
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
 

@@ -60,7 +60,7 @@ def test_score_multipart_and_raw_body_agree(client: TestClient, example: bytes) 
     b = client.post("/score", content=example, headers={"content-type": "image/png"})
     assert a.status_code == b.status_code == 200
     ja, jb = a.json(), b.json()
-    assert set(ja) == {"backdoor", "score", "threshold", "view", "model", "model_version"}
+    assert set(ja) == {"backdoor", "score", "p_value", "incident", "threshold", "view", "model", "model_version"}
     assert ja["view"] == "stored"
     assert ja["score"] == pytest.approx(jb["score"])
     assert ja["backdoor"] == (ja["score"] > ja["threshold"])

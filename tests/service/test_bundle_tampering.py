@@ -22,8 +22,20 @@ from tests.conftest import CONTROL_BUNDLE, DEMO_BUNDLE, EXAMPLES
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
+    """The demo bundle as a bundle made before calibration scores: the threshold (fpr@0.01) is checked against the
+    recorded statistics only (tests/service/test_pvalues.py checks the calibrated bundle's exact thresholds)."""
     dst = tmp_path / "b"
     shutil.copytree(DEMO_BUNDLE, dst)
+    (dst / "calibration.f32").unlink()
+
+    def legacy(d: dict[str, Any]) -> None:
+        t = d["threshold"]
+        d.pop("calibration")
+        t.pop("incident")
+        t["alternatives"] = {k: v for k, v in t["alternatives"].items() if k in ("paper-1.5x", "fpr@0.01")}
+        t.update(rule="fpr@0.01", value=t["alternatives"]["fpr@0.01"])
+
+    edit(dst, legacy)
     return dst
 
 
@@ -73,7 +85,7 @@ def test_the_committed_bundles_pass_every_check(demo: Path) -> None:
         # the deployed value left alone, an alternative (what `dede evaluate` reports) edited
         (lambda t: t["alternatives"].update({"paper-1.5x": 1e9}), r"threshold.alternatives\['paper-1.5x'\] 1e\+09"),
         # another rule named without its value: paper-1.5x is 1.5 x the auxiliary mean (3763.4)
-        (lambda t: t.update(rule="paper-1.5x"), r"threshold.value 5838.23 is outside \[3763.\d+, 3763.\d+\]"),
+        (lambda t: t.update(rule="paper-1.5x"), r"threshold.value 58\d\d.\d+ is outside \[3763.\d+, 3763.\d+\]"),
         # the statistics edited to fit a huge threshold are refused by what they imply of each other
         (lambda t: (t.update(value=1e30), t["alternatives"].clear(), t["holdout"]["quantiles"].clear()),
          r"threshold.value 1e\+30 is outside \[2397.6, 13186\]"),
@@ -321,11 +333,14 @@ def test_missing_keys_are_named_on_one_line(bundle: Path) -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 2000])
 def test_every_threshold_the_calibration_writes_passes(n: int) -> None:
-    """The check never refuses a genuine record: ``training.calibrate`` on skewed, tied and constant scores, every
-    rule and quantile level, float32 as the trainer scores."""
+    """A genuine record always loads: ``training.calibrate`` on skewed, tied and constant scores, every rule, float32
+    as the trainer scores. Its fpr thresholds are exactly the conformal thresholds of the scores it ships (what
+    ``load_calibration`` checks); the statistics range applies to bundles without calibration scores, whose
+    thresholds were numpy quantiles."""
     pytest.importorskip("torch")
     import numpy as np
 
+    from service.calibration import images_needed, threshold_at
     from service.manifest import ThresholdInfo
     from training.calibrate import calibration_record
 
@@ -334,5 +349,15 @@ def test_every_threshold_the_calibration_writes_passes(n: int) -> None:
                np.r_[np.full(max(n - 1, 1), 1.0), [1e6]][:n]]
     for scores in samples:
         aux, hold = scores.astype(np.float32), rng.permutation(scores).astype(np.float32)
+        cal = np.sort(hold)
         for rule in ("paper-1.5x", "fpr@0.01", "fpr@0.05", "fpr@0.1", "fpr@0.001", "fpr@0.5", "fpr@0.0001"):
-            ThresholdInfo.model_validate(calibration_record(rule, aux, hold, 0.99))
+            if rule != "paper-1.5x" and n < images_needed(float(rule.removeprefix("fpr@"))):
+                with pytest.raises(ValueError, match="held-out calibration images"):
+                    calibration_record(rule, aux, hold, 0.99)
+                continue
+            t = ThresholdInfo.model_validate(calibration_record(rule, aux, hold, 0.99))
+            if rule != "paper-1.5x":
+                assert t.value == threshold_at(cal, float(rule.removeprefix("fpr@")))
+            if t.incident is not None:
+                q = float(t.incident.rule.removeprefix("fpr@"))
+                assert n >= images_needed(q) and t.incident.value == max(threshold_at(cal, q), t.value)

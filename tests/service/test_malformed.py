@@ -115,7 +115,7 @@ def test_any_valid_image_is_scored(client: TestClient, w: int, h: int, mode: str
     r = client.post("/score", content=encode(img, fmt))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["backdoor"] == (body["score"] > body["threshold"])
+    assert body["backdoor"] == (body["score"] > body["threshold"] and body.get("reason") != "degenerate")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

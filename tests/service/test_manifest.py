@@ -30,7 +30,7 @@ def test_demo_manifest_is_valid() -> None:
     m = load_manifest(DEMO_BUNDLE)
     assert isinstance(m, Manifest)
     assert m.format_version == 1
-    assert m.threshold.rule in ("paper-1.5x", "fpr@0.01")
+    assert m.threshold.rule in ("paper-1.5x", "fpr@0.01", "fpr@0.001")
     assert m.threshold.mask_ratio == m.detector.test_mask_ratio
     assert m.detector.num_patches == (m.encoder.input_size // m.detector.patch_size) ** 2
 
@@ -119,8 +119,10 @@ def test_the_service_scores_with_the_content_score_its_manifest_names(bundle: Pa
 
     plain = Scorer.from_bundle(bundle)
     held_out = {"count": 2000, "mean": 20.0, "std": 8.0, "quantiles": {"0.5": 19.0, "0.99": 40.0}}
-    edit(bundle, lambda d: (d["detector"].update(score="content@0.5"),
-                            d["threshold"].update(score="content@0.5", value=40.0, holdout=held_out,
+    (bundle / "calibration.f32").unlink()  # a bundle without calibration scores: only the statistics are checked
+    edit(bundle, lambda d: (d["detector"].update(score="content@0.5"), d.pop("calibration"),
+                            d["threshold"].pop("incident"),
+                            d["threshold"].update(rule="fpr@0.01", score="content@0.5", value=40.0, holdout=held_out,
                                                   alternatives={"fpr@0.01": 40.0},
                                                   content_fit={"exponent": 0.5, "r": 0.8, "images": 100})))
     image = sorted(EXAMPLES.glob("*.png"))[0]

@@ -175,7 +175,8 @@ def test_body_limits_and_broken_binary(client: TestClient) -> None:
 def test_explain_outputs(client: TestClient) -> None:
     body = {**uint8([1, 32, 32, 3], pixels("triggered-cat").tolist()), "parameters": {"explain": True}}
     out = outputs(client.post(INFER, json=body).json())
-    assert set(out) == {"score", "backdoor", "threshold", "view", "reconstruction", "error_map", "patch_errors"}
+    assert set(out) == {"score", "backdoor", "threshold", "view", "p_value", "incident", "reconstruction", "error_map",
+                        "patch_errors"}
     assert out["reconstruction"]["datatype"] == "BYTES" and out["patch_errors"]["shape"] == [1, 64]
     assert sum(out["patch_errors"]["data"]) == pytest.approx(out["score"]["data"][0], rel=1e-4)
     only = client.post(INFER, json={**uint8([1, 32, 32, 3], pixels("triggered-cat").tolist()),

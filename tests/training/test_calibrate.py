@@ -10,11 +10,35 @@ def test_paper_rule_is_1_5x_mean_of_aux_scores() -> None:
     assert threshold_for("paper-1.5x", aux, np.array([100.0])) == pytest.approx(3.0)
 
 
-def test_fpr_rule_is_quantile_of_holdout() -> None:
+def test_fpr_rule_is_the_conformal_threshold_of_holdout() -> None:
+    """fpr@q: score > t exactly when p = (1 + #{held-out >= score}) / (1 + n) <= q."""
+    from service.calibration import p_values
+
     hold = np.arange(1, 1001, dtype=float)
     t = threshold_for("fpr@0.01", np.zeros(3), hold)
-    assert np.mean(hold > t) == pytest.approx(0.01, abs=0.001)
+    assert t == 991.0 and np.mean(hold > t) <= 0.01  # m = floor(0.01 * 1001) - 1 = 9 scores above it
+    cal = np.sort(hold.astype(np.float32))
+    probe = np.array([990.5, 991.0, 991.5, 2000.0], dtype=np.float32)
+    assert ((p_values(probe, cal) <= 0.01) == (probe > t)).all()
+    assert p_values(np.array([2000.0]), cal)[0] == pytest.approx(1 / 1001)  # the smallest p-value
     assert threshold_for("fpr@0.1", np.zeros(3), hold) < t
+
+
+def test_an_fpr_the_holdout_cannot_reach_is_refused_with_the_count_needed() -> None:
+    with pytest.raises(ValueError, match="needs at least 1000 held-out"):
+        threshold_for("fpr@0.001", np.zeros(3), np.arange(999, dtype=float))
+    assert threshold_for("fpr@0.001", np.zeros(3), np.arange(1000, dtype=float)) == 999.0
+
+
+def test_conformal_alerts_keep_their_fpr_on_exchangeable_clean_scores() -> None:
+    """Calibrate on n clean scores, test on fresh ones from the same distribution: FPR <= q (up to sampling)."""
+    rng = np.random.default_rng(0)
+    for q in (0.01, 0.001):
+        fprs = []
+        for _ in range(20):
+            t = threshold_for(f"fpr@{q}", np.zeros(3), rng.lognormal(size=2000))
+            fprs.append(np.mean(rng.lognormal(size=20000) > t))
+        assert np.mean(fprs) <= q * 1.15, (q, np.mean(fprs))
 
 
 @pytest.mark.parametrize("rule", ["median", "fpr@0", "fpr@1.5", "fpr@x", "paper-2x"])
@@ -27,8 +51,10 @@ def test_record_holds_both_rules_and_stats() -> None:
     rng = np.random.default_rng(0)
     rec = calibration_record("fpr@0.01", rng.random(500), rng.random(300), 0.99)
     assert rec["rule"] == "fpr@0.01" and rec["mask_ratio"] == 0.99
-    assert set(rec["alternatives"]) == {"paper-1.5x", "fpr@0.01"}
+    assert set(rec["alternatives"]) == {"paper-1.5x", "fpr@0.01"}  # fpr@0.001 would need 1000 held-out images
     assert rec["value"] == rec["alternatives"]["fpr@0.01"]
+    assert rec["incident"]["rule"] == "fpr@0.00334"  # auto: the strictest q 300 held-out images allow, 1/300 rounded up
+    assert rec["incident"]["value"] >= rec["value"]
     assert rec["aux_train"]["count"] == 500 and rec["holdout"]["count"] == 300
     assert "0.99" in rec["holdout"]["quantiles"]
 

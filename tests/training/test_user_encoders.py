@@ -172,7 +172,7 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-TINY = ["--preset", "tiny", "--set", "holdout_images=16", "--set", "calib_images=32"]
+TINY = ["--preset", "tiny", "--set", "holdout_images=16", "--set", "calib_images=32", "--set", "threshold_rule=fpr@0.2"]
 
 
 @needs_imagenette

@@ -174,7 +174,10 @@ def test_demo_bundle_on_cifar10_dede_cuts_the_attack() -> None:
     cfg = resolve_config(DownstreamConfig, DOWNSTREAM_PRESETS, "tiny", overrides=["train_sets=poisoned"])
     models = BundleModels(DEMO_BUNDLE, threads=1, providers=("CPUExecutionProvider",))
     attack = bundle_attack(DEMO_BUNDLE)
-    none, dede = downstream_grid(models.embed, attack.trigger, attack.name, {"dede": models.detector()}, [splits], cfg)
+    # filtering a training set: dropping 1% of clean images costs little, so the calibrated fpr@0.01 point, not the
+    # deployed per-image alert (fpr@0.001), as the committed downstream study used
+    none, dede = downstream_grid(models.embed, attack.trigger, attack.name, {"dede": models.detector("fpr@0.01")},
+                                 [splits], cfg)
     assert (none["detector"], dede["detector"]) == ("none", "dede")
     assert none["n_poison_train"] == 10 and none["n_test_clean"] == 300
     assert none["ca"] > 0.25  # well above chance (0.1) with 1000 training images
