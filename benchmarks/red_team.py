@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from service.imaging import jpeg_scans
 from service.manifest import load_manifest
 from service.settings import Settings
 from tests.conftest import DEMO_BUNDLE, ROOT
@@ -96,6 +97,13 @@ def scan_bomb_jpeg(target_bytes: int, side: int) -> bytes:
     last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
     copies = max(1, (target_bytes - len(data)) // (end - last))
     return data[:end] + data[last:end] * copies + data[end:]
+
+
+def scan_limit_jpeg(side: int, scans: int) -> bytes:
+    """The costliest JPEG the limits admit: side x side, progressive, exactly ``scans`` scans."""
+    data = scan_bomb_jpeg(0, side)  # the plain progressive file plus one copy of its last scan
+    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - jpeg_scans(data, 10**6)) + data[end:]
 
 
 def rotated_trigger_png() -> bytes:
@@ -168,24 +176,14 @@ def together(n: int, fn: Callable[[int], Status]) -> list[Status]:
         return list(pool.map(fn, range(n)))
 
 
-def slow_clients(url: str, n: int, request: bytes, wait_s: float) -> list[Status]:
-    """``n`` connections that send ``request`` (half a header or half a body) and then nothing."""
+def idle_clients(url: str, n: int, request: bytes, wait_s: float) -> list[Status]:
+    """``n`` connections that send ``request`` (half a header, half a body, or nothing at all) and then wait: each
+    one's answer, or how it ended."""
     socks = [socket.create_connection(address(url), timeout=10) for _ in range(n)]
     try:
         for s in socks:
-            s.sendall(request)
-        with ThreadPoolExecutor(n) as pool:
-            return list(pool.map(lambda s: read_status(s, wait_s), socks))
-    finally:
-        for s in socks:
-            s.close()
-
-
-def connection_flood(url: str, n: int, wait_s: float) -> list[Status]:
-    """``n`` connections opened and left silent: beyond the limit they are answered 503 at once; the others are
-    closed at the header timeout."""
-    socks = [socket.create_connection(address(url), timeout=10) for _ in range(n)]
-    try:
+            if request:
+                s.sendall(request)
         with ThreadPoolExecutor(n) as pool:
             return list(pool.map(lambda s: read_status(s, wait_s), socks))
     finally:
@@ -261,17 +259,19 @@ def corpus(scale: Scale, settings: Settings) -> list[Probe]:
               lambda u: [batch(u, [scans_small])]),
         Probe(f"progressive JPEG scan bomb, {len(scans_large) // 10**6} MB", "decode CPU", frozenset({422}),
               lambda u: [batch(u, [scans_large])]),
+        Probe(f"progressive JPEG of {s.side}x{s.side} at the scan limit ({settings.max_jpeg_scans})", "decode CPU",
+              frozenset({200}), lambda u: [batch(u, [scan_limit_jpeg(s.side, settings.max_jpeg_scans)])]),
         Probe(f"{s.concurrent} concurrent scan bombs", "decode CPU", frozenset({422}),
               lambda u: together(s.concurrent, lambda _: batch(u, [scans_small]))),
         Probe("V2 outputs named 1000 times", "response amplification", frozenset({400}), lambda u: [v2_infer(u, dup)]),
         Probe("Inference-Header-Content-Length: ²", "5xx", frozenset({400}),
               lambda u: [v2_infer(u, b"{}", {"Inference-Header-Content-Length": "\xb2"})]),
         Probe(f"{s.slow_clients} half headers", "slow clients", frozenset({408}),
-              lambda u: slow_clients(u, s.slow_clients, half_header, slow_wait)),
+              lambda u: idle_clients(u, s.slow_clients, half_header, slow_wait)),
         Probe(f"{s.slow_clients} half bodies", "slow clients", frozenset({408}),
-              lambda u: slow_clients(u, s.slow_clients, half_body, settings.body_timeout_s + 5)),
+              lambda u: idle_clients(u, s.slow_clients, half_body, settings.body_timeout_s + 5)),
         Probe(f"{settings.max_connections + 10} idle connections", "slow clients", frozenset({503, "closed"}),
-              lambda u: connection_flood(u, settings.max_connections + 10, slow_wait), valid_may_fail=True),
+              lambda u: idle_clients(u, settings.max_connections + 10, b"", slow_wait), valid_may_fail=True),
         Probe("20 uploads cut off mid-body", "client disconnect", frozenset({"hung up"}),
               lambda u: disconnect_mid_upload(u, 20)),
         Probe("triggered cat, stored rotated with an EXIF tag", "bypass", frozenset({"200 flagged (exif=applied)"}),
@@ -394,15 +394,16 @@ def red_team(scale: Scale, env: dict[str, str], bundle: Path = DEMO_BUNDLE,
 def markdown(report: dict[str, object]) -> str:
     probes: list[dict[str, object]] = report["probes"]  # type: ignore[assignment]
     worst: dict[str, float] = report["stated_worst_mib"]  # type: ignore[assignment]
-    lines = ["| probe | class | statuses | as expected | peak RSS MiB (+ during) | valid requests: max s, failures |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| probe | class | statuses | as expected | probe s | peak RSS MiB (+ during) | valid requests: max s, "
+             "failures |", "|---|---|---|---|---|---|---|"]
     for p in probes:
         statuses = ", ".join(f"{k} x{v}" for k, v in p["statuses"].items())  # type: ignore[attr-defined]
         fails = ", ".join(f"{k} x{v}" for k, v in p["valid_failures"].items()) or "none"  # type: ignore[attr-defined]
         lines.append(f"| {p['probe']} | {p['attack']} | {statuses} | {'yes' if p['expected'] else '**no**'} | "
-                     f"{p['peak_rss_mib']} (+{max(0.0, p['added_mib']):.1f}) | {p['valid_max_s']} s, {fails} |")
+                     f"{p['seconds']} | {p['peak_rss_mib']} (+{max(0.0, p['added_mib']):.1f}) | "
+                     f"{p['valid_max_s']} s, {fails} |")
     lines += ["", "Stated worst case per process (MiB): " + "; ".join(f"{k}: {v}" for k, v in worst.items()) + ".",
-              f"Measured: the largest peak of any probe was {max(p['peak_rss_mib'] for p in probes)} MiB "  # type: ignore[type-var]
+              f"Measured: the largest peak of any probe was {max(p['peak_rss_mib'] for p in probes)} MiB "  # type: ignore
               f"({report['hardware']}, {report['bundle']}, whole run {report['wall_s']} s; "
               f"client disconnects counted: {report['client_disconnects_counted']:g})."]
     return "\n".join(lines) + "\n"

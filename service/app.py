@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from service.batching import Batcher, DirectRunner, Runner
+from service.calibration import rule_q
 from service.decoding import ByteBudget, Decoder
 from service.deps import Scoring
 from service.errors import BundleError, DedeError
@@ -47,11 +48,9 @@ def load_scorer(settings: Settings) -> Scorer:
 
 def _levels(m: Manifest) -> tuple[float | None, float | None, int]:
     """The alert and incident FPRs (None where the rule is not ``fpr@q``) and the calibration count, for metrics."""
-    def q(rule: str | None) -> float | None:
-        return float(rule.removeprefix("fpr@")) if rule and rule.startswith("fpr@") else None
-
     incident = m.threshold.incident
-    return q(m.threshold.rule), q(incident.rule if incident else None), m.calibration.count if m.calibration else 0
+    count = m.calibration.count if m.calibration else 0
+    return rule_q(m.threshold.rule), rule_q(incident.rule if incident else None), count
 
 
 def make_runner(settings: Settings, fn: Callable[[np.ndarray], ScoreResult]) -> Runner:

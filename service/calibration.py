@@ -19,6 +19,11 @@ import numpy as np
 CALIBRATION_FILE = "calibration.f32"  # float32, little-endian, ascending: nothing but numbers (no pickle)
 
 
+def rule_q(rule: str | None) -> float | None:
+    """The q of a threshold rule ``fpr@q``; None for any other rule (``paper-1.5x``) or none."""
+    return float(rule.removeprefix("fpr@")) if rule and rule.startswith("fpr@") else None
+
+
 def images_needed(q: float) -> int:
     """Held-out images a rule ``fpr@q`` needs: the smallest reachable p-value, 1 / (n + 1), must not exceed q."""
     return math.ceil(1 / q - 1e-9)

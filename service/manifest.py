@@ -43,7 +43,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.calibration import CALIBRATION_FILE, read_calibration, threshold_at
+from service.calibration import CALIBRATION_FILE, read_calibration, rule_q, threshold_at
 from service.errors import BundleError
 from service.scores import SCORE_PATTERN
 
@@ -137,7 +137,7 @@ def threshold_range(rule: str, aux_train: ScoreStats, holdout: ScoreStats) -> tu
     if rule == "paper-1.5x":
         centre = 1.5 * aux_train.mean
         return centre - RTOL * abs(centre), centre + RTOL * abs(centre)
-    p = 1 - float(rule.removeprefix("fpr@"))
+    p = 1 - (rule_q(rule) or 0.0)
     n, mean, std = holdout.count, holdout.mean, holdout.std
     if n < 1:
         return math.inf, -math.inf
@@ -417,10 +417,10 @@ def load_calibration(bundle_dir: str | Path, manifest: Manifest) -> np.ndarray |
     levels = [("threshold.value", t.rule, t.value)] + ([("threshold.incident.value", t.incident.rule,
                                                          t.incident.value)] if t.incident else [])
     for name, rule, value in levels:
-        if not rule.startswith("fpr@"):
+        if (q := rule_q(rule)) is None:
             continue
         try:
-            expected = threshold_at(scores, float(rule.removeprefix("fpr@")))
+            expected = threshold_at(scores, q)
         except ValueError as exc:
             raise BundleError(f"{name}: {exc}") from exc
         if name == "threshold.incident.value":

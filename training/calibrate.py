@@ -244,11 +244,10 @@ def calibrate_bundle(bundle: str | Path, rule: str, incident: str = "auto",
     aux_mean = np.full(1, t.aux_train.mean)  # the paper rule needs only the auxiliary mean
     record = calibration_record(rule, aux_mean, calibration, t.mask_ratio, t.score or "paper", incident)
     record["aux_train"] = t.aux_train.model_dump()
-    record |= {k: v for k, v in (("content_fit", t.content_fit),) if v is not None}
+    if t.content_fit is not None:
+        record["content_fit"] = t.content_fit.model_dump()
     raw = manifest.model_dump(mode="json")
-    raw["threshold"] = json.loads(json.dumps(record | ({"content_fit": t.content_fit.model_dump()}
-                                                        if t.content_fit else {})))
-    raw["calibration"] = info
+    raw["threshold"], raw["calibration"] = record, info
     (bundle / (MANIFEST + ".tmp")).write_text(json.dumps(raw, indent=2))
     (bundle / (MANIFEST + ".tmp")).replace(bundle / MANIFEST)
     load_manifest(bundle)
